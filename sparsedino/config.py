@@ -1,0 +1,120 @@
+"""Typed configuration: dataclass defaults < YAML file < ``key=value`` overrides.
+
+Every command that takes a config describes it as a (nested) dataclass. :func:`load_config` merges the
+three layers with OmegaConf in struct mode, so an unknown key or a value of the wrong type is rejected
+*before* any work starts, with a message that names the key and where it came from. The resolved config
+is written beside the outputs with :func:`save_config`, so every run can be repeated exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sparsedino.atomic import atomic_write_text
+
+T = TypeVar("T")
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config file, key or value is wrong; the message says which and what was expected."""
+
+
+def resolve_config_path(path_or_preset: str | Path) -> Path:
+    """Turn a YAML path or a preset name (``dino_vits16_entmax15``) into an existing file path.
+
+    Raises:
+        ConfigError: if neither a file nor a shipped preset of that name exists.
+    """
+    candidate = Path(path_or_preset)
+    if candidate.is_file():
+        return candidate
+    preset = PRESET_DIR / f"{Path(str(path_or_preset)).stem}.yaml"
+    if preset.is_file() and candidate.suffix in ("", ".yaml", ".yml"):
+        return preset
+    known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+    raise ConfigError(f"config file {str(path_or_preset)!r} does not exist and is not a preset (known: {known})")
+
+
+def _explain(err: OmegaConfBaseException, source: str) -> str:
+    key = getattr(err, "full_key", None) or getattr(err, "key", None)
+    reason = str(err).splitlines()[0]
+    where = f"key {key!r} " if key else ""
+    return f"{source}: {where}is invalid: {reason}"
+
+
+def parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    """Parse ``["train.lr=1e-3", "model.normalizer=softmax"]`` into a DictConfig.
+
+    Raises:
+        ConfigError: if an item is not of the form ``key=value``.
+    """
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=5e-4)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err, "command-line overrides")) from err
+
+
+def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
+    """Build a config of dataclass type ``schema`` from its defaults, a YAML file and overrides.
+
+    Args:
+        schema: a dataclass type whose fields (recursively) define every allowed key with its type.
+        path: a YAML file or preset name merged over the defaults, or None.
+        overrides: ``key=value`` strings merged last (dotted keys reach nested sections).
+
+    Returns:
+        A read-only OmegaConf object typed as ``schema`` (attribute access, type-checked values).
+
+    Raises:
+        ConfigError: for a missing file, invalid YAML, an unknown key or a value of the wrong type.
+    """
+    if not dataclasses.is_dataclass(schema):
+        raise TypeError(f"schema must be a dataclass type, got {schema!r}")
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    layers: list[tuple[str, DictConfig]] = []
+    if path is not None:
+        file = resolve_config_path(path)
+        try:
+            layers.append((f"config file {str(file)!r}", OmegaConf.load(file)))
+        except Exception as err:  # yaml.YAMLError, OSError
+            raise ConfigError(f"config file {str(file)!r} could not be read: {err}") from err
+    if overrides:
+        layers.append(("command-line overrides", parse_overrides(overrides)))
+    for source, layer in layers:
+        if not isinstance(layer, DictConfig):
+            raise ConfigError(f"{source} must be a mapping of keys to values, got {type(layer).__name__}")
+        try:
+            cfg = OmegaConf.merge(cfg, layer)
+        except OmegaConfBaseException as err:
+            raise ConfigError(_explain(err, source)) from err
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"required config keys have no value: {', '.join(missing)}")
+    OmegaConf.set_readonly(cfg, True)
+    return cfg  # type: ignore[return-value]
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """A plain ``dict`` copy of an OmegaConf config or a dataclass instance (for JSON and checkpoints)."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        cfg = OmegaConf.structured(cfg)
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def save_config(cfg: Any, path: str | Path) -> Path:
+    """Write the resolved config as YAML to ``path`` atomically and return the path."""
+    path = Path(path)
+    atomic_write_text(path, OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))))
+    return path
