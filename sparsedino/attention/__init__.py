@@ -1,0 +1,37 @@
+"""Exact, fast sparse attention (entmax-1.5, alpha-entmax, sparsemax) for timm Vision Transformers.
+
+Public API::
+
+    entmax15, entmax_bisect, sparsemax                  # normalisers (exact, autograd, -inf -> 0)
+    attention(q, k, v, normalizer="entmax15", ...)      # (B, H, N, D) attention, softmax -> SDPA
+    SparseAttention, make_attn_layer                    # timm ``attn_layer``
+    sparsify(model, normalizer), collect_attention(model)
+    normalizer_name, validate_normalizer, set_compile
+
+Importing this package registers ``vit_{tiny,small,base}_patch16_224_entmax15`` and
+``vit_small_patch8_224_entmax15`` with timm.
+"""
+
+from sparsedino.attention import timm_models  # noqa: F401  (registers the timm model names)
+from sparsedino.attention.compiled import compile_mode, set_compile
+from sparsedino.attention.entmax import entmax15, entmax_bisect, sparsemax
+from sparsedino.attention.layers import SparseAttention, collect_attention, make_attn_layer, sparsify
+from sparsedino.attention.normalizers import normalize, normalizer_name, validate_normalizer
+from sparsedino.attention.ops import attention, attention_probs
+
+__all__ = [
+    "SparseAttention",
+    "attention",
+    "attention_probs",
+    "collect_attention",
+    "compile_mode",
+    "entmax15",
+    "entmax_bisect",
+    "make_attn_layer",
+    "normalize",
+    "normalizer_name",
+    "set_compile",
+    "sparsemax",
+    "sparsify",
+    "validate_normalizer",
+]

@@ -1,0 +1,269 @@
+"""``SparseAttention``: a drop-in timm ``attn_layer`` with a switchable normaliser, plus model converters.
+
+* ``timm.create_model("vit_small_patch16_224", attn_layer=SparseAttention)`` builds a ViT with entmax-1.5
+  attention; parameter names are those of timm's ``Attention`` (``qkv``, ``q_norm``, ``k_norm``, ``norm``,
+  ``gate``, ``proj``), so state dicts are interchangeable.
+* :func:`sparsify` converts the attention modules of an existing timm ViT in place (reusing its parameters).
+* :func:`collect_attention` records the probability maps of every layer during a forward pass.
+
+When probabilities are materialised they go through the ``attn_drop`` module, so forward hooks on it (e.g.
+``timm.utils.AttentionExtract(model, method="hook")``) see the entmax maps. They are materialised whenever
+such a hook is registered, inside :func:`collect_attention`, when attention dropout is active, or when
+``fused_attn`` is False; otherwise the fast path runs (SDPA for softmax, the fused sparse op otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from timm.layers import Attention, use_fused_attn
+from torch import Tensor, nn
+
+from sparsedino.attention.normalizers import normalizer_name
+from sparsedino.attention.ops import attention, attention_probs
+
+__all__ = ["SparseAttention", "collect_attention", "make_attn_layer", "sparsify"]
+
+
+class SparseAttention(nn.Module):
+    """Multi-head self-attention with a softmax / entmax / sparsemax normaliser (timm ``Attention`` layout).
+
+    Args:
+        dim: Token dimension.
+        num_heads: Number of heads.
+        attn_head_dim: Head dimension (default ``dim // num_heads``).
+        dim_out: Output dimension (default ``dim``).
+        qkv_bias: Bias in the qkv projection.
+        qk_norm: Normalise q and k per head with ``norm_layer``.
+        scale_norm: Normalise the attention output with ``norm_layer`` before the projection.
+        proj_bias: Bias in the output projection.
+        gated: Sigmoid gate on the attention output (timm's ``gated`` option).
+        attn_drop: Dropout on the attention probabilities.
+        proj_drop: Dropout after the projection.
+        norm_layer: Norm constructor for ``qk_norm`` / ``scale_norm``.
+        normalizer: "softmax", "entmax15", "sparsemax", "entmax<alpha>" or a float alpha.
+        scale: Score scale (default ``head_dim ** -0.5``). Entmax is not scale invariant: it sets sparsity.
+        chunk_size: Query block size for the memory-bounded path (None = automatic, 0 = never).
+        device: Parameter device.
+        dtype: Parameter dtype.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        attn_head_dim: int | None = None,
+        dim_out: int | None = None,
+        qkv_bias: bool = False,
+        qk_norm: bool = False,
+        scale_norm: bool = False,
+        proj_bias: bool = True,
+        gated: bool = False,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        norm_layer: type[nn.Module] | None = None,
+        normalizer: str | float = "entmax15",
+        scale: float | None = None,
+        chunk_size: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        dd = {"device": device, "dtype": dtype}
+        dim_out = dim_out or dim
+        if attn_head_dim is None:
+            if dim % num_heads != 0:
+                raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+            attn_head_dim = dim // num_heads
+        if (qk_norm or scale_norm) and norm_layer is None:
+            raise ValueError("norm_layer must be given when qk_norm or scale_norm is True")
+        self.num_heads = num_heads
+        self.head_dim = attn_head_dim
+        self.attn_dim = num_heads * attn_head_dim
+        self.scale = attn_head_dim**-0.5 if scale is None else float(scale)
+        self.fused_attn = use_fused_attn()
+        self.normalizer = normalizer
+        self.chunk_size = chunk_size
+        self._recorder: list[Tensor] | None = None
+
+        self.qkv = nn.Linear(dim, self.attn_dim * 3, bias=qkv_bias, **dd)
+        self.q_norm = norm_layer(attn_head_dim, **dd) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(attn_head_dim, **dd) if qk_norm else nn.Identity()
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.norm = norm_layer(self.attn_dim, **dd) if scale_norm else nn.Identity()
+        self.gate = nn.Linear(dim, self.attn_dim, bias=qkv_bias, **dd) if gated else None
+        self.proj = nn.Linear(self.attn_dim, dim_out, bias=proj_bias, **dd)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    @property
+    def normalizer(self) -> str:
+        """Canonical normaliser name; settable (validated) at any time, e.g. to compare softmax and entmax."""
+        return self._normalizer
+
+    @normalizer.setter
+    def normalizer(self, value: str | float) -> None:
+        self._normalizer = normalizer_name(value)
+
+    @classmethod
+    def from_timm(cls, attn: nn.Module, normalizer: str | float = "entmax15", scale: float | None = None):
+        """Wrap an existing timm ``Attention`` (its submodules are reused, not copied)."""
+        new = cls.__new__(cls)
+        nn.Module.__init__(new)
+        new.num_heads = attn.num_heads
+        new.head_dim = attn.head_dim
+        new.attn_dim = getattr(attn, "attn_dim", attn.num_heads * attn.head_dim)
+        new.scale = float(attn.scale if scale is None else scale)
+        new.fused_attn = bool(getattr(attn, "fused_attn", True))
+        new.normalizer = normalizer
+        new.chunk_size = None
+        new._recorder = None
+        for name in ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop"):
+            setattr(new, name, getattr(attn, name))
+        new.gate = getattr(attn, "gate", None)
+        new.train(attn.training)
+        return new
+
+    def extra_repr(self) -> str:
+        return f"num_heads={self.num_heads}, normalizer={self.normalizer!r}, scale={self.scale:.4g}"
+
+    def _materialise(self) -> bool:
+        """Whether probabilities must exist as a tensor (recording, hooks, dropout, or unfused mode)."""
+        return (
+            self._recorder is not None
+            or bool(self.attn_drop._forward_hooks or self.attn_drop._forward_pre_hooks)
+            or (self.training and self.attn_drop.p > 0.0)
+            or not self.fused_attn
+        )
+
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
+        """Self-attention over tokens ``x`` (B, N, C); ``attn_mask`` bool (True = attend) or additive float."""
+        b, n, _ = x.shape
+        gate = self.gate(x).sigmoid() if self.gate is not None else None
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, H, N, D) each
+        q, k = self.q_norm(q), self.k_norm(k)
+        if is_causal:
+            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
+            attn_mask = causal if attn_mask is None else _combine_masks(attn_mask, causal)
+
+        if self._materialise():
+            probs = attention_probs(q, k, self.normalizer, self.scale, attn_mask)  # (B, H, N, N)
+            if self._recorder is not None:
+                self._recorder.append(probs.detach().float())
+            x = self.attn_drop(probs) @ v
+        elif self.normalizer == "softmax":
+            # scale=None when default, so outputs match timm's Attention bit for bit
+            scale = None if self.scale == self.head_dim**-0.5 else self.scale
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+        else:
+            x = attention(q, k, v, self.normalizer, self.scale, attn_mask, chunk_size=self.chunk_size)
+
+        x = x.transpose(1, 2).reshape(b, n, self.attn_dim)  # (B, N, H * D)
+        x = self.norm(x)
+        if gate is not None:
+            x = x * gate
+        return self.proj_drop(self.proj(x))
+
+
+def make_attn_layer(
+    normalizer: str | float = "entmax15", scale: float | None = None, chunk_size: int | None = None
+) -> type[SparseAttention]:
+    """A ``SparseAttention`` subclass with other defaults, for ``timm.create_model(..., attn_layer=...)``.
+
+    timm instantiates ``attn_layer`` itself (it must be a class, not a ``functools.partial``), e.g.
+    ``timm.create_model("vit_small_patch16_224", attn_layer=make_attn_layer("sparsemax"))``.
+    """
+    name = normalizer_name(normalizer)
+
+    class _Configured(SparseAttention):
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs.setdefault("normalizer", name)
+            kwargs.setdefault("scale", scale)
+            kwargs.setdefault("chunk_size", chunk_size)
+            super().__init__(*args, **kwargs)
+
+    _Configured.__name__ = _Configured.__qualname__ = f"SparseAttention_{name.replace('.', '_')}"
+    return _Configured
+
+
+def _combine_masks(attn_mask: Tensor, causal: Tensor) -> Tensor:
+    if attn_mask.dtype == torch.bool:
+        return attn_mask & causal
+    return attn_mask.masked_fill(~causal, float("-inf"))
+
+
+def sparsify(model: nn.Module, normalizer: str | float = "entmax15", scale: float | None = None) -> nn.Module:
+    """Switch every attention of a timm ViT to ``normalizer``, in place; the state dict is unchanged.
+
+    timm ``Attention`` modules (plain, DINOv2-style with layer scale, register variants) are replaced by
+    :class:`SparseAttention` sharing their parameters; existing ``SparseAttention`` modules are re-set.
+    Works in both directions (``sparsify(model, "softmax")`` gives back the original function).
+
+    Args:
+        model: A timm ViT (or any module containing timm ``Attention`` / ``SparseAttention``).
+        normalizer: Target normaliser.
+        scale: New score scale for every layer; None keeps each layer's scale.
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        ValueError: bad normaliser name, or no convertible attention module in ``model``.
+        TypeError: an attention module of a type that cannot be converted (e.g. timm's ``DiffAttention``).
+    """
+    name = normalizer_name(normalizer)
+    converted = 0
+    for parent_name, parent in list(model.named_modules()):
+        for child_name, child in list(parent.named_children()):
+            full = f"{parent_name}.{child_name}" if parent_name else child_name
+            if isinstance(child, SparseAttention):
+                child.normalizer = name
+                if scale is not None:
+                    child.scale = float(scale)
+                converted += 1
+            elif type(child) is Attention:
+                setattr(parent, child_name, SparseAttention.from_timm(child, name, scale))
+                converted += 1
+            elif child_name == "attn" and hasattr(child, "qkv"):
+                raise TypeError(
+                    f"sparsify: cannot convert attention module {full!r} of type {type(child).__name__} "
+                    "(only timm.layers.Attention and SparseAttention are supported)"
+                )
+    if converted == 0:
+        raise ValueError(f"sparsify: no timm Attention module found in {type(model).__name__}")
+    return model
+
+
+@contextlib.contextmanager
+def collect_attention(model: nn.Module) -> Iterator[list[Tensor]]:
+    """Record the attention probabilities of every ``SparseAttention`` in ``model``.
+
+    Inside the context each layer materialises its probabilities and appends them, detached, float32,
+    shape (B, H, N, N) (N includes [CLS] and register tokens), in forward order::
+
+        with collect_attention(model) as maps:
+            model(x)
+        assert len(maps) == depth
+
+    Raises:
+        ValueError: the model has no ``SparseAttention`` (call ``sparsify(model, "softmax")`` first to keep
+            softmax and still record maps).
+    """
+    layers = [m for m in model.modules() if isinstance(m, SparseAttention)]
+    if not layers:
+        raise ValueError(
+            f"collect_attention: {type(model).__name__} has no SparseAttention module; convert it with "
+            "sparsedino.attention.sparsify(model, normalizer) first (normalizer='softmax' keeps softmax)"
+        )
+    maps: list[Tensor] = []
+    previous = [m._recorder for m in layers]
+    for m in layers:
+        m._recorder = maps
+    try:
+        yield maps
+    finally:
+        for m, prev in zip(layers, previous):
+            m._recorder = prev

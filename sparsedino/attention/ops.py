@@ -1,0 +1,142 @@
+"""``attention(q, k, v, normalizer=...)``: scaled dot-product attention with a sparse normaliser.
+
+Paths, chosen per call:
+
+* ``"softmax"`` -> ``F.scaled_dot_product_attention`` (fused, never materialises probabilities).
+* sparse normaliser, CUDA, ``adasplash`` installed and inputs within its constraints -> adasplash kernel.
+* sparse normaliser otherwise -> :class:`~sparsedino.attention.chunked.SparseAttentionFunction`: scores,
+  probabilities and output per block of queries; backward from the saved probabilities (one block) or by
+  recomputing them block by block (``chunk_size``), which bounds memory for long sequences.
+* dropout on the probabilities (training) -> the plain autograd composition (probabilities materialised).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sparsedino.attention import backends
+from sparsedino.attention.chunked import SparseAttentionFunction
+from sparsedino.attention.normalizers import normalize, normalizer_name
+
+__all__ = ["AUTO_CHUNK_BYTES", "attention", "attention_probs", "auto_chunk_size", "mask_to_bias"]
+
+# Above this many bytes of (B, H, N, N) float32 probabilities, ``chunk_size=None`` switches to the chunked
+# path (e.g. ViT-S at 448 px, batch 64: 6 * 64 * 785^2 * 4 B = 946 MB per layer would be kept for backward).
+AUTO_CHUNK_BYTES = 512 * 2**20
+# Target size of one block's scores when chunking automatically.
+BLOCK_BYTES = 16 * 2**20
+
+
+def mask_to_bias(attn_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """SDPA mask convention -> additive bias: bool True = attend (False -> -inf), float masks are added."""
+    if attn_mask is None:
+        return None
+    if attn_mask.dtype == torch.bool:
+        bias = torch.zeros(attn_mask.shape, dtype=dtype, device=attn_mask.device)
+        return bias.masked_fill_(~attn_mask, float("-inf"))
+    if not attn_mask.is_floating_point():
+        raise TypeError(f"attn_mask must be bool or floating point, got dtype {attn_mask.dtype}")
+    return attn_mask.to(dtype)
+
+
+def _check_inputs(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> None:
+    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
+        raise ValueError(
+            f"attention expects q, k, v of shape (batch, heads, tokens, head_dim), got {tuple(q.shape)}, "
+            f"{tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or q.shape[:2] != k.shape[:2]:
+        raise ValueError(f"incompatible q/k/v shapes {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if attn_mask is not None:
+        target = (q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        try:
+            torch.broadcast_shapes(tuple(attn_mask.shape), target)
+        except RuntimeError:
+            raise ValueError(
+                f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to (B, H, N, M) = {target}"
+            ) from None
+
+
+def auto_chunk_size(q: Tensor, k: Tensor) -> int:
+    """Query block size used by ``chunk_size=None``: 0 (no chunking) unless the probabilities are big."""
+    b, h, n, _ = q.shape
+    m = k.shape[2]
+    if b * h * n * m * 4 <= AUTO_CHUNK_BYTES:
+        return 0
+    rows = max(16, BLOCK_BYTES // (b * h * m * 4))
+    blocks = math.ceil(n / rows)
+    return math.ceil(n / blocks)  # near-equal blocks: at most two block shapes to compile
+
+
+def attention_probs(
+    q: Tensor,
+    k: Tensor,
+    normalizer: str | float = "entmax15",
+    scale: float | None = None,
+    attn_mask: Tensor | None = None,
+) -> Tensor:
+    """Materialised attention probabilities (B, H, N, M) (differentiable), for maps and dropout."""
+    name = normalizer_name(normalizer)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)  # (B, H, N, M)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask.to(scores.dtype)
+    return normalize(scores, name)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    normalizer: str | float = "entmax15",
+    scale: float | None = None,
+    attn_mask: Tensor | None = None,
+    dropout_p: float = 0.0,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """Multi-head attention with a (sparse) normaliser.
+
+    Args:
+        q: Queries (B, H, N, D).
+        k: Keys (B, H, M, D).
+        v: Values (B, H, M, Dv).
+        normalizer: "softmax", "entmax15", "sparsemax", "entmax<alpha>" or a float alpha >= 1.
+        scale: Score scale, default ``D ** -0.5``. Entmax is not scale invariant: this sets the sparsity.
+        attn_mask: Bool (True = attend) or additive float mask broadcastable to (B, H, N, M), like SDPA.
+            Fully masked rows give zero output with sparse normalisers (NaN-free), as SDPA's softmax does not.
+        dropout_p: Dropout on the probabilities; pass 0 at eval time (like SDPA, this function has no
+            training flag).
+        chunk_size: Query block size of the memory-bounded path (probabilities recomputed in backward).
+            ``None``: automatic (chunk only when the probabilities exceed ``AUTO_CHUNK_BYTES``); ``0``: never.
+
+    Returns:
+        Output (B, H, N, Dv).
+    """
+    name = normalizer_name(normalizer)
+    _check_inputs(q, k, v, attn_mask)
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 0):
+        raise ValueError(f"chunk_size must be None or an int >= 0, got {chunk_size!r}")
+    if name == "softmax":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+
+    if dropout_p > 0.0:
+        if chunk_size:
+            raise ValueError("the chunked attention path does not support dropout_p > 0 (use chunk_size=0)")
+        probs = F.dropout(attention_probs(q, k, name, scale, attn_mask), p=dropout_p)
+        return torch.matmul(probs, v)
+
+    if attn_mask is None and backends.adasplash_usable(q, k, v, name):
+        return backends.adasplash_attention(q, k, v, name, scale)
+
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(q, k)
+    bias = mask_to_bias(attn_mask, torch.float32 if q.dtype != torch.float64 else q.dtype)
+    return SparseAttentionFunction.apply(q, k, v, bias, name, scale, chunk_size)

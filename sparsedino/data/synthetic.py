@@ -1,0 +1,321 @@
+"""The embedded dataset: synthetic scenes of textured shapes, written in the ImageNet and VOC 2012 layouts.
+
+Every class is a (shape, texture) pair, and shapes and textures are each shared by several classes, so
+neither cue alone identifies a class: a probe has to combine them. Objects (1-3 per image) are placed at
+random positions, scales and rotations with random colours over a cluttered background (random blobs and
+lines of random colours) that is drawn independently of the class, so the background carries no label
+information by construction. That makes "a background patch knows the image class" (semantic diffusion)
+measurable: any class information found in background patches came from token interaction.
+
+Generation is deterministic per ``(seed, split, index)`` (each image has its own random stream), so the
+result does not depend on the order or the number of worker processes.
+
+Layout written under ``out`` (the same layouts as the real datasets, so one set of readers serves both)::
+
+    out/meta.json                                   classes, counts, seed, size
+    out/imagenet/{train,val}/<NN_shape_texture>/<id>.png      image-level label = class of the largest object
+    out/VOC2012/JPEGImages/<id>.jpg
+    out/VOC2012/SegmentationClass/<id>.png          palette PNG: 0 background, k = class k, 255 ignore band
+    out/VOC2012/ImageSets/Segmentation/{train,val,trainval}.txt
+    out/VOC2012/classes.txt                         one class name per line (line i = label i)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+SHAPES = ("disc", "square", "triangle", "cross", "ring", "star")
+TEXTURES = ("stripes", "checker", "dots", "solid")
+MAX_CLASSES = len(SHAPES) * len(TEXTURES)
+IGNORE_INDEX = 255
+
+
+def class_pairs(num_classes: int) -> list[tuple[str, str]]:
+    """The (shape, texture) pair of each object class.
+
+    Class ``k`` gets shape ``k % 6`` and texture ``(k + k // 6) % 4``: consecutive classes differ in both,
+    and once ``num_classes > 6`` every shape comes with at least two textures (and textures repeat across
+    shapes), so shape alone or texture alone cannot separate the classes.
+    """
+    if not 2 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be in [2, {MAX_CLASSES}], got {num_classes}")
+    return [
+        (SHAPES[k % len(SHAPES)], TEXTURES[(k + k // len(SHAPES)) % len(TEXTURES)])
+        for k in range(num_classes)
+    ]
+
+
+def class_names(num_classes: int) -> list[str]:
+    """Folder-friendly class names ``NN_shape_texture``; sorting them keeps the class order."""
+    return [f"{k:02d}_{shape}_{texture}" for k, (shape, texture) in enumerate(class_pairs(num_classes))]
+
+
+def voc_palette() -> list[int]:
+    """The PASCAL VOC colour map (768 ints): label i -> RGB, 255 -> (224, 224, 192)."""
+    palette = []
+    for label in range(256):
+        r = g = b = 0
+        c = label
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+@dataclass(frozen=True)
+class Scene:
+    """One generated image: ``image`` (H, W, 3) uint8, ``mask`` (H, W) uint8, ``label`` (class of the largest object)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    label: int
+
+
+def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Inside-test of a unit-radius shape in object-local coordinates (u, v), rotation already applied."""
+    rho = np.hypot(u, v)
+    if shape == "disc":
+        return rho <= 1.0
+    if shape == "square":
+        return np.maximum(np.abs(u), np.abs(v)) <= 0.8
+    if shape == "triangle":  # equilateral, three half-planes at inradius 0.65 (area close to the others)
+        inside = np.ones_like(u, dtype=bool)
+        for angle in (np.pi / 2, np.pi / 2 + 2 * np.pi / 3, np.pi / 2 + 4 * np.pi / 3):
+            inside &= -(u * np.cos(angle) + v * np.sin(angle)) <= 0.65
+        return inside
+    if shape == "cross":
+        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95))
+    if shape == "ring":
+        return (rho <= 1.0) & (rho >= 0.55)
+    if shape == "star":  # five points
+        return rho <= 0.7 + 0.4 * np.cos(5 * np.arctan2(v, u))
+    raise ValueError(f"unknown shape {shape!r}")
+
+
+def _texture_mask(texture: str, u: np.ndarray, v: np.ndarray, period: float, phase: float) -> np.ndarray:
+    """Which pixels take the second colour; ``u, v`` in pixels (object-local, rotated)."""
+    if texture == "stripes":
+        return np.sin(2 * np.pi * (u / period + phase)) > 0
+    if texture == "checker":
+        return (np.floor(u / period + phase) + np.floor(v / period + phase)) % 2 == 0
+    if texture == "dots":
+        du = (u / period + phase) % 1.0 - 0.5
+        dv = (v / period + phase) % 1.0 - 0.5
+        return np.hypot(du, dv) < 0.3
+    if texture == "solid":
+        return np.zeros_like(u, dtype=bool)
+    raise ValueError(f"unknown texture {texture!r}")
+
+
+def _distinct_colours(rng: np.random.Generator, min_dist: float = 110.0) -> tuple[np.ndarray, np.ndarray]:
+    """Two random RGB colours far enough apart for a texture to be visible."""
+    first = rng.uniform(0, 255, 3)
+    for _ in range(20):
+        second = rng.uniform(0, 255, 3)
+        if np.linalg.norm(first - second) >= min_dist:
+            break
+    return first, second
+
+
+def _draw_background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    """Clutter independent of the class: a base colour, noise, random ellipses and thick lines."""
+    canvas = np.empty((size, size, 3), np.float32)
+    canvas[:] = rng.uniform(0, 255, 3)
+    for _ in range(int(rng.integers(3, 8))):  # ellipses: smaller than objects, solid random colours
+        cy, cx = rng.uniform(0, size, 2)
+        ry, rx = rng.uniform(0.03, 0.12, 2) * size
+        theta = rng.uniform(0, np.pi)
+        du, dv = xx - cx, yy - cy
+        u = du * np.cos(theta) + dv * np.sin(theta)
+        v = -du * np.sin(theta) + dv * np.cos(theta)
+        canvas[(u / rx) ** 2 + (v / ry) ** 2 <= 1.0] = rng.uniform(0, 255, 3)
+    for _ in range(int(rng.integers(1, 4))):  # lines: distance to a random line below a random half-width
+        cy, cx = rng.uniform(0, size, 2)
+        theta = rng.uniform(0, np.pi)
+        dist = np.abs((xx - cx) * np.sin(theta) - (yy - cy) * np.cos(theta))
+        canvas[dist <= rng.uniform(0.5, 1.5) * size / 64] = rng.uniform(0, 255, 3)
+    canvas += rng.normal(0, 6, canvas.shape).astype(np.float32)
+    return canvas
+
+
+def _ignore_band(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels within ``width`` px of a label change (VOC-style void border around every object)."""
+    band = np.zeros(mask.shape, bool)
+    band[1:, :] |= mask[1:, :] != mask[:-1, :]
+    band[:-1, :] |= mask[1:, :] != mask[:-1, :]
+    band[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+    band[:, :-1] |= mask[:, 1:] != mask[:, :-1]
+    for _ in range(width - 1):  # grow the 2-px-wide edge by one pixel per step
+        grown = band.copy()
+        grown[1:] |= band[:-1]
+        grown[:-1] |= band[1:]
+        grown[:, 1:] |= band[:, :-1]
+        grown[:, :-1] |= band[:, 1:]
+        band = grown
+    return band
+
+
+def make_scene(
+    rng: np.random.Generator, size: int = 64, num_classes: int = 10, border: int | None = None
+) -> Scene:
+    """Draw one scene: 1-3 textured objects over class-independent clutter.
+
+    Args:
+        rng: the random stream of this image (determines everything).
+        size: side of the square image in pixels.
+        num_classes: number of object classes (labels 1..num_classes in the mask).
+        border: width of the ignore band in pixels (default ``max(1, size // 64)``).
+
+    Returns:
+        The image, its mask (0 background, k+1 object class k, 255 ignore band) and the image-level label
+        (the class, 0-based, of the object with the most visible pixels).
+    """
+    pairs = class_pairs(num_classes)
+    border = max(1, size // 64) if border is None else border
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
+    image = _draw_background(rng, size, yy, xx)
+    mask = np.zeros((size, size), np.uint8)
+    num_objects = int(rng.integers(1, 4))
+    classes = rng.integers(0, num_classes, num_objects)
+    for cls in classes:
+        shape, texture = pairs[int(cls)]
+        radius = rng.uniform(0.14, 0.3) * size
+        cy, cx = rng.uniform(radius * 0.6, size - radius * 0.6, 2)
+        theta = rng.uniform(0, 2 * np.pi)
+        du, dv = xx - cx, yy - cy
+        u = du * np.cos(theta) + dv * np.sin(theta)  # object-local coordinates, pixels
+        v = -du * np.sin(theta) + dv * np.cos(theta)
+        inside = _shape_mask(shape, u / radius, v / radius)
+        first, second = _distinct_colours(rng)
+        period = rng.uniform(4.0, 7.0) * size / 64
+        alt = _texture_mask(texture, u, v, period, rng.uniform(0, 1))
+        image[inside] = first
+        image[inside & alt] = second
+        mask[inside] = cls + 1
+    areas = np.bincount(mask.ravel(), minlength=num_classes + 1)[1:]
+    label = int(np.argmax(areas))
+    mask[_ignore_band(mask, border)] = IGNORE_INDEX
+    return Scene(np.clip(image, 0, 255).astype(np.uint8), mask, label)
+
+
+def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    """The independent random stream of image ``index`` of ``split`` (order- and worker-independent)."""
+    split_id = {"train": 0, "val": 1}[split]
+    return np.random.default_rng([seed, split_id, index])
+
+
+def _write_split(
+    tmp: Path, split: str, count: int, size: int, seed: int, names: list[str], palette: list[int], border
+) -> tuple[list[str], list[int]]:
+    ids, labels = [], []
+    for index in tqdm(range(count), desc=f"synth {split}", unit="img", leave=False):
+        scene = make_scene(scene_rng(seed, split, index), size, len(names), border)
+        image_id = f"synth_{split}_{index:06d}"
+        rgb = Image.fromarray(scene.image, "RGB")
+        rgb.save(tmp / "VOC2012" / "JPEGImages" / f"{image_id}.jpg", quality=95)
+        rgb.save(tmp / "imagenet" / split / names[scene.label] / f"{image_id}.png")
+        seg = Image.fromarray(scene.mask, "P")
+        seg.putpalette(palette)
+        seg.save(tmp / "VOC2012" / "SegmentationClass" / f"{image_id}.png")
+        ids.append(image_id)
+        labels.append(scene.label)
+    return ids, labels
+
+
+def write_synthetic_dataset(
+    out: str | os.PathLike,
+    n_train: int = 4000,
+    n_val: int = 1000,
+    size: int = 64,
+    seed: int = 0,
+    num_classes: int = 10,
+    border: int | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Generate the embedded dataset and write it under ``out`` (see the module docstring for the layout).
+
+    Everything is written into a hidden sibling folder that is renamed onto ``out`` at the end, so an
+    interrupted run never leaves a half dataset behind.
+
+    Args:
+        out: destination folder; must not exist (or be empty) unless ``overwrite``.
+        n_train: number of training images.
+        n_val: number of validation images.
+        size: image side in pixels.
+        seed: generation seed; the same seed gives byte-identical masks and PNG images.
+        num_classes: number of object classes (2..24).
+        border: ignore-band width in pixels (default ``max(1, size // 64)``).
+        overwrite: replace an existing non-empty ``out``.
+
+    Returns:
+        The metadata written to ``out/meta.json``.
+    """
+    out = Path(out)
+    if n_train < 1 or n_val < 1:
+        raise ValueError(f"n_train and n_val must be >= 1, got {n_train} and {n_val}")
+    if size < 16:
+        raise ValueError(f"size must be >= 16 pixels, got {size}")
+    names = class_names(num_classes)  # validates num_classes
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        voc = tmp / "VOC2012"
+        for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+            (voc / sub).mkdir(parents=True)
+        for split in ("train", "val"):
+            for name in names:
+                (tmp / "imagenet" / split / name).mkdir(parents=True)
+        palette = voc_palette()
+        counts: dict[str, list[int]] = {}
+        split_ids: dict[str, list[str]] = {}
+        for split, count in (("train", n_train), ("val", n_val)):
+            ids, labels = _write_split(tmp, split, count, size, seed, names, palette, border)
+            split_ids[split] = ids
+            counts[split] = np.bincount(labels, minlength=num_classes).tolist()
+            (voc / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
+        (voc / "ImageSets/Segmentation/trainval.txt").write_text(
+            "\n".join(split_ids["train"] + split_ids["val"]) + "\n"
+        )
+        (voc / "classes.txt").write_text("\n".join(["background", *names]) + "\n")
+        meta = {
+            "format": "sparsedino-synthetic-v1",
+            "seed": seed,
+            "size": size,
+            "num_classes": num_classes,
+            "classes": names,
+            "voc_classes": ["background", *names],
+            "n_train": n_train,
+            "n_val": n_val,
+            "images_per_class": counts,
+            "ignore_index": IGNORE_INDEX,
+            "border": max(1, size // 64) if border is None else border,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if out.exists():  # empty, or overwrite: move the old tree aside, swap in the new one, drop the old
+            trash = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, trash)
+            os.replace(tmp, out)
+            shutil.rmtree(trash)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta

@@ -1,0 +1,114 @@
+"""``sparsedino diagnose``: semantic-diffusion diagnostics of one checkpoint, of several checkpoints of a
+run (scores against the epoch), or a side-by-side comparison of two result folders.
+
+    sparsedino diagnose --checkpoint FILE --data DIR --out DIR [--layers 0 5 11] [--config YAML] [key=value ...]
+    sparsedino diagnose --checkpoint 'run/checkpoint*.pth' --data DIR --out DIR     # over training
+    sparsedino diagnose --compare DIR_A DIR_B --out DIR                              # e.g. softmax vs entmax
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+from sparsedino.config import ConfigError, load_config, save_config
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sparsedino diagnose",
+        description="Per-block semantic-diffusion diagnostics of a ViT: token norms, attention statistics, "
+        "foreground alignment, background label probe, dense probes, figures and reports.",
+    )
+    p.add_argument("--checkpoint", nargs="+", metavar="FILE", help="checkpoint file(s), folder(s) or glob(s); "
+                   "several = diagnostics over training")
+    p.add_argument("--data", metavar="DIR", help="segmentation dataset root (VOC layout by default, see dataset=)")
+    p.add_argument("--out", metavar="DIR", required=True, help="output folder")
+    p.add_argument("--layers", nargs="+", type=int, metavar="I", help="block indices (negative from the end); default all")
+    p.add_argument("--config", metavar="YAML", help="options file or preset (see DiagnoseConfig)")
+    p.add_argument("--normalizer", help="attention normaliser to run the model with (default: as stored)")
+    p.add_argument("--arch", help="expected architecture (default: stored or inferred)")
+    p.add_argument("--which", default="teacher", choices=("teacher", "student"), help="network of a training checkpoint")
+    p.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"), help="side-by-side report of two result folders")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_images=128")
+    return p
+
+
+def _model_info(info) -> dict:
+    return dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info or {})
+
+
+def _print_summary(metrics: dict) -> None:
+    from sparsedino.diagnose.report import fmt
+    from sparsedino.diagnose.scores import SCORES
+
+    keys = ["attn.zero_share", "attn.distance_px", "norm.outlier_share", "align.cls_attn_iou", "align.pca_iou",
+            "diffusion.acc_bg", "diffusion.diffusion_index", "probe.miou", "probe.miou_with_cls"]
+    print("block  " + "  ".join(f"{SCORES[k][1][:18]:>18}" for k in keys))
+    for b, values in sorted(metrics["blocks"].items(), key=lambda kv: int(kv[0])):
+        print(f"{b:>5}  " + "  ".join(f"{fmt(values.get(k)):>18}" for k in keys))
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the command; returns the exit code (2 for bad input, with a message naming the culprit)."""
+    parser = build_parser()
+    args = parser.parse_args(list(argv))
+    out = Path(args.out)
+    try:
+        if args.compare:
+            from sparsedino.diagnose.report import write_compare
+
+            write_compare(args.compare[0], args.compare[1], out)
+            print(f"comparison written to {out / 'report.html'}")
+            return 0
+        if not args.checkpoint or not args.data:
+            parser.error("--checkpoint and --data are required (or use --compare DIR_A DIR_B)")
+        from sparsedino.diagnose.settings import DiagnoseConfig
+
+        overrides = list(args.overrides) + ([f"layers=[{','.join(map(str, args.layers))}]"] if args.layers else [])
+        cfg = load_config(DiagnoseConfig, args.config, overrides)
+        if not Path(args.data).is_dir():
+            raise FileNotFoundError(f"--data {args.data}: no such folder")
+        from sparsedino.data.segmentation import build_seg_dataset
+        from sparsedino.diagnose.over_training import assign_epochs, resolve_checkpoints
+        from sparsedino.models import load_backbone
+
+        paths = resolve_checkpoints(args.checkpoint)
+        dataset = build_seg_dataset(cfg.dataset, args.data, cfg.split)
+        if len(dataset) == 0:
+            raise ValueError(f"--data {args.data}: split {cfg.split!r} has no images")
+        loaded = []
+        for path in paths:  # read every checkpoint first: a bad file fails before any long work
+            model, info = load_backbone(path, normalizer=args.normalizer, arch=args.arch, which=args.which)
+            from sparsedino.diagnose.runner import resolve_layers
+
+            resolve_layers(list(cfg.layers), len(model.blocks))
+            loaded.append((path, info.epoch))
+            del model
+    except (ConfigError, FileNotFoundError, ValueError, OSError) as err:
+        print(f"sparsedino diagnose: error: {err}")
+        return 2
+    from sparsedino.diagnose.over_training import write_over_training
+    from sparsedino.diagnose.report import write_run
+    from sparsedino.diagnose.runner import run_diagnostics
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    single = len(loaded) == 1
+    runs = [(None, loaded[0][0])] if single else assign_epochs(loaded)
+    done = []
+    for epoch, path in runs:
+        model, info = load_backbone(path, normalizer=args.normalizer, arch=args.arch, which=args.which)
+        run_dir = out if single else out / f"epoch_{epoch:04d}"
+        print(f"diagnosing {path} ({info.arch}, {info.normalizer}" + ("" if single else f", epoch {epoch}") + ")")
+        result = run_diagnostics(model, dataset, cfg.layers, cfg, progress=not args.no_progress)
+        metrics = write_run(result, run_dir, _model_info(info) | {"epoch": epoch if epoch is not None else info.epoch})
+        _print_summary(metrics)
+        done.append((epoch, metrics, run_dir.name))
+    if not single:
+        write_over_training(done, out)
+    print(f"report written to {out / 'report.html'}")
+    return 0

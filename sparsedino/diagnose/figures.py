@@ -1,0 +1,153 @@
+"""Matplotlib figures of the diagnostics (Agg canvas, no pyplot state, PNG written atomically)."""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from sparsedino.atomic import atomic_write_bytes
+from sparsedino.diagnose.scores import GROUPS, SCORES
+
+
+def save_figure(fig: Figure, path: str | Path) -> Path:
+    """Render ``fig`` to PNG and write it atomically."""
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def _grid(n: int, ncols: int = 3) -> tuple[int, int]:
+    return max(1, math.ceil(n / ncols)), min(n, ncols) or 1
+
+
+def plot_group_curves(runs: dict[str, dict], group: str, path: str | Path, x_label: str = "block") -> Path | None:
+    """One subplot per score of ``group``: score against block, one line per run.
+
+    Args:
+        runs: run label -> metrics (``{"blocks": {block: {score: value}}}``).
+        group: a group of :data:`SCORES` ("norms", "attention", ...).
+        path: PNG to write.
+
+    Returns:
+        The path, or None if no run has any score of the group.
+    """
+    keys = [k for k, (g, _, _) in SCORES.items() if g == group and any(
+        isinstance(m["blocks"][b].get(k), (int, float)) for m in runs.values() for b in m["blocks"])]
+    if not keys:
+        return None
+    rows, cols = _grid(len(keys))
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows))
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for label, m in runs.items():
+            pts = [(int(b), v[key]) for b, v in m["blocks"].items() if isinstance(v.get(key), (int, float))]
+            if pts:
+                pts.sort()
+                ax.plot(*zip(*pts), marker="o", label=label)
+        ax.set_title(SCORES[key][1], fontsize=10)
+        ax.set_xlabel(x_label)
+        ax.grid(alpha=0.3)
+        if len(runs) > 1:
+            ax.legend(fontsize=8)
+    fig.suptitle(group)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_norm_histograms(runs: dict[str, dict], path: str | Path) -> Path:
+    """Histogram of log10(patch norm / image median) per block (outliers sit far right), one line per run."""
+    blocks = sorted({int(b) for m in runs.values() for b in m["blocks"]})
+    rows, cols = _grid(len(blocks), 4)
+    fig = Figure(figsize=(3.4 * cols, 2.6 * rows))
+    for i, b in enumerate(blocks):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for label, m in runs.items():
+            hist = m.get("histograms", {})
+            if str(b) not in hist:
+                continue
+            edges = np.asarray(hist["edges_log10_ratio"])
+            counts = np.asarray(hist[str(b)], dtype=float)
+            share = counts / max(counts.sum(), 1.0)
+            ax.stairs(share, 10**edges, label=label)
+            threshold = m.get("config", {}).get("outlier_ratio")
+            if threshold:
+                ax.axvline(threshold, color="red", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(f"block {b}", fontsize=9)
+        ax.set_xlabel("norm / image median", fontsize=8)
+    fig.suptitle("patch-token norm distribution (red: outlier threshold)")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def display_image(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) normalised tensor -> (H, W, 3) in [0, 1] (per-channel min-max, for display only)."""
+    x = image.float()
+    lo = x.amin((1, 2), keepdim=True)
+    hi = x.amax((1, 2), keepdim=True)
+    return ((x - lo) / (hi - lo).clamp_min(1e-6)).permute(1, 2, 0).numpy()
+
+
+def plot_maps(examples: dict, kind: str, path: str | Path, title: str) -> Path | None:
+    """Rows = example images, columns = image, ground truth, then the ``kind`` map of each block.
+
+    Args:
+        examples: ``run_diagnostics(...)["examples"]``.
+        kind: ``"cls_attn"``, ``"pca"`` (RGB) or ``"norm"``.
+    """
+    images = examples.get("images")
+    blocks = [b for b, d in examples["maps"].items() if kind in d]
+    if images is None or not blocks:
+        return None
+    n = images.shape[0]
+    cols = 2 + len(blocks)
+    fig = Figure(figsize=(1.6 * cols, 1.6 * n + 0.4))
+    for r in range(n):
+        panels = [("image", display_image(images[r]), None), ("foreground", examples["fg"][r].numpy(), "gray")]
+        for b in blocks:
+            m = examples["maps"][b][kind][r]
+            panels.append((f"block {b}", m.numpy(), None if kind == "pca" else "inferno"))
+        for c, (name, arr, cmap) in enumerate(panels):
+            ax = fig.add_subplot(n, cols, r * cols + c + 1)
+            ax.imshow(arr, cmap=cmap, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(name, fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+def plot_over_epochs(series: dict[str, dict[str, list[tuple[int, float]]]], key: str, path: str | Path) -> Path:
+    """One score against the training epoch, one line per block.
+
+    Args:
+        series: score key -> block -> [(epoch, value), ...].
+        key: the score to draw.
+    """
+    fig = Figure(figsize=(5.0, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    blocks = sorted(series[key], key=int)
+    cmap = __import__("matplotlib").colormaps["viridis"]
+    for i, b in enumerate(blocks):
+        pts = sorted(series[key][b])
+        ax.plot(*zip(*pts), marker="o", color=cmap(i / max(len(blocks) - 1, 1)), label=f"block {b}")
+    ax.set_xlabel("epoch")
+    ax.set_title(SCORES[key][1] if key in SCORES else key, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+__all__ = ["GROUPS", "plot_group_curves", "plot_maps", "plot_norm_histograms", "plot_over_epochs", "save_figure"]

@@ -1,0 +1,124 @@
+"""Diagnostics over training: every per-block score against the epoch of several checkpoints of one run.
+
+Checkpoints are given as files, folders (every ``*.pth``, ``*.pt``, ``*.safetensors`` inside) or glob
+patterns. The epoch is ``BackboneInfo.epoch`` when the checkpoint stores one, otherwise the number in the
+file name (``checkpoint0040.pth``, ``epoch_40.safetensors``, ``ep40.pt``).
+"""
+
+from __future__ import annotations
+
+import glob
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from sparsedino.atomic import atomic_write_json
+from sparsedino.diagnose import figures
+from sparsedino.diagnose.report import Doc, fmt, write_documents
+from sparsedino.diagnose.scores import SCORES, scalar_scores
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
+_EPOCH_IN_NAME = re.compile(r"(?:epoch|ep|checkpoint|ckpt)[_\-]?(\d+)", re.IGNORECASE)
+_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+
+def resolve_checkpoints(specs: Sequence[str]) -> list[Path]:
+    """Expand files, folders and glob patterns into a sorted, de-duplicated list of checkpoint files.
+
+    Raises:
+        FileNotFoundError: naming the spec that matches no checkpoint file.
+    """
+    found: list[Path] = []
+    for spec in specs:
+        path = Path(spec)
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.suffix in CHECKPOINT_SUFFIXES and p.is_file())
+        elif any(ch in spec for ch in "*?["):
+            matches = sorted(Path(p) for p in glob.glob(spec) if Path(p).is_file())
+        else:
+            matches = [path] if path.is_file() else []
+        if not matches:
+            what = "folder has no .pth/.pt/.safetensors file" if path.is_dir() else "no such checkpoint file"
+            raise FileNotFoundError(f"--checkpoint {spec}: {what}")
+        found += [m for m in matches if m.resolve() not in {f.resolve() for f in found}]
+    return found
+
+
+def epoch_from_name(path: str | Path) -> int | None:
+    """The epoch written in a checkpoint's file name, or None."""
+    stem = Path(path).name.split(".")[0]
+    match = _EPOCH_IN_NAME.search(stem) or _LAST_NUMBER.search(stem)
+    return int(match.group(1)) if match else None
+
+
+def assign_epochs(items: Sequence[tuple[Path, int | None]]) -> list[tuple[int, Path]]:
+    """Sort checkpoints by epoch; the stored epoch wins over the name.
+
+    Args:
+        items: ``(path, stored epoch or None)``.
+
+    Returns:
+        ``[(epoch, path)]`` sorted by epoch. For two files of the same epoch (DINO's ``checkpoint.pth`` is a
+        copy of the latest ``checkpointNNNN.pth``) the one whose name carries the epoch is kept.
+
+    Raises:
+        ValueError: naming a file whose epoch is neither stored nor in its name.
+    """
+    by_epoch: dict[int, Path] = {}
+    for path, stored in items:
+        epoch = stored if stored is not None else epoch_from_name(path)
+        if epoch is None:
+            raise ValueError(f"{path}: no epoch stored in the checkpoint nor in its file name")
+        if epoch in by_epoch and epoch_from_name(by_epoch[epoch]) == epoch:
+            continue
+        by_epoch[epoch] = path
+    return sorted(by_epoch.items())
+
+
+def collect_series(runs: Sequence[tuple[int, dict]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """Score key -> block -> [(epoch, value)] from ``[(epoch, metrics)]``; missing values are skipped."""
+    series: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for epoch, metrics in runs:
+        for block, values in metrics["blocks"].items():
+            for key, value in scalar_scores(values).items():
+                series.setdefault(key, {}).setdefault(block, []).append((epoch, float(value)))
+    return series
+
+
+def write_over_training(runs: Sequence[tuple[int, dict, str]], out_dir: str | Path) -> dict:
+    """Curves of every score against the epoch (one line per block), ``over_training.json`` and reports.
+
+    Args:
+        runs: ``[(epoch, metrics, run_dir relative to out_dir)]`` of the individual checkpoint runs.
+        out_dir: destination folder.
+
+    Returns:
+        The series written to ``over_training.json``.
+    """
+    out = Path(out_dir)
+    runs = sorted(runs, key=lambda r: r[0])
+    series = collect_series([(e, m) for e, m, _ in runs])
+    doc: Doc = [
+        ("h", 1, "sparsedino diagnostics over training"),
+        ("p", f"{len(runs)} checkpoints, epochs {', '.join(str(e) for e, _, _ in runs)}. Each checkpoint's "
+              "full report is in its own folder: " + ", ".join(d for _, _, d in runs) + "."),
+    ]
+    last_block = max((b for _, m, _ in runs for b in m["blocks"]), key=int)
+    keys = [k for k in SCORES if k in series and last_block in series[k]]
+    rows = [[str(e)] + [fmt(m["blocks"].get(last_block, {}).get(k)) for k in keys] for e, m, _ in runs]
+    doc += [("h", 2, f"Scores of block {last_block} per epoch"), ("table", ["epoch"] + [SCORES[k][1] for k in keys], rows)]
+    doc.append(("h", 2, "Scores against epoch (one line per block)"))
+    figs = []
+    for key in (k for k in SCORES if k in series):
+        p = figures.plot_over_epochs(series, key, out / "figures" / f"epochs_{key.replace('.', '_')}.png")
+        figs.append(f"figures/{p.name}")
+        doc.append(("img", figs[-1], f"{SCORES[key][1]} against epoch"))
+    result = {
+        "epochs": [e for e, _, _ in runs],
+        "runs": {str(e): d for e, _, d in runs},
+        "series": {k: {b: [list(p) for p in pts] for b, pts in v.items()} for k, v in series.items()},
+        "figures": figs,
+    }
+    atomic_write_json(out / "over_training.json", result)
+    write_documents(doc, out, "sparsedino diagnostics over training")
+    return result

@@ -1,0 +1,42 @@
+"""Options of ``sparsedino diagnose`` (defaults < YAML < ``key=value`` overrides, see ``sparsedino.config``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DenseProbeSettings:
+    """Per-block linear segmentation probe (``sparsedino.eval.segmentation.train_seg_probe``)."""
+
+    enabled: bool = True
+    iterations: int = 300  # optimiser steps of each probe (one probe per block and per with/without [CLS])
+    lr: float = 1e-3  # AdamW, linear warmup then linear decay (the eval probe's schedule)
+    weight_decay: float = 1e-4
+    warmup_iters: int = 30
+    batch_size: int = 16
+    seed: int = 0
+    train_fraction: float = 0.5  # share of the diagnosed images used to train the probe, the rest evaluates it
+
+
+@dataclass
+class DiagnoseConfig:
+    """Every option of the diagnostics; each is written to ``metrics.json`` with the results."""
+
+    layers: list[int] = field(default_factory=list)  # block indices (negative from the end); empty = all
+    split: str = "val"  # dataset split to diagnose
+    dataset: str = "voc"  # voc | ade20k | cityscapes (layout of --data)
+    n_images: int = 64  # images diagnosed (the first n of the split, in file order)
+    img_size: int = 224  # images and masks are resized to img_size x img_size (masks: nearest)
+    batch_size: int = 16
+    device: str = "auto"  # auto | cpu | cuda
+    final_norm: bool = True  # apply the backbone's final LayerNorm to per-block features (DINO convention)
+    fg_threshold: float = 0.5  # a patch is foreground if >= this share of its labelled pixels is foreground
+    outlier_ratio: float = 4.0  # high-norm outlier: norm > outlier_ratio x median patch norm of its image
+    cls_mass_keep: float = 0.6  # [CLS]-attention foreground map keeps this share of the attention mass
+    patches_per_image: int = 4  # background (and foreground) patches sampled per image for the label probe
+    label_probe_iterations: int = 200  # L-BFGS iterations of the patch -> image-label logistic regression
+    label_probe_weight_decay: float = 1e-3
+    seed: int = 0
+    n_figure_images: int = 4  # images whose maps (attention, PCA, norms) are drawn
+    dense_probe: DenseProbeSettings = field(default_factory=DenseProbeSettings)

@@ -1,0 +1,135 @@
+"""``sparsedino eval {knn,linear,seg}``: frozen-backbone protocols from the command line.
+
+Examples::
+
+    sparsedino eval knn --checkpoint ckpt.pth --data /data/imagenet --out runs/eval
+    sparsedino eval linear --checkpoint dino_deitsmall16_pretrain.pth --data /data/imagenet lrs=[1e-3,1e-2]
+    sparsedino eval seg --checkpoint ckpt.pth --config eval_seg_voc --data /data/VOCdevkit --with-cls
+    sparsedino eval seg --checkpoint ckpt.pth --config eval_seg_ade20k --data /data/ADEChallengeData2016 \\
+        layers=[-4,-3,-2,-1] features.cache_dir=/tmp/feats
+
+``--checkpoint`` accepts our training checkpoints and exports, official DINO files and timm ViT state dicts
+(see :func:`sparsedino.models.load_backbone`). Results go to ``OUT/<protocol>.json`` and ``.md`` with the
+resolved config beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sparsedino.config import ConfigError, load_config, save_config
+from sparsedino.eval.settings import KnnConfig, LinearConfig, SegConfig
+
+PROTOCOLS = {"knn": KnnConfig, "linear": LinearConfig, "seg": SegConfig}
+
+
+def _parser(protocol: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=f"sparsedino eval {protocol}",
+        description=f"Frozen-backbone {protocol} evaluation. Extra key=value arguments override config keys.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="our checkpoint/export, an official DINO file or a timm ViT")
+    parser.add_argument("--data", help="dataset root (overrides data_root)")
+    parser.add_argument("--config", help="YAML file or preset (e.g. eval_seg_voc)")
+    parser.add_argument("--normalizer", help="attention normaliser override (softmax, entmax15, sparsemax, alpha)")
+    parser.add_argument("--arch", help="expected architecture (vit_small ...); inferred when omitted")
+    parser.add_argument("--which", default="teacher", choices=["teacher", "student"], help="network of a training checkpoint")
+    parser.add_argument("--out", default=None, help=f"output folder (default runs/eval/{protocol})")
+    if protocol == "seg":
+        parser.add_argument("--dataset", choices=["voc", "ade20k", "cityscapes"], help="overrides dataset")
+        parser.add_argument("--with-cls", action="store_true", default=None, help="concatenate [CLS] to patches")
+    parser.add_argument("overrides", nargs="*", help="config overrides key=value")
+    return parser
+
+
+def _normalizer(value: str | None):
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    extra = list(args.overrides)
+    if args.data:
+        extra.append(f"data_root={args.data}")
+    if getattr(args, "dataset", None):
+        extra.append(f"dataset={args.dataset}")
+    if getattr(args, "with_cls", None):
+        extra.append("with_cls=true")
+    return extra
+
+
+def _classification_sets(cfg):
+    from sparsedino.data.imagenet import ImageNetFolder
+    from sparsedino.data.joint_transforms import make_classification_transform
+
+    transform = make_classification_transform(train=False, crop=cfg.crop, resize=cfg.resize)
+    return (ImageNetFolder(cfg.data_root, cfg.train_split, transform),
+            ImageNetFolder(cfg.data_root, cfg.val_split, transform))  # fmt: skip
+
+
+def run_protocol(protocol: str, model, cfg) -> dict:
+    """Build the datasets named in ``cfg`` (validated before the backbone runs) and run one protocol."""
+    if not cfg.data_root:
+        raise ConfigError("data_root is empty: pass --data ROOT or data_root=...")
+    if protocol == "seg":
+        from sparsedino.data.segmentation import build_seg_dataset
+        from sparsedino.eval.segmentation import run_seg_probe
+
+        train = build_seg_dataset(cfg.dataset, cfg.data_root, cfg.train_split)
+        val = build_seg_dataset(cfg.dataset, cfg.data_root, cfg.val_split)
+        train.load_raw(0), val.load_raw(0)  # fail fast on a wrong annotation folder
+        return run_seg_probe(model, train, val, list(cfg.layers), cfg.with_cls, cfg)
+    train, val = _classification_sets(cfg)
+    if protocol == "knn":
+        from sparsedino.eval.knn import run_knn
+
+        return run_knn(model, train, val, cfg)
+    from sparsedino.eval.linear import run_linear
+
+    return run_linear(model, train, val, cfg)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Entry point: ``sparsedino eval PROTOCOL [options] [key=value ...]``."""
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in PROTOCOLS:
+        stream = sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr
+        if stream is sys.stderr:
+            print(f"sparsedino eval: unknown protocol {argv[0]!r}", file=stream)
+        print("usage: sparsedino eval {knn,linear,seg} --checkpoint FILE --data ROOT [--config YAML] "
+              "[key=value ...]", file=stream)  # fmt: skip
+        return 0 if stream is sys.stdout else 2
+    protocol, rest = argv[0], argv[1:]
+    args = _parser(protocol).parse_args(rest)
+    try:
+        cfg = load_config(PROTOCOLS[protocol], args.config, _overrides(args))
+    except ConfigError as err:
+        print(f"sparsedino eval {protocol}: {err}", file=sys.stderr)
+        return 2
+    if not Path(args.checkpoint).is_file():
+        print(f"sparsedino eval {protocol}: checkpoint {args.checkpoint!r} does not exist", file=sys.stderr)
+        return 2
+    from sparsedino.eval.report import write_results
+    from sparsedino.models import load_backbone
+
+    model, info = load_backbone(args.checkpoint, normalizer=_normalizer(args.normalizer), arch=args.arch,
+                                which=args.which)  # fmt: skip
+    out = Path(args.out or f"runs/eval/{protocol}")
+    try:
+        result = run_protocol(protocol, model, cfg)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"sparsedino eval {protocol}: {err}", file=sys.stderr)
+        return 2
+    result = {"backbone": dataclasses.asdict(info), **result}
+    save_config(cfg, out / f"{protocol}_config.yaml")
+    json_path, md_path = write_results(out, result["protocol"], result)
+    print(f"wrote {json_path} and {md_path}")
+    return 0

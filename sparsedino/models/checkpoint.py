@@ -1,0 +1,160 @@
+"""``load_backbone``: any ViT checkpoint users have -> a ready timm model with our attention.
+
+Reads our training checkpoints and exports, official DINO backbone files and full checkpoints, and timm
+ViT state dicts (``.pth`` or ``.safetensors``). Architecture, patch size and registers are read from the
+stored metadata or inferred from tensor shapes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+
+from sparsedino.models.formats import CheckpointError, extract_backbone, fingerprint, infer_vit_shape, read_checkpoint
+from sparsedino.models.vit import ARCHS, arch_from_shape, build_vit
+
+__all__ = ["BackboneInfo", "CheckpointError", "load_backbone"]
+
+
+@dataclass
+class BackboneInfo:
+    """What :func:`load_backbone` found in a checkpoint.
+
+    Attributes:
+        source: ``"sparsedino"`` (our training checkpoint), ``"dino"`` (official full checkpoint),
+            ``"export"`` (``sparsedino export``) or ``"state_dict"`` (a bare timm / DINO backbone file).
+        arch: architecture name (``vit_small`` ...) or ``"custom"``.
+        patch_size, embed_dim, depth, num_heads, num_registers: the ViT's shape.
+        normalizer: attention normaliser the model was built with.
+        epoch: training epoch stored in the checkpoint, or None.
+        path: the file read.
+        sha256: first 16 hex digits of the file's SHA-256 (cache key).
+    """
+
+    source: str
+    arch: str
+    patch_size: int
+    embed_dim: int
+    depth: int
+    num_heads: int
+    num_registers: int
+    normalizer: str
+    epoch: int | None
+    path: str
+    sha256: str
+
+
+def _num_heads(arch: str | None, embed_dim: int, stored: int | None) -> int:
+    if stored:
+        return int(stored)
+    if arch in ARCHS and ARCHS[arch]["embed_dim"] == embed_dim:
+        return ARCHS[arch]["num_heads"]
+    for spec in ARCHS.values():
+        if spec["embed_dim"] == embed_dim:
+            return spec["num_heads"]
+    return max(embed_dim // 64, 1)  # the ViT convention: 64-dim heads
+
+
+def load_backbone(
+    path: str | Path,
+    normalizer: str | float | None = None,
+    arch: str | None = None,
+    which: str = "teacher",
+    img_size: int | None = None,
+) -> tuple[VisionTransformer, BackboneInfo]:
+    """Load a ViT backbone from any supported checkpoint file.
+
+    Args:
+        path: ``.pth`` / ``.pt`` / ``.safetensors`` file.
+        normalizer: attention normaliser to build with; None = the one stored in the checkpoint, or
+            ``"softmax"`` for foreign files (official DINO, timm).
+        arch: expected architecture; None = stored or inferred from shapes. A mismatch is an error.
+        which: ``"teacher"`` or ``"student"`` for training checkpoints (ignored for bare state dicts).
+        img_size: image size the position embeddings are laid out for; None = as stored.
+
+    Returns:
+        ``(model, info)``: the timm ``VisionTransformer`` in eval mode and a :class:`BackboneInfo`.
+
+    Raises:
+        CheckpointError: naming the file and the problem (missing, truncated, unsafe pickle, not a
+            ViT, missing keys, shape mismatch).
+    """
+    path = Path(path)
+    obj, header = read_checkpoint(path)
+    state, meta = extract_backbone(obj, header, which, path)
+    shape = infer_vit_shape(state, path)
+    inferred_arch = arch_from_shape(shape["embed_dim"], shape["depth"])
+    stored_arch = meta.get("arch") if meta.get("arch") in ARCHS else None
+    if arch is not None:
+        if arch not in ARCHS:
+            raise CheckpointError(f"unknown arch {arch!r} requested; expected one of {', '.join(ARCHS)}")
+        spec = ARCHS[arch]
+        if (spec["embed_dim"], spec["depth"]) != (shape["embed_dim"], shape["depth"]):
+            raise CheckpointError(
+                f"checkpoint {str(path)!r} holds a ViT with width {shape['embed_dim']} and depth "
+                f"{shape['depth']} (shape mismatch), not the requested {arch!r} "
+                f"(width {spec['embed_dim']}, depth {spec['depth']})"
+            )
+    arch_name = arch or stored_arch or inferred_arch or "custom"
+    num_heads = _num_heads(arch_name, shape["embed_dim"], meta.get("num_heads"))
+    if normalizer is None:
+        normalizer = meta.get("normalizer", "softmax")
+    timm_kwargs = {
+        "embed_dim": shape["embed_dim"],
+        "depth": shape["depth"],
+        "num_heads": num_heads,
+        "mlp_ratio": shape["mlp_ratio"],
+        "no_embed_class": shape["no_embed_class"],
+        "class_token": shape["class_token"],
+    }
+    if shape["init_values"] is not None:
+        timm_kwargs["init_values"] = shape["init_values"]
+    if not shape["class_token"]:
+        timm_kwargs["global_pool"] = "avg"
+    model = build_vit(
+        arch=arch_name if arch_name in ARCHS else "vit_small",
+        patch_size=shape["patch_size"],
+        img_size=shape["img_size"],
+        normalizer=normalizer,
+        num_registers=shape["num_registers"],
+        attn_scale=meta.get("attn_scale"),
+        **timm_kwargs,
+    )
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    state.pop("head.weight", None), state.pop("head.bias", None)  # classifier heads of timm models
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not match a {arch_name} ViT: missing keys {missing[:6]}, "
+            f"unexpected keys {unexpected[:6]}"
+        )
+    if img_size is not None and img_size != shape["img_size"]:
+        model.set_input_size(img_size=img_size)
+    model.eval()
+    from sparsedino.attention import normalizer_name
+
+    info = BackboneInfo(
+        source=str(meta.get("source", "state_dict")),
+        arch=arch_name,
+        patch_size=int(shape["patch_size"]),
+        embed_dim=int(shape["embed_dim"]),
+        depth=int(shape["depth"]),
+        num_heads=int(num_heads),
+        num_registers=int(shape["num_registers"]),
+        normalizer=normalizer_name(normalizer),
+        epoch=int(meta["epoch"]) if isinstance(meta.get("epoch"), int) else None,
+        path=str(path),
+        sha256=fingerprint(path),
+    )
+    return model, info
+
+
+def load_state_dict_checked(module: torch.nn.Module, state: dict, what: str, path: Path) -> None:
+    """``module.load_state_dict(state)`` whose errors name the file and the part (e.g. ``student``)."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        raise CheckpointError(f"checkpoint {str(path)!r}: {what} does not fit the model: {err}") from err

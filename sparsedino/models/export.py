@@ -1,0 +1,117 @@
+"""``sparsedino export CKPT --format timm|dino --out FILE``: write a checkpoint's backbone for other tools.
+
+Formats:
+- ``timm``: the state dict of ``timm.create_model("vit_small_patch16_224", num_classes=0)`` (or the
+  matching size / patch); registers allowed (``reg_token``, timm's ``no_embed_class`` layout).
+- ``dino``: an official DINO backbone file (as ``dino_deitsmall16_pretrain.pth``), loadable with
+  ``dino.vision_transformer.vit_small(patch_size=16).load_state_dict(...)``; DINO's ViT has no registers.
+  For register-free ViTs the tensors are the same as ``timm`` (DINO's ViT uses timm's parameter names).
+
+``.safetensors`` files carry our metadata (arch, normalizer, ...) in their header; ``.pth`` files are a
+bare state dict with a ``FILE.json`` sidecar, so ``torch.load`` gives the state dict directly and
+:func:`sparsedino.models.load_backbone` still rebuilds the right attention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from sparsedino.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from sparsedino.models.checkpoint import BackboneInfo, load_backbone
+from sparsedino.models.formats import SIDECAR_SUFFIX, CheckpointError
+
+FORMATS = ("timm", "dino")
+SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def timm_model_name(info: BackboneInfo) -> str:
+    """The timm model name with this backbone's shape (e.g. ``vit_small_patch16_224``)."""
+    size = info.arch.removeprefix("vit_") if info.arch != "custom" else "custom"
+    reg = f"_reg{info.num_registers}" if info.num_registers else ""
+    return f"vit_{size}_patch{info.patch_size}{reg}_224"
+
+
+def export_backbone(
+    checkpoint: str | Path, out: str | Path, fmt: str = "timm", which: str = "teacher"
+) -> tuple[Path, BackboneInfo]:
+    """Write the ``which`` backbone of ``checkpoint`` to ``out`` in format ``fmt`` (atomically).
+
+    Returns:
+        ``(out_path, info)``.
+
+    Raises:
+        ValueError: unknown format or file suffix, or registers with ``fmt="dino"``.
+        CheckpointError: the checkpoint cannot be read.
+    """
+    out = Path(out)
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if out.suffix not in SUFFIXES:
+        raise ValueError(f"--out {str(out)!r} must end with one of {', '.join(SUFFIXES)}")
+    model, info = load_backbone(checkpoint, which=which)
+    if fmt == "dino" and info.num_registers:
+        raise ValueError(
+            f"{str(checkpoint)!r} has {info.num_registers} register tokens, which DINO's ViT does not "
+            "support; export with --format timm"
+        )
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {
+        "source": "export",
+        "format": fmt,
+        "arch": info.arch,
+        "patch_size": info.patch_size,
+        "num_heads": info.num_heads,
+        "num_registers": info.num_registers,
+        "normalizer": info.normalizer,
+        "attn_scale": _attn_scale(model),
+        "epoch": info.epoch,
+        "timm_model": timm_model_name(info),
+        "exported_from": str(checkpoint),
+        "exported_from_sha256": info.sha256,
+    }
+    if out.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        atomic_write_bytes(out, save(state, metadata={"sparsedino": json.dumps(meta)}))
+    else:
+        atomic_torch_save(state, out)
+        atomic_write_json(out.with_name(out.name + SIDECAR_SUFFIX), meta)
+    return out, info
+
+
+def _attn_scale(model: torch.nn.Module) -> float | None:
+    """The attention logit scale when it differs from ``head_dim ** -0.5``, else None (the default)."""
+    for module in model.modules():
+        if hasattr(module, "normalizer") and hasattr(module, "head_dim") and hasattr(module, "scale"):
+            default = module.head_dim**-0.5
+            return None if abs(float(module.scale) - default) < 1e-9 else float(module.scale)
+    return None
+
+
+def main(argv: Sequence[str]) -> int:
+    """CLI entry point; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="sparsedino export",
+        description="Export the teacher (or student) backbone of a checkpoint as a timm or DINO file.",
+    )
+    parser.add_argument("checkpoint", help="training checkpoint, DINO checkpoint or backbone file")
+    parser.add_argument("--format", choices=FORMATS, default="timm", help="key layout to write (default timm)")
+    parser.add_argument("--out", required=True, help="output file (.pth or .safetensors)")
+    parser.add_argument("--which", choices=("teacher", "student"), default="teacher")
+    args = parser.parse_args(list(argv))
+    try:
+        out, info = export_backbone(args.checkpoint, args.out, args.format, args.which)
+    except (CheckpointError, ValueError) as err:
+        print(f"sparsedino export: {err}", file=sys.stderr)
+        return 2
+    print(
+        f"wrote {out} ({args.format} format): {info.arch} patch {info.patch_size}, {info.normalizer} attention, "
+        f"{info.num_registers} registers, epoch {info.epoch}; timm name {timm_model_name(info)}"
+    )
+    return 0

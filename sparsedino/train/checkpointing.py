@@ -1,0 +1,177 @@
+"""Training checkpoints in the official DINO layout, written atomically, resumable mid-epoch.
+
+Layout (``torch.load(weights_only=True)`` reads it; no pickled classes):
+    student / teacher: ``backbone.*`` and ``head.*`` (head last layer as ``weight_g`` / ``weight_v``)
+    optimizer, fp16_scaler (or None), dino_loss: {"center": (1, out_dim)}
+    epoch: epochs completed; iteration: iterations done in the current epoch (0 at epoch ends)
+    global_step, args: the resolved config as plain dicts
+    sparsedino: metadata for :func:`sparsedino.models.load_backbone` (arch, normalizer, ...)
+    rng: one dict of RNG states per rank
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sparsedino.atomic import atomic_torch_save
+from sparsedino.config import ConfigError, config_to_dict
+from sparsedino.models.checkpoint import load_state_dict_checked
+from sparsedino.models.formats import CheckpointError, read_checkpoint
+
+log = logging.getLogger(__name__)
+
+LATEST = "checkpoint.pth"
+FORMAT_VERSION = 1
+
+
+def epoch_snapshot_name(epoch: int) -> str:
+    """File name of the weights-only snapshot after ``epoch`` completed epochs."""
+    return f"checkpoint_epoch{epoch:04d}.pth"
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states as tensors and plain data."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": {
+            "kind": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` captured."""
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def model_metadata(cfg: Any, epoch: int, iteration: int) -> dict[str, Any]:
+    """What :func:`sparsedino.models.load_backbone` needs to rebuild the backbone."""
+    from sparsedino.attention import normalizer_name
+
+    m = cfg.model
+    return {
+        "format_version": FORMAT_VERSION,
+        "arch": m.arch,
+        "patch_size": m.patch_size,
+        "img_size": m.img_size,
+        "normalizer": normalizer_name(m.normalizer),
+        "attn_scale": m.attn_scale,
+        "num_registers": m.num_registers,
+        "out_dim": m.out_dim,
+        "epoch": epoch,
+        "iteration": iteration,
+    }
+
+
+@dataclass
+class TrainState:
+    """The mutable objects a checkpoint captures."""
+
+    student: torch.nn.Module  # unwrapped (no DDP)
+    teacher: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    dino_loss: torch.nn.Module
+
+
+def save_checkpoint(
+    path: Path, state: TrainState, cfg: Any, epoch: int, iteration: int, global_step: int, rngs: list
+) -> None:
+    """Write a full, resumable checkpoint atomically."""
+    atomic_torch_save(
+        {
+            "student": state.student.state_dict(),
+            "teacher": state.teacher.state_dict(),
+            "optimizer": state.optimizer.state_dict(),
+            "fp16_scaler": state.scaler.state_dict() if state.scaler is not None else None,
+            "dino_loss": state.dino_loss.state_dict(),
+            "epoch": epoch,
+            "iteration": iteration,
+            "global_step": global_step,
+            "args": config_to_dict(cfg),
+            "sparsedino": model_metadata(cfg, epoch, iteration),
+            "rng": rngs,
+        },
+        path,
+    )
+
+
+def save_snapshot(path: Path, state: TrainState, cfg: Any, epoch: int) -> None:
+    """Weights-only snapshot (student + teacher + metadata) for per-epoch evaluation curves."""
+    atomic_torch_save(
+        {
+            "student": state.student.state_dict(),
+            "teacher": state.teacher.state_dict(),
+            "epoch": epoch,
+            "args": config_to_dict(cfg),
+            "sparsedino": model_metadata(cfg, epoch, 0),
+        },
+        path,
+    )
+
+
+def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
+    current = config_to_dict(cfg)
+    keys = ["model", "data.global_crops_number", "data.local_crops_number", "optim.batch_size_per_gpu"]
+    for key in keys:
+        section, _, leaf = key.partition(".")
+        old = stored.get(section, {})
+        new = current[section]
+        if leaf:
+            old, new = old.get(leaf), new[leaf]
+        if old != new:
+            raise ConfigError(
+                f"cannot resume from {str(path)!r}: config {key!r} differs from the checkpoint "
+                f"({old!r} there, {new!r} now); use a new run.output_dir or run.resume=false"
+            )
+
+
+def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_size: int) -> dict[str, int]:
+    """Restore ``state`` from ``path`` and return ``{"epoch", "iteration", "global_step"}``.
+
+    Raises:
+        CheckpointError / ConfigError: naming the file and what does not match.
+    """
+    obj, _ = read_checkpoint(path)
+    if not isinstance(obj, dict) or "optimizer" not in obj or "sparsedino" not in obj:
+        raise CheckpointError(f"{str(path)!r} is not a resumable sparsedino training checkpoint")
+    _check_compatible(obj.get("args", {}), cfg, path)
+    load_state_dict_checked(state.student, obj["student"], "student", path)
+    load_state_dict_checked(state.teacher, obj["teacher"], "teacher", path)
+    load_state_dict_checked(state.dino_loss, obj["dino_loss"], "dino_loss", path)
+    state.optimizer.load_state_dict(obj["optimizer"])
+    if state.scaler is not None and obj.get("fp16_scaler") is not None:
+        state.scaler.load_state_dict(obj["fp16_scaler"])
+    rngs = obj.get("rng") or []
+    if len(rngs) == world_size:
+        set_rng_state(rngs[rank])
+    else:
+        log.warning(
+            "checkpoint %s was written by %d ranks, now %d: RNG streams re-seeded (resume is not bit-exact)",
+            path,
+            len(rngs),
+            world_size,
+        )
+    return {"epoch": int(obj["epoch"]), "iteration": int(obj["iteration"]), "global_step": int(obj["global_step"])}

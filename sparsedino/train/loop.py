@@ -1,0 +1,292 @@
+"""The DINO training loop: :func:`run_training` (in-process) is what ``sparsedino train`` calls."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from sparsedino.atomic import atomic_write_json
+from sparsedino.config import config_to_dict, save_config
+from sparsedino.train.build import Precision, build_loss, build_networks, build_optimizer, resolve_precision
+from sparsedino.train.checkpointing import (
+    LATEST,
+    TrainState,
+    epoch_snapshot_name,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_snapshot,
+)
+from sparsedino.train.data import ResumableDistributedSampler, build_dataset, build_loader
+from sparsedino.train.distributed import DistInfo, all_reduce_sum, cleanup, gather_objects, init_distributed
+from sparsedino.train.metrics import MetricLogger, truncate_jsonl
+from sparsedino.train.schedules import cosine_schedule
+from sparsedino.train.settings import TrainConfig, validate
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN/inf; training stopped before the weights were touched."""
+
+
+@dataclass
+class Schedules:
+    lr: np.ndarray
+    wd: np.ndarray
+    momentum: np.ndarray
+    iters_per_epoch: int
+
+
+def make_schedules(cfg: TrainConfig, iters_per_epoch: int, world_size: int) -> Schedules:
+    """lr (scaled by global batch / 256, warmup + cosine), weight decay and teacher momentum (cosine)."""
+    o = cfg.optim
+    global_batch = o.batch_size_per_gpu * world_size
+    return Schedules(
+        lr=cosine_schedule(o.lr * global_batch / 256.0, o.min_lr, o.epochs, iters_per_epoch, o.warmup_epochs),
+        wd=cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs, iters_per_epoch),
+        momentum=cosine_schedule(o.momentum_teacher, 1.0, o.epochs, iters_per_epoch),
+        iters_per_epoch=iters_per_epoch,
+    )
+
+
+def clip_gradients(model: nn.Module, max_norm: float, mode: str) -> None:
+    """DINO's per-parameter clipping (each gradient to norm <= max_norm) or one global-norm clip."""
+    if max_norm <= 0:
+        return
+    if mode == "global":
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        return
+    for param in model.parameters():
+        if param.grad is not None:
+            norm = param.grad.detach().norm(2)
+            param.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter."""
+    t_params = list(teacher.parameters())
+    s_params = [p.detach() for p in student.parameters()]
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
+
+
+class Trainer:
+    """Holds the run's objects; :meth:`fit` trains from the current position to the last epoch."""
+
+    def __init__(self, cfg: TrainConfig, dist_info: DistInfo) -> None:
+        self.cfg, self.dist = cfg, dist_info
+        self.out = Path(cfg.run.output_dir)
+        if dist_info.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+        seed = cfg.run.seed
+        self.dataset = build_dataset(cfg)  # fails fast on missing/empty folders
+        self.sampler = ResumableDistributedSampler(self.dataset, dist_info.world_size, dist_info.rank, seed)
+        bs = cfg.optim.batch_size_per_gpu
+        iters = self.sampler.num_samples // bs
+        if iters == 0:
+            raise ValueError(
+                f"data.path {cfg.data.path!r}: {len(self.dataset)} images are fewer than one global batch "
+                f"({bs} per process x {dist_info.world_size} processes)"
+            )
+        if cfg.run.max_iters_per_epoch > 0:
+            iters = min(iters, cfg.run.max_iters_per_epoch)
+        self.precision: Precision = resolve_precision(cfg.run.precision, dist_info.device)
+        # Same seed on every rank -> identical initial weights (DDP also broadcasts rank 0's).
+        torch.manual_seed(seed)
+        self.nets = build_networks(cfg, dist_info)
+        self.loss_fn = build_loss(cfg).to(dist_info.device)
+        self.optimizer = build_optimizer(cfg, self.nets.student)
+        self.state = TrainState(
+            self.nets.student, self.nets.teacher, self.optimizer, self.precision.scaler(), self.loss_fn
+        )
+        self.sched = make_schedules(cfg, iters, dist_info.world_size)
+        self.epoch, self.iteration, self.global_step = 0, 0, 0
+        latest = self.out / LATEST
+        if cfg.run.resume and latest.is_file():
+            pos = load_checkpoint(latest, self.state, cfg, dist_info.rank, dist_info.world_size)
+            self.epoch, self.iteration, self.global_step = pos["epoch"], pos["iteration"], pos["global_step"]
+            if self.iteration >= iters:  # killed between the last step's checkpoint and the epoch end
+                self.epoch, self.iteration = self.epoch + 1, 0
+            log.info("resumed from %s at epoch %d iteration %d", latest, self.epoch, self.iteration)
+            if dist_info.is_main:
+                truncate_jsonl(self.out / "metrics.jsonl", self.global_step)
+        else:
+            # Per-rank streams for drop path etc.; data augmentation is seeded per sample instead.
+            torch.manual_seed(seed + dist_info.rank)
+            random.seed(seed + dist_info.rank)
+            np.random.seed((seed + dist_info.rank) % 2**32)
+        self.logger = MetricLogger(
+            self.out,
+            enabled=dist_info.is_main,
+            tensorboard=cfg.log.tensorboard,
+            wandb=cfg.log.wandb,
+            wandb_project=cfg.log.wandb_project,
+            wandb_run_name=cfg.log.wandb_run_name,
+            config=config_to_dict(cfg),
+        )
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save(self, epoch: int, iteration: int) -> None:
+        rngs = gather_objects(rng_state())  # collective: every rank calls save()
+        if self.dist.is_main:
+            save_checkpoint(self.out / LATEST, self.state, self.cfg, epoch, iteration, self.global_step, rngs)
+
+    # ---- one iteration -----------------------------------------------------------------------
+    def step(self, crops: list[torch.Tensor], epoch: int) -> torch.Tensor:
+        """Forward, backward, clip, optimiser step, teacher EMA. Returns the local loss (detached)."""
+        cfg, it = self.cfg, self.global_step
+        for group in self.optimizer.param_groups:
+            group["lr"] = float(self.sched.lr[it])
+            if not group.get("no_decay"):
+                group["weight_decay"] = float(self.sched.wd[it])
+        crops = [c.to(self.dist.device, non_blocking=True) for c in crops]
+        n_global = cfg.data.global_crops_number
+        with self.precision.autocast():
+            teacher_out = self.nets.teacher(crops[:n_global])  # (n_global * B, K)
+            student_out = self.nets.student_ddp(crops)  # (n_crops * B, K)
+            loss = self.loss_fn(student_out, teacher_out, epoch)
+        return loss
+
+    def update(self, loss: torch.Tensor, epoch: int) -> None:
+        cfg, scaler, student = self.cfg, self.state.scaler, self.nets.student
+        self.optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        clip_gradients(student, cfg.optim.clip_grad, cfg.optim.clip_mode)
+        if epoch < cfg.optim.freeze_last_layer:  # DINO: keep the prototypes fixed at the start
+            for name, param in student.named_parameters():
+                if "last_layer" in name:
+                    param.grad = None
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        ema_update(self.nets.teacher, student, float(self.sched.momentum[self.global_step]))
+
+    # ---- epochs ------------------------------------------------------------------------------
+    def train_epoch(self, epoch: int) -> float:
+        cfg, bs = self.cfg, self.cfg.optim.batch_size_per_gpu
+        ipe = self.sched.iters_per_epoch
+        self.sampler.set_position(epoch, self.iteration * bs)
+        loader = build_loader(self.dataset, self.sampler, cfg, epoch, self.dist.rank)
+        self.nets.student.train()
+        self.nets.teacher.train()
+        bar = tqdm(
+            total=ipe,
+            initial=self.iteration,
+            desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+            disable=not (cfg.run.progress and self.dist.is_main),
+            dynamic_ncols=True,
+        )
+        global_batch = bs * self.dist.world_size
+        loss_sum, n_steps, tick, since = 0.0, 0, time.perf_counter(), 0
+        for crops, skipped in loader:
+            if self.iteration >= ipe:
+                break
+            loss = self.step(crops, epoch)
+            # One all-reduce per step: mean loss over ranks + skipped-image count. Every rank then
+            # agrees on whether the loss is finite, so all stop together.
+            stats = all_reduce_sum(torch.stack([loss.detach().float(), skipped.sum().float().to(loss.device)]))
+            loss_value = stats[0].item() / self.dist.world_size
+            if not math.isfinite(loss_value):
+                raise NonFiniteLossError(
+                    f"loss is {loss_value} at epoch {epoch} iteration {self.iteration} (step {self.global_step}); "
+                    f"training stopped, the last good checkpoint {str(self.out / LATEST)!r} is intact. Try a "
+                    f"lower optim.lr, run.precision=bf16/fp32, optim.clip_grad>0 or a larger optim.teacher_temp."
+                )
+            self.update(loss, epoch)
+            self.iteration += 1
+            self.global_step += 1
+            loss_sum, n_steps, since = loss_sum + loss_value, n_steps + 1, since + 1
+            self.skipped_total = getattr(self, "skipped_total", 0) + int(stats[1].item())
+            if self.global_step % max(cfg.run.log_every, 1) == 0 or self.iteration == ipe:
+                elapsed = time.perf_counter() - tick
+                record = {
+                    "step": self.global_step,
+                    "epoch": epoch,
+                    "iteration": self.iteration,
+                    "loss": loss_value,
+                    "lr": float(self.sched.lr[self.global_step - 1]),
+                    "wd": float(self.sched.wd[self.global_step - 1]),
+                    "momentum": float(self.sched.momentum[self.global_step - 1]),
+                    "teacher_temp": self.loss_fn.teacher_temp(epoch),
+                    "images_per_s": since * global_batch / max(elapsed, 1e-9),
+                    "skipped_images": self.skipped_total,
+                }
+                self.logger.log(record, self.global_step)
+                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['images_per_s']:.1f}")
+                tick, since = time.perf_counter(), 0
+            bar.update(1)
+            every = cfg.run.checkpoint_every_iters
+            if every > 0 and self.iteration % every == 0 and self.iteration < ipe:
+                self.save(epoch, self.iteration)
+        bar.close()
+        return loss_sum / max(n_steps, 1)
+
+    def fit(self) -> Path:
+        cfg = self.cfg
+        for epoch in range(self.epoch, cfg.optim.epochs):
+            self.epoch = epoch
+            mean_loss = self.train_epoch(epoch)
+            self.iteration = 0
+            self.save(epoch + 1, 0)
+            every = cfg.run.checkpoint_every_epochs
+            if self.dist.is_main and every > 0 and (epoch + 1) % every == 0:
+                save_snapshot(self.out / epoch_snapshot_name(epoch + 1), self.state, cfg, epoch + 1)
+            self.logger.log({"step": self.global_step, "epoch_end": epoch + 1, "epoch_loss": mean_loss}, self.global_step)
+            self.logger.flush()
+        if self.dist.is_main:
+            atomic_write_json(
+                self.out / "train_summary.json",
+                {
+                    "epochs": cfg.optim.epochs,
+                    "global_step": self.global_step,
+                    "world_size": self.dist.world_size,
+                    "global_batch": cfg.optim.batch_size_per_gpu * self.dist.world_size,
+                    "skipped_images": getattr(self, "skipped_total", 0),
+                    "checkpoint": LATEST,
+                },
+            )
+        self.logger.close()
+        return self.out
+
+
+def run_training(cfg: TrainConfig) -> Path:
+    """Train DINO as described by ``cfg`` (from :func:`sparsedino.config.load_config`); return the output dir.
+
+    Works in-process on CPU with no launcher, and under ``torchrun`` / Slurm as one rank of a DDP job.
+    Resumes automatically from ``<output_dir>/checkpoint.pth`` when ``run.resume`` is true.
+
+    Raises:
+        ConfigError: invalid settings (before any work).
+        NonFiniteLossError: the loss became NaN/inf.
+    """
+    validate(cfg)
+    owned = not (dist.is_available() and dist.is_initialized())
+    dist_info = init_distributed(cfg.run.device, cfg.run.dist_timeout_s)
+    try:
+        return Trainer(cfg, dist_info).fit()
+    except BaseException as err:
+        if dist_info.distributed:
+            log.error("rank %d failed: %s", dist_info.rank, err)
+        raise
+    finally:
+        if owned:
+            cleanup()

@@ -1,0 +1,181 @@
+"""Typed settings of ``sparsedino train`` (defaults = DINO ViT-S/16; presets in ``sparsedino/configs``).
+
+Loaded with :func:`sparsedino.config.load_config`: defaults < YAML < ``key=value`` overrides; unknown
+keys and wrong types are rejected by OmegaConf, and :func:`validate` checks choices and ranges, naming
+the key, before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from sparsedino.config import ConfigError
+
+
+@dataclass
+class ModelSettings:
+    """Backbone and DINO head."""
+
+    arch: str = "vit_small"  # vit_pico | vit_tiny | vit_small | vit_base | vit_large
+    patch_size: int = 16
+    img_size: int = 224  # position-embedding grid (other sizes are interpolated)
+    normalizer: str = "entmax15"  # softmax | entmax15 | sparsemax | entmax<alpha> e.g. entmax1.25
+    attn_scale: float | None = None  # None = head_dim ** -0.5 (entmax sparsity depends on it)
+    num_registers: int = 0  # register tokens (Darcet et al.), the natural baseline
+    drop_path_rate: float = 0.1  # student only
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    head_layers: int = 3
+    norm_last_layer: bool = True
+    use_bn_in_head: bool = False
+
+
+@dataclass
+class DataSettings:
+    """Training images and the multi-crop augmentation."""
+
+    path: str = MISSING  # dataset root holding <split>/<class>/*.jpg
+    split: str = "train"
+    on_bad_image: str = "error"  # error | skip (skipped files are counted and logged)
+    num_workers: int = 8
+    global_crops_number: int = 2
+    global_crop_size: int = 224
+    global_crops_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    local_crops_number: int = 8
+    local_crop_size: int = 96
+    local_crops_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+
+
+@dataclass
+class OptimSettings:
+    """Optimisation and the DINO schedules (lr is for a global batch of 256, scaled linearly)."""
+
+    epochs: int = 100
+    batch_size_per_gpu: int = 64
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 5e-4
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    clip_grad: float = 3.0  # 0 disables clipping
+    clip_mode: str = "per_param"  # per_param (DINO) | global
+    freeze_last_layer: int = 1  # epochs with the head's last layer frozen
+    momentum_teacher: float = 0.996
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    student_temp: float = 0.1
+    center_momentum: float = 0.9
+
+
+@dataclass
+class RunSettings:
+    """Where outputs go, devices, precision, checkpoints."""
+
+    output_dir: str = "runs/dino"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    checkpoint_every_iters: int = 0  # 0 = only at epoch ends
+    checkpoint_every_epochs: int = 0  # also keep checkpoint_epoch{E:04d}.pth (weights only); 0 = off
+    log_every: int = 10
+    max_iters_per_epoch: int = 0  # > 0 caps iterations per epoch (smoke runs)
+    resume: bool = True  # continue from output_dir/checkpoint.pth when it exists
+    dist_timeout_s: int = 1800  # collective timeout: a dead rank makes the others fail, not hang
+    progress: bool = True  # tqdm bar
+
+
+@dataclass
+class LogSettings:
+    """Metric sinks (metrics.jsonl is always written)."""
+
+    tensorboard: bool = True
+    wandb: bool = False
+    wandb_project: str = "sparsedino"
+    wandb_run_name: str = ""
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``sparsedino train`` reads."""
+
+    model: ModelSettings = field(default_factory=ModelSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.arch": ("vit_pico", "vit_tiny", "vit_small", "vit_base", "vit_large"),
+    "data.on_bad_image": ("error", "skip"),
+    "optim.optimizer": ("adamw", "sgd"),
+    "optim.clip_mode": ("per_param", "global"),
+    "run.device": ("auto", "cpu", "cuda"),
+    "run.precision": ("auto", "fp32", "bf16", "fp16"),
+}
+_POSITIVE = ("model.patch_size", "model.img_size", "model.out_dim", "optim.epochs", "optim.batch_size_per_gpu")
+_NON_NEGATIVE = (
+    "model.num_registers",
+    "data.num_workers",
+    "data.local_crops_number",
+    "optim.warmup_epochs",
+    "optim.clip_grad",
+    "optim.freeze_last_layer",
+    "optim.warmup_teacher_temp_epochs",
+    "run.checkpoint_every_iters",
+    "run.checkpoint_every_epochs",
+    "run.max_iters_per_epoch",
+)
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check choices, ranges and cross-field constraints; raise :class:`ConfigError` naming the key."""
+    from sparsedino.attention import validate_normalizer
+
+    for key, choices in _CHOICES.items():
+        if _get(cfg, key) not in choices:
+            raise ConfigError(f"key {key!r}: {_get(cfg, key)!r} is not one of {', '.join(choices)}")
+    for key in _POSITIVE:
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"key {key!r} must be > 0, got {_get(cfg, key)!r}")
+    for key in _NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"key {key!r} must be >= 0, got {_get(cfg, key)!r}")
+    try:
+        validate_normalizer(cfg.model.normalizer)
+    except ValueError as err:
+        raise ConfigError(f"key 'model.normalizer': {err}") from err
+    if not 0.0 <= cfg.model.drop_path_rate < 1.0:
+        raise ConfigError(f"key 'model.drop_path_rate' must be in [0, 1), got {cfg.model.drop_path_rate}")
+    if cfg.data.global_crops_number < 2:
+        raise ConfigError("key 'data.global_crops_number' must be >= 2 (the teacher views are compared pairwise)")
+    for key in ("data.global_crops_scale", "data.local_crops_scale"):
+        lo_hi = list(_get(cfg, key))
+        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+            raise ConfigError(f"key {key!r} must be [min, max] with 0 < min <= max <= 1, got {lo_hi}")
+    for key in ("optim.momentum_teacher", "optim.center_momentum"):
+        if not 0.0 <= _get(cfg, key) <= 1.0:
+            raise ConfigError(f"key {key!r} must be in [0, 1], got {_get(cfg, key)}")
+    for key in ("optim.teacher_temp", "optim.warmup_teacher_temp", "optim.student_temp", "optim.lr"):
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"key {key!r} must be > 0, got {_get(cfg, key)}")
+    for key in ("data.global_crop_size", "data.local_crop_size"):
+        if _get(cfg, key) % cfg.model.patch_size:
+            raise ConfigError(f"key {key!r} ({_get(cfg, key)}) must be a multiple of model.patch_size")
+    if cfg.log.wandb:
+        try:
+            import wandb  # noqa: F401
+        except ImportError as err:
+            raise ConfigError("key 'log.wandb' is true but wandb is not installed (pip install wandb)") from err

@@ -1,0 +1,57 @@
+"""Config loading for ``sparsedino train``: presets, unknown keys, wrong types, bad choices."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from sparsedino.config import ConfigError
+from sparsedino.train import load_train_config
+from sparsedino.train.command import main
+
+
+@pytest.mark.parametrize("preset", ["dino_vits16_softmax", "dino_vits16_entmax15", "dino_cpu_tiny"])
+def test_presets_load_and_validate(preset):
+    cfg = load_train_config(preset, ["data.path=/somewhere"])
+    assert cfg.data.path == "/somewhere"
+    if preset.startswith("dino_vits16"):
+        assert cfg.model.arch == "vit_small" and cfg.model.patch_size == 16
+        assert cfg.optim.epochs == 200
+        assert cfg.model.normalizer == preset.split("_")[-1]
+
+
+def test_paper_presets_differ_only_in_normalizer():
+    soft = load_train_config("dino_vits16_softmax", ["data.path=x"])
+    ent = load_train_config("dino_vits16_entmax15", ["data.path=x"])
+    assert soft.model.normalizer == "softmax" and ent.model.normalizer == "entmax15"
+    soft_d = yaml.safe_load(yaml.safe_dump(dict(soft.optim)))
+    assert soft_d == yaml.safe_load(yaml.safe_dump(dict(ent.optim)))
+
+
+def test_unknown_key_is_rejected_naming_it(capsys):
+    assert main(["dino_cpu_tiny", "optim.learning_rate=1e-3"]) == 2
+    assert "optim.learning_rate" in capsys.readouterr().err
+
+
+def test_wrong_type_is_rejected_naming_it(capsys):
+    assert main(["dino_cpu_tiny", "optim.epochs=many"]) == 2
+    assert "optim.epochs" in capsys.readouterr().err
+
+
+def test_bad_choice_is_rejected_naming_it():
+    with pytest.raises(ConfigError, match="run.precision"):
+        load_train_config("dino_cpu_tiny", ["run.precision=fp8"])
+    with pytest.raises(ConfigError, match="model.normalizer"):
+        load_train_config("dino_cpu_tiny", ["model.normalizer=entmax0.5"])
+
+
+def test_unknown_key_in_yaml_file_is_rejected(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  arch: vit_pico\n  depthh: 3\n")
+    with pytest.raises(ConfigError, match="depthh"):
+        load_train_config(bad)
+
+
+def test_missing_data_path_is_reported():
+    with pytest.raises(ConfigError, match="data.path"):
+        load_train_config("dino_vits16_entmax15")
