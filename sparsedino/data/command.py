@@ -31,21 +31,32 @@ def main(argv: Sequence[str]) -> int:
         stream = sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr
         if stream is sys.stderr:
             print(f"sparsedino data: unknown sub-command {argv[0]!r}", file=stream)
-        print("usage: sparsedino data synth --out DIR [--n-train N] [--n-val N] [--size PX] [--seed S]",
-              file=stream)  # fmt: skip
+        print(
+            "usage: sparsedino data synth --out DIR [--n-train N] [--n-val N] [--size PX] [--seed S]",
+            file=stream,
+        )
         return 0 if stream is sys.stdout else 2
     args = _synth_parser().parse_args(argv[1:])
     from sparsedino.data.synthetic import write_synthetic_dataset
 
     start = time.perf_counter()
     try:
-        meta = write_synthetic_dataset(args.out, n_train=args.n_train, n_val=args.n_val, size=args.size,
-                                       seed=args.seed, num_classes=args.num_classes, overwrite=args.overwrite)  # fmt: skip
+        meta = write_synthetic_dataset(
+            args.out,
+            n_train=args.n_train,
+            n_val=args.n_val,
+            size=args.size,
+            seed=args.seed,
+            num_classes=args.num_classes,
+            overwrite=args.overwrite,
+        )
     except (ValueError, FileExistsError) as err:
         print(f"sparsedino data synth: {err}", file=sys.stderr)
         return 2
     seconds = time.perf_counter() - start
     total = meta["n_train"] + meta["n_val"]
-    print(f"wrote {total} images ({meta['num_classes']} classes, {meta['size']} px) to {args.out} in "
-          f"{seconds:.1f} s ({total / seconds:.0f} images/s)")  # fmt: skip
+    print(
+        f"wrote {total} images ({meta['num_classes']} classes, {meta['size']} px) to {args.out} in "
+        f"{seconds:.1f} s ({total / seconds:.0f} images/s)"
+    )
     return 0

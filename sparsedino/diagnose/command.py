@@ -86,7 +86,7 @@ def main(argv: Sequence[str]) -> int:
             from sparsedino.diagnose.runner import resolve_layers
 
             resolve_layers(list(cfg.layers), len(model.blocks))
-            loaded.append((path, info.epoch))
+            loaded.append((path, info.epoch, info.sha256))
             del model
     except (ConfigError, FileNotFoundError, ValueError, OSError) as err:
         print(f"sparsedino diagnose: error: {err}")

@@ -15,7 +15,7 @@ from pathlib import Path
 from sparsedino.atomic import atomic_write_json
 from sparsedino.diagnose import figures
 from sparsedino.diagnose.report import Doc, fmt, write_documents
-from sparsedino.diagnose.scores import SCORES, scalar_scores
+from sparsedino.diagnose.scores import GROUPS, SCORES, scalar_scores
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 _EPOCH_IN_NAME = re.compile(r"(?:epoch|ep|checkpoint|ckpt)[_\-]?(\d+)", re.IGNORECASE)
@@ -51,27 +51,32 @@ def epoch_from_name(path: str | Path) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def assign_epochs(items: Sequence[tuple[Path, int | None]]) -> list[tuple[int, Path]]:
+def assign_epochs(items: Sequence[tuple[Path, int | None, str]]) -> list[tuple[int, Path]]:
     """Sort checkpoints by epoch; the stored epoch wins over the name.
 
     Args:
-        items: ``(path, stored epoch or None)``.
+        items: ``(path, stored epoch or None, content fingerprint)``.
 
     Returns:
-        ``[(epoch, path)]`` sorted by epoch. For two files of the same epoch (DINO's ``checkpoint.pth`` is a
-        copy of the latest ``checkpointNNNN.pth``) the one whose name carries the epoch is kept.
+        ``[(epoch, path)]`` sorted by epoch. Files with the same content (DINO's ``checkpoint.pth`` is a copy
+        of the latest ``checkpointNNNN.pth``) are diagnosed once, under the name that carries an epoch; for
+        two different files of the same epoch, the one whose name carries the epoch is kept.
 
     Raises:
         ValueError: naming a file whose epoch is neither stored nor in its name.
     """
+    ranked = sorted(items, key=lambda item: epoch_from_name(item[0]) is None)  # named epochs first
     by_epoch: dict[int, Path] = {}
-    for path, stored in items:
+    seen: set[str] = set()
+    for path, stored, fingerprint in ranked:
+        if fingerprint in seen:
+            continue
+        seen.add(fingerprint)
         epoch = stored if stored is not None else epoch_from_name(path)
         if epoch is None:
             raise ValueError(f"{path}: no epoch stored in the checkpoint nor in its file name")
-        if epoch in by_epoch and epoch_from_name(by_epoch[epoch]) == epoch:
-            continue
-        by_epoch[epoch] = path
+        if epoch not in by_epoch:
+            by_epoch[epoch] = path
     return sorted(by_epoch.items())
 
 
@@ -109,10 +114,11 @@ def write_over_training(runs: Sequence[tuple[int, dict, str]], out_dir: str | Pa
     doc += [("h", 2, f"Scores of block {last_block} per epoch"), ("table", ["epoch"] + [SCORES[k][1] for k in keys], rows)]
     doc.append(("h", 2, "Scores against epoch (one line per block)"))
     figs = []
-    for key in (k for k in SCORES if k in series):
-        p = figures.plot_over_epochs(series, key, out / "figures" / f"epochs_{key.replace('.', '_')}.png")
-        figs.append(f"figures/{p.name}")
-        doc.append(("img", figs[-1], f"{SCORES[key][1]} against epoch"))
+    for group in GROUPS:
+        p = figures.plot_over_epochs(series, group, out / "figures" / f"epochs_{group.replace(' ', '_')}.png")
+        if p:
+            figs.append(f"figures/{p.name}")
+            doc.append(("img", figs[-1], f"{group} against epoch"))
     result = {
         "epochs": [e for e, _, _ in runs],
         "runs": {str(e): d for e, _, d in runs},

@@ -32,16 +32,24 @@ def _parser(protocol: str) -> argparse.ArgumentParser:
         prog=f"sparsedino eval {protocol}",
         description=f"Frozen-backbone {protocol} evaluation. Extra key=value arguments override config keys.",
     )
-    parser.add_argument("--checkpoint", required=True, help="our checkpoint/export, an official DINO file or a timm ViT")
+    parser.add_argument(
+        "--checkpoint", required=True, help="our checkpoint/export, an official DINO file or a timm ViT"
+    )
     parser.add_argument("--data", help="dataset root (overrides data_root)")
     parser.add_argument("--config", help="YAML file or preset (e.g. eval_seg_voc)")
-    parser.add_argument("--normalizer", help="attention normaliser override (softmax, entmax15, sparsemax, alpha)")
+    parser.add_argument(
+        "--normalizer", help="attention normaliser override (softmax, entmax15, sparsemax, alpha)"
+    )
     parser.add_argument("--arch", help="expected architecture (vit_small ...); inferred when omitted")
-    parser.add_argument("--which", default="teacher", choices=["teacher", "student"], help="network of a training checkpoint")
+    parser.add_argument(
+        "--which", default="teacher", choices=["teacher", "student"], help="network of a training checkpoint"
+    )
     parser.add_argument("--out", default=None, help=f"output folder (default runs/eval/{protocol})")
     if protocol == "seg":
         parser.add_argument("--dataset", choices=["voc", "ade20k", "cityscapes"], help="overrides dataset")
-        parser.add_argument("--with-cls", action="store_true", default=None, help="concatenate [CLS] to patches")
+        parser.add_argument(
+            "--with-cls", action="store_true", default=None, help="concatenate [CLS] to patches"
+        )
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
     return parser
 
@@ -71,8 +79,10 @@ def _classification_sets(cfg):
     from sparsedino.data.joint_transforms import make_classification_transform
 
     transform = make_classification_transform(train=False, crop=cfg.crop, resize=cfg.resize)
-    return (ImageNetFolder(cfg.data_root, cfg.train_split, transform),
-            ImageNetFolder(cfg.data_root, cfg.val_split, transform))  # fmt: skip
+    return (
+        ImageNetFolder(cfg.data_root, cfg.train_split, transform),
+        ImageNetFolder(cfg.data_root, cfg.val_split, transform),
+    )
 
 
 def run_protocol(protocol: str, model, cfg) -> dict:
@@ -104,8 +114,11 @@ def main(argv: Sequence[str]) -> int:
         stream = sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr
         if stream is sys.stderr:
             print(f"sparsedino eval: unknown protocol {argv[0]!r}", file=stream)
-        print("usage: sparsedino eval {knn,linear,seg} --checkpoint FILE --data ROOT [--config YAML] "
-              "[key=value ...]", file=stream)  # fmt: skip
+        print(
+            "usage: sparsedino eval {knn,linear,seg} --checkpoint FILE --data ROOT [--config YAML] "
+            "[key=value ...]",
+            file=stream,
+        )
         return 0 if stream is sys.stdout else 2
     protocol, rest = argv[0], argv[1:]
     args = _parser(protocol).parse_args(rest)
@@ -120,8 +133,9 @@ def main(argv: Sequence[str]) -> int:
     from sparsedino.eval.report import write_results
     from sparsedino.models import load_backbone
 
-    model, info = load_backbone(args.checkpoint, normalizer=_normalizer(args.normalizer), arch=args.arch,
-                                which=args.which)  # fmt: skip
+    model, info = load_backbone(
+        args.checkpoint, normalizer=_normalizer(args.normalizer), arch=args.arch, which=args.which
+    )
     out = Path(args.out or f"runs/eval/{protocol}")
     try:
         result = run_protocol(protocol, model, cfg)

@@ -84,15 +84,35 @@ def model_fingerprint(model: torch.nn.Module) -> str:
 
 
 def dataset_fingerprint(dataset: Dataset) -> str:
-    """A hash of a dataset's class, length, file list and transform (16 hex chars): the cache's data key."""
+    """A hash of a dataset's identity (16 hex chars): the cache's data key.
+
+    File-backed readers are identified by their file list (``samples`` / ``pairs``) and transform;
+    ``Subset`` by its indices and parent; in-memory ``TensorDataset`` by its tensors' bytes; any other
+    dataset by its type, length, transform and the content of its first and last items.
+    """
     digest = hashlib.blake2b(digest_size=8)
     digest.update(f"{type(dataset).__name__}:{len(dataset)}".encode())
+    if hasattr(dataset, "indices") and hasattr(dataset, "dataset"):  # torch Subset
+        digest.update(repr(list(dataset.indices)).encode())
+        digest.update(dataset_fingerprint(dataset.dataset).encode())
+        return digest.hexdigest()
+    known = False
     for attr in ("samples", "pairs"):
         items = getattr(dataset, attr, None)
         if items is not None:
             digest.update(repr([tuple(map(str, item)) for item in items]).encode())
+            known = True
+    for tensor in getattr(dataset, "tensors", ()):
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        known = True
     digest.update(repr(getattr(dataset, "transform", None)).encode())
-    digest.update(repr(getattr(dataset, "cache_token", "")).encode())
+    if not known and len(dataset):
+        for index in {0, len(dataset) - 1}:
+            for part in dataset[index]:
+                if isinstance(part, torch.Tensor):
+                    digest.update(part.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                else:
+                    digest.update(repr(part).encode())
     return digest.hexdigest()
 
 
@@ -129,9 +149,14 @@ def forward_tokens(
     """
     grid = model.patch_embed.dynamic_feat_size(tuple(images.shape[-2:]))
     outs = model.forward_intermediates(
-        images, indices=list(layers), norm=norm, return_prefix_tokens=True, output_fmt="NLC",
-        intermediates_only=True, stop_early=True,
-    )  # fmt: skip
+        images,
+        indices=list(layers),
+        norm=norm,
+        return_prefix_tokens=True,
+        output_fmt="NLC",
+        intermediates_only=True,
+        stop_early=True,
+    )
     per_layer = [_split_tokens(model, out, grid) for out in outs]
     cls = torch.stack([c for c, _, _ in per_layer], 1)  # (B, L, C)
     patches = torch.stack([p for _, p, _ in per_layer], 1)  # (B, L, h, w, C)
@@ -187,9 +212,14 @@ def _load_cache(path: Path, key: dict) -> FeatureSet | None:
     meta = json.loads(metadata["meta"])
     meta["cache"] = {"status": "hit", "path": str(path)}
     return FeatureSet(
-        cls=tensors["cls"], patches=tensors.get("patches"), pooled=tensors["pooled"], labels=tensors.get("labels"),
-        layers=tuple(key["layers"]), norm=bool(key["norm"]), meta=meta,
-    )  # fmt: skip
+        cls=tensors["cls"],
+        patches=tensors.get("patches"),
+        pooled=tensors["pooled"],
+        labels=tensors.get("labels"),
+        layers=tuple(key["layers"]),
+        norm=bool(key["norm"]),
+        meta=meta,
+    )
 
 
 def _save_cache(path: Path, key: dict, fs: FeatureSet) -> None:
@@ -292,13 +322,28 @@ def extract_for_protocol(
     cache_path = None
     if fcfg.cache_dir:
         abs_layers = resolve_layers(model, layers)
-        name_key = {"tag": tag, "layers": list(abs_layers), "norm": norm, "patches": with_patches,
-                    "model": model_fingerprint(model), "data": dataset_fingerprint(dataset), "dtype": fcfg.dtype}  # fmt: skip
+        name_key = {
+            "tag": tag,
+            "layers": list(abs_layers),
+            "norm": norm,
+            "patches": with_patches,
+            "model": model_fingerprint(model),
+            "data": dataset_fingerprint(dataset),
+            "dtype": fcfg.dtype,
+        }
         cache_path = feature_cache_path(fcfg.cache_dir, tag, name_key)
     return extract_features(
-        model, loader, layers=layers, norm=norm, with_patches=with_patches, cache_path=cache_path,
-        cache_key=cache_extra, device=device, dtype=dtype, desc=f"features[{tag}]",
-    )  # fmt: skip
+        model,
+        loader,
+        layers=layers,
+        norm=norm,
+        with_patches=with_patches,
+        cache_path=cache_path,
+        cache_key=cache_extra,
+        device=device,
+        dtype=dtype,
+        desc=f"features[{tag}]",
+    )
 
 
 def resolve_device(name: str) -> torch.device:

@@ -99,13 +99,23 @@ def run_knn(model: torch.nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> 
     val = extract_for_protocol(model, val_ds, cfg.features, layers=(-1,), norm=True, tag="val")
     num_classes = len(getattr(train_ds, "classes", [])) or None
     result = knn_classify(
-        train.cls[:, -1], train.labels, val.cls[:, -1], val.labels, ks=tuple(cfg.ks), T=cfg.temperature,
-        num_classes=num_classes, chunk_size=cfg.chunk_size, progress=True,
-    )  # fmt: skip
+        train.cls[:, -1],
+        train.labels,
+        val.cls[:, -1],
+        val.labels,
+        ks=tuple(cfg.ks),
+        T=cfg.temperature,
+        num_classes=num_classes,
+        chunk_size=cfg.chunk_size,
+        progress=True,
+    )
     return {
         "protocol": "knn",
         "features": "[CLS] of the last block after the final norm, L2-normalised; cosine similarity",
         "results": result,
         "headline": {"k": 20, "top1": result.get("k=20", {}).get("top1")},
-        "extraction": {"train": train.meta.get("timing"), "val": val.meta.get("timing")},
+        "extraction": {
+            split: {**(fs.meta.get("timing") or {}), "cache": fs.meta["cache"]["status"]}
+            for split, fs in (("train", train), ("val", val))
+        },
     }

@@ -140,8 +140,13 @@ def train_linear_grid(
                 if entry["n_last_blocks"] == n and entry["avgpool"] == pool:
                     entry["top1"], entry["top5"] = _accuracy(heads[entry["name"]](x), val_labels)
     best = max(grid, key=lambda e: e["top1"])  # max keeps the first of equal values
-    return {"grid": grid, "best": dict(best), "iters_per_s": round(iters_per_s, 2), "iters": total,
-            "heads": heads}  # fmt: skip
+    return {
+        "grid": grid,
+        "best": dict(best),
+        "iters_per_s": round(iters_per_s, 2),
+        "iters": total,
+        "heads": heads,
+    }
 
 
 def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dict:
@@ -163,10 +168,23 @@ def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dic
     val = extract_for_protocol(model, val_ds, cfg.features, layers=layers, norm=True, tag="val")
     num_classes = len(getattr(train_ds, "classes", [])) or int(train.labels.max()) + 1
     result = train_linear_grid(
-        train.cls, train.pooled, train.labels, val.cls, val.pooled, val.labels, num_classes, cfg.lrs,
-        blocks, cfg.avgpool, cfg.epochs, cfg.batch_size, cfg.momentum, cfg.weight_decay, cfg.seed,
+        train.cls,
+        train.pooled,
+        train.labels,
+        val.cls,
+        val.pooled,
+        val.labels,
+        num_classes,
+        cfg.lrs,
+        blocks,
+        cfg.avgpool,
+        cfg.epochs,
+        cfg.batch_size,
+        cfg.momentum,
+        cfg.weight_decay,
+        cfg.seed,
         device=resolve_device(cfg.features.device),
-    )  # fmt: skip
+    )
     skipped = sorted(set(cfg.n_last_blocks) - set(blocks))
     if skipped:
         result["skipped_n_last_blocks"] = skipped
@@ -179,5 +197,8 @@ def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dic
         f"{cfg.epochs} epochs, batch {cfg.batch_size}",
         "selection": "best val top-1 over the grid",
         **result,
-        "extraction": {"train": train.meta.get("timing"), "val": val.meta.get("timing")},
+        "extraction": {
+            split: {**(fs.meta.get("timing") or {}), "cache": fs.meta["cache"]["status"]}
+            for split, fs in (("train", train), ("val", val))
+        },
     }

@@ -14,11 +14,20 @@ def _fmt(value) -> str:
     return str(value)
 
 
+def _flat(value) -> str:
+    if isinstance(value, dict):
+        return "(" + ", ".join(f"{k} {_fmt(v)}" for k, v in value.items()) + ")"
+    return _fmt(value)
+
+
 def knn_markdown(result: dict) -> list[str]:
     rows = [k for k in result["results"] if k.startswith("k=")]
     lines = ["| k | top-1 (%) | top-5 (%) |", "|---|---|---|"]
-    lines += [f"| {result['results'][r]['k']} | {_fmt(result['results'][r]['top1'])} | "
-              f"{_fmt(result['results'][r]['top5'])} |" for r in rows]  # fmt: skip
+    lines += [
+        f"| {result['results'][r]['k']} | {_fmt(result['results'][r]['top1'])} | "
+        f"{_fmt(result['results'][r]['top5'])} |"
+        for r in rows
+    ]
     return lines
 
 
@@ -31,8 +40,10 @@ def linear_markdown(result: dict) -> list[str]:
         "| lr | last blocks | avgpool | top-1 (%) | top-5 (%) |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {e['lr']:g} | {e['n_last_blocks']} | {e['avgpool']} | {_fmt(e['top1'])} | {_fmt(e['top5'])} |"
-              for e in result["grid"]]  # fmt: skip
+    lines += [
+        f"| {e['lr']:g} | {e['n_last_blocks']} | {e['avgpool']} | {_fmt(e['top1'])} | {_fmt(e['top5'])} |"
+        for e in result["grid"]
+    ]
     return lines
 
 
@@ -59,8 +70,14 @@ def write_results(out_dir: str | Path, name: str, result: dict) -> tuple[Path, P
     for key, value in result.items():
         if key not in _SKIP and not isinstance(value, (list, dict)):
             lines.append(f"- **{key}**: {_fmt(value)}")
+        elif (
+            key not in _SKIP
+            and isinstance(value, list)
+            and all(not isinstance(v, (list, dict)) for v in value)
+        ):
+            lines.append(f"- **{key}**: {', '.join(map(_fmt, value))}")
         elif key in ("backbone", "speed", "extraction") and isinstance(value, dict):
-            lines.append(f"- **{key}**: " + ", ".join(f"{k}={_fmt(v)}" for k, v in value.items()))
+            lines.append(f"- **{key}**: " + ", ".join(f"{k}={_flat(v)}" for k, v in value.items()))
     lines.append("")
     lines += _TABLES.get(result.get("protocol", ""), lambda r: [])(result)
     atomic_write_text(md_path, "\n".join(lines) + "\n")

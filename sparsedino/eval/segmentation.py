@@ -250,7 +250,9 @@ def run_seg_probe(
     from sparsedino.eval.sliding import sliding_window_miou
 
     if not getattr(model, "dynamic_img_size", False):
-        raise ValueError("run_seg_probe needs a ViT built with dynamic_img_size=True (val windows vary in size)")
+        raise ValueError(
+            "run_seg_probe needs a ViT built with dynamic_img_size=True (val windows vary in size)"
+        )
     device = resolve_device(cfg.features.device)
     model.eval().to(device)
     abs_layers = resolve_layers(model, layers)
@@ -277,12 +279,28 @@ def run_seg_probe(
         if cfg.features.cache_dir:
             from sparsedino.eval.features import dataset_fingerprint, feature_cache_path, model_fingerprint
 
-            name_key = {"model": model_fingerprint(model), "data": dataset_fingerprint(train_ds),
-                        "layers": list(abs_layers), "norm": norm, "crop": crop, "dtype": cfg.features.dtype}  # fmt: skip
+            name_key = {
+                "model": model_fingerprint(model),
+                "data": dataset_fingerprint(train_ds),
+                "layers": list(abs_layers),
+                "norm": norm,
+                "crop": crop,
+                "dtype": cfg.features.dtype,
+            }
             cache_path = feature_cache_path(cfg.features.cache_dir, "seg-train", name_key)
-        fs = extract_features(model, loader, abs_layers, norm=norm, with_patches=True, cache_path=cache_path,
-                              cache_key={"crop": crop}, device=device, dtype=dtype, desc="features[seg train]")  # fmt: skip
-        feature_timing = fs.meta.get("timing")
+        fs = extract_features(
+            model,
+            loader,
+            abs_layers,
+            norm=norm,
+            with_patches=True,
+            cache_path=cache_path,
+            cache_key={"crop": crop},
+            device=device,
+            dtype=dtype,
+            desc="features[seg train]",
+        )
+        feature_timing = {**(fs.meta.get("timing") or {}), "cache": fs.meta["cache"]["status"]}
         train_feats, train_masks, batch_fn, in_dim = (
             features_to_inputs(fs, None, with_cls),
             fs.labels,
@@ -292,22 +310,38 @@ def run_seg_probe(
         augmentation = "none, features cached (resize short side to crop, centre crop)"
     elif cfg.train_mode == "augment":
         train_ds = _subset(
-            _with_transform(dataset_train, make_seg_train_transform(crop, base_size=cfg.eval_short_side or crop)), cfg.max_train_images
+            _with_transform(
+                dataset_train, make_seg_train_transform(crop, base_size=cfg.eval_short_side or crop)
+            ),
+            cfg.max_train_images,
         )
         batch_fn = _online_batches(model, train_ds, abs_layers, norm, with_cls, cfg, device)
         train_feats = train_masks = None
         in_dim = model.embed_dim * len(abs_layers) * (2 if with_cls else 1)
-        augmentation = (f"random scale 0.5-2.0 of short side {cfg.eval_short_side or crop}, random {crop} crop, flip "
-                        "every iteration (backbone re-run per step)")
+        augmentation = (
+            f"random scale 0.5-2.0 of short side {cfg.eval_short_side or crop}, random {crop} crop, flip "
+            "every iteration (backbone re-run per step)"
+        )
     else:
         raise ValueError(f"train_mode must be 'cached' or 'augment', got {cfg.train_mode!r}")
 
     def eval_fn(head: nn.Module) -> dict:
-        return sliding_window_miou(model, head, val_ds, abs_layers, norm, with_cls, num_classes, crop,
-                                   cfg.eval_stride, device)  # fmt: skip
+        return sliding_window_miou(
+            model, head, val_ds, abs_layers, norm, with_cls, num_classes, crop, cfg.eval_stride, device
+        )
 
-    result = train_seg_probe(train_feats, train_masks, None, None, num_classes, cfg, batch_fn=batch_fn,
-                             eval_fn=eval_fn, in_dim=in_dim, device=device)  # fmt: skip
+    result = train_seg_probe(
+        train_feats,
+        train_masks,
+        None,
+        None,
+        num_classes,
+        cfg,
+        batch_fn=batch_fn,
+        eval_fn=eval_fn,
+        in_dim=in_dim,
+        device=device,
+    )
     names = list(getattr(dataset_train, "class_names", range(num_classes)))
     return {
         "protocol": "linear_seg",
@@ -334,8 +368,14 @@ def run_seg_probe(
 def _online_batches(model, dataset, layers, norm, with_cls, cfg, device) -> Callable:
     """``step -> (feats, masks)`` drawing augmented crops and re-running the frozen backbone."""
     generator = torch.Generator().manual_seed(cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=len(dataset) >= cfg.batch_size,
-                        num_workers=cfg.features.num_workers, generator=generator)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=len(dataset) >= cfg.batch_size,
+        num_workers=cfg.features.num_workers,
+        generator=generator,
+    )
     state = {"it": iter(loader)}
 
     def batch_fn(step: int) -> tuple[torch.Tensor, torch.Tensor]:

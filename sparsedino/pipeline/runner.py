@@ -65,7 +65,7 @@ def eval_stages(plan: RunPlan) -> list[Stage]:
     for rid in plan.run_ids:
 
         def run(stage_dir: Path, rid=rid) -> dict:
-            model = _load_final(plan, rid)
+            model, _ = _load_final(plan, rid)
             result = {
                 "knn": run_protocol("knn", model, plan.knn),
                 "linear": run_protocol("linear", model, plan.linear),
@@ -123,10 +123,10 @@ def diagnose_stages(plan: RunPlan) -> list[Stage]:
     for rid in plan.run_ids:
 
         def run(stage_dir: Path, rid=rid) -> dict:
-            model = _load_final(plan, rid)
+            model, info = _load_final(plan, rid)
             dataset = build_seg_dataset(first, plan.seg_roots[first], plan.diagnose.split)
             result = run_diagnostics(model, dataset, cfg=plan.diagnose, progress=True)
-            write_run(result, stage_dir, model_info={"run": rid})
+            write_run(result, stage_dir, model_info={"run": rid, **dataclasses.asdict(info)})
             save_config(plan.diagnose, stage_dir / "config.yaml")
             return {"dir": str(stage_dir)}
 
@@ -142,8 +142,7 @@ def _data_dep(plan: RunPlan) -> list[str]:
 def _load_final(plan: RunPlan, rid: str):
     from sparsedino.models import load_backbone
 
-    model, _ = load_backbone(Path(plan.train[rid].run.output_dir) / LATEST_CHECKPOINT)
-    return model
+    return load_backbone(Path(plan.train[rid].run.output_dir) / LATEST_CHECKPOINT)
 
 
 def _epoch_checkpoints(plan: RunPlan, rid: str) -> list[tuple[int, Path]]:
@@ -164,8 +163,8 @@ def _with(cfg, **changes):
 
 def _knn_top1(knn: dict) -> float:
     """Top-1 of DINO's headline k (20), or of the first k evaluated."""
-    results = knn["results"]
-    entry = results.get("k=20") or next(iter(results.values()))
+    entries = {k: v for k, v in knn["results"].items() if k.startswith("k=") and isinstance(v, dict)}
+    entry = entries.get("k=20") or next(iter(entries.values()))
     return entry["top1"]
 
 

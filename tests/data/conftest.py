@@ -52,7 +52,9 @@ def voc_root(tmp_path) -> Path:
             save_mask(voc / "SegmentationClassAug" / f"{name}.png", mask)
         (voc / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
         (voc / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(names) + "\n")
-    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("\n".join(ids["train"] + ids["val"]) + "\n")
+    (voc / "ImageSets" / "Segmentation" / "train_aug.txt").write_text(
+        "\n".join(ids["train"] + ids["val"]) + "\n"
+    )
     return tmp_path / "VOCdevkit"
 
 
@@ -75,7 +77,9 @@ def cityscapes_root(tmp_path) -> Path:
     root = tmp_path / "cityscapes"
     for split in ("train", "val"):
         stem = "aachen_000000_000019"
-        save_rgb(root / "leftImg8bit" / split / "aachen" / f"{stem}_leftImg8bit.png", random_image(rng, 8, 16))
+        save_rgb(
+            root / "leftImg8bit" / split / "aachen" / f"{stem}_leftImg8bit.png", random_image(rng, 8, 16)
+        )
         label_ids = np.tile(np.arange(16) + 18, (8, 1))  # ids 18..33
         label_ids[0, 0], label_ids[0, 1] = 7, 0  # road, unlabeled
         save_mask(root / "gtFine" / split / "aachen" / f"{stem}_gtFine_labelIds.png", label_ids)
@@ -88,3 +92,14 @@ def writers():
     from types import SimpleNamespace
 
     return SimpleNamespace(save_mask=save_mask, save_rgb=save_rgb)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on shared CI cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -23,7 +23,10 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
     assert files == sorted(p.relative_to(tmp_path / "b") for p in (tmp_path / "b").rglob("*") if p.is_file())
     for rel in files:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes(), rel
-    masks = [np.asarray(Image.open(tmp_path / d / "VOC2012/SegmentationClass/synth_train_000000.png")) for d in "ac"]
+    masks = [
+        np.asarray(Image.open(tmp_path / d / "VOC2012/SegmentationClass/synth_train_000000.png"))
+        for d in "ac"
+    ]
     assert not np.array_equal(*masks)
 
 

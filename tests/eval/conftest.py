@@ -11,8 +11,16 @@ from sparsedino.data.synthetic import write_synthetic_dataset
 
 def make_tiny_vit(reg_tokens: int = 0, seed: int = 0) -> VisionTransformer:
     torch.manual_seed(seed)
-    return VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=3, num_heads=2, num_classes=0,
-                             reg_tokens=reg_tokens, dynamic_img_size=True).eval()  # fmt: skip
+    return VisionTransformer(
+        img_size=32,
+        patch_size=8,
+        embed_dim=24,
+        depth=3,
+        num_heads=2,
+        num_classes=0,
+        reg_tokens=reg_tokens,
+        dynamic_img_size=True,
+    ).eval()
 
 
 @pytest.fixture
@@ -31,3 +39,14 @@ def synth_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_eval") / "data"
     write_synthetic_dataset(root, n_train=40, n_val=16, size=32, seed=5, num_classes=4)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on shared CI cores."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

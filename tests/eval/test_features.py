@@ -10,12 +10,16 @@ from sparsedino.eval.features import extract_features
 
 def _loader(n: int = 6, size: int = 32) -> DataLoader:
     g = torch.Generator().manual_seed(0)
-    return DataLoader(TensorDataset(torch.randn(n, 3, size, size, generator=g), torch.arange(n)), batch_size=4)
+    return DataLoader(
+        TensorDataset(torch.randn(n, 3, size, size, generator=g), torch.arange(n)), batch_size=4
+    )
 
 
 def test_shapes_and_cls_matches_timm(tiny_vit):
     fs = extract_features(tiny_vit, _loader(), layers=(0, -1), norm=True, progress=False)
-    assert fs.cls.shape == (6, 2, 24) and fs.patches.shape == (6, 2, 4, 4, 24) and fs.pooled.shape == (6, 2, 24)
+    assert (
+        fs.cls.shape == (6, 2, 24) and fs.patches.shape == (6, 2, 4, 4, 24) and fs.pooled.shape == (6, 2, 24)
+    )
     assert fs.layers == (0, 2) and fs.norm and torch.equal(fs.labels, torch.arange(6))
     images = torch.cat([x for x, _ in _loader()])
     with torch.no_grad():
@@ -28,7 +32,9 @@ def test_shapes_and_cls_matches_timm(tiny_vit):
 
 def test_norm_switch_changes_tokens(tiny_vit):
     raw = extract_features(tiny_vit, _loader(), layers=(-1,), norm=False, with_patches=False, progress=False)
-    normed = extract_features(tiny_vit, _loader(), layers=(-1,), norm=True, with_patches=False, progress=False)
+    normed = extract_features(
+        tiny_vit, _loader(), layers=(-1,), norm=True, with_patches=False, progress=False
+    )
     assert raw.patches is None and not raw.norm and "no final norm" in raw.meta["norm"]
     assert not torch.allclose(raw.cls, normed.cls)
     assert torch.allclose(tiny_vit.norm(raw.cls), normed.cls, atol=1e-5)
@@ -56,8 +62,17 @@ def test_cache_hit_is_identical_and_changed_key_misses(tiny_vit, vit_factory, tm
     assert again.layers == first.layers and again.norm == first.norm
     other_layers = extract_features(tiny_vit, _loader(), layers=(0,), cache_path=path, progress=False)
     assert other_layers.meta["cache"]["status"] == "miss"
-    other_model = extract_features(vit_factory(seed=1), _loader(), layers=(0,), cache_path=path, progress=False)
+    other_model = extract_features(
+        vit_factory(seed=1), _loader(), layers=(0,), cache_path=path, progress=False
+    )
     assert other_model.meta["cache"]["status"] == "miss"
-    other_data = extract_features(vit_factory(seed=1), _loader(n=5), layers=(0,), cache_path=path, progress=False)
+    other_data = extract_features(
+        vit_factory(seed=1), _loader(n=5), layers=(0,), cache_path=path, progress=False
+    )
     assert other_data.meta["cache"]["status"] == "miss" and other_data.cls.shape[0] == 5
+    shifted = DataLoader(TensorDataset(torch.randn(5, 3, 32, 32), torch.arange(5)), batch_size=4)
+    same_size_other_images = extract_features(
+        vit_factory(seed=1), shifted, layers=(0,), cache_path=path, progress=False
+    )
+    assert same_size_other_images.meta["cache"]["status"] == "miss"
     assert not list(path.parent.glob("*.tmp"))  # atomic writes leave no temporary files

@@ -31,7 +31,9 @@ def test_matches_brute_force_across_chunks():
     test_labels = torch.randint(0, 8, (37,), generator=g)
     train = centers[train_labels] + 0.9 * torch.randn(120, 16, generator=g)
     test = centers[test_labels] + 0.9 * torch.randn(37, 16, generator=g)
-    out = knn_classify(train, train_labels, test, test_labels, ks=(1, 10, 20), T=0.07, num_classes=8, chunk_size=10)
+    out = knn_classify(
+        train, train_labels, test, test_labels, ks=(1, 10, 20), T=0.07, num_classes=8, chunk_size=10
+    )
     for k in (1, 10, 20):
         top1, top5 = brute_force(train, train_labels, test, test_labels, k, 0.07, 8)
         assert out[f"k={k}"]["top1"] == pytest.approx(top1)

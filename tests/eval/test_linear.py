@@ -19,8 +19,17 @@ def _features(n: int, seed: int):
 def test_grid_reports_every_head_and_picks_best_on_val():
     train, val = _features(200, 0), _features(100, 1)
     lrs = [1e-6, 1.0]  # 1e-6 cannot move the heads in 3 epochs: it must lose
-    out = train_linear_grid(*train, *val, num_classes=5, lrs=lrs, n_last_blocks=(1, 2), avgpool=(False, True),
-                            epochs=3, batch_size=32, progress=False)  # fmt: skip
+    out = train_linear_grid(
+        *train,
+        *val,
+        num_classes=5,
+        lrs=lrs,
+        n_last_blocks=(1, 2),
+        avgpool=(False, True),
+        epochs=3,
+        batch_size=32,
+        progress=False,
+    )
     assert len(out["grid"]) == 2 * 2 * 2
     best = out["best"]
     assert best["top1"] == max(e["top1"] for e in out["grid"])
