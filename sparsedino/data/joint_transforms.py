@@ -83,7 +83,7 @@ def make_seg_train_transform(
     std: Sequence[float] = IMAGENET_STD,
     ignore_index: int = 255,
 ) -> v2.Compose:
-    """The mmseg/DINOv2 train pipeline: random short-side scale, random crop (pad with ignore), flip, normalise.
+    """The mmseg/DINOv2 train pipeline: random short-side scale, random crop (ignore-padded), flip, normalise.
 
     Args:
         crop_size: side of the square training crop.
@@ -138,7 +138,7 @@ def make_classification_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
-    """DINO's classification views: train RandomResizedCrop + flip; eval Resize ``resize`` + CenterCrop ``crop``.
+    """DINO's classification views: train RandomResizedCrop + flip; eval Resize + CenterCrop ``crop``.
 
     Args:
         train: random (train) or deterministic (eval / feature caching) pipeline.

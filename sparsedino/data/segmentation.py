@@ -91,8 +91,8 @@ class SegmentationDataset(Dataset):
             raise OSError(f"{self.name}: cannot read mask {mask_path}: {err}") from err
         if raw.shape != (image.height, image.width):
             raise ValueError(
-                f"{self.name}: image {image_path} is {image.width}x{image.height} but its mask {mask_path} is "
-                f"{raw.shape[1]}x{raw.shape[0]}"
+                f"{self.name}: image {image_path} is {image.width}x{image.height} but its mask {mask_path} "
+                f"is {raw.shape[1]}x{raw.shape[0]}"
             )
         if raw.dtype != np.uint8:
             if raw.min() < 0 or raw.max() > 255:

@@ -75,7 +75,7 @@ def voc_palette() -> list[int]:
 
 @dataclass(frozen=True)
 class Scene:
-    """One generated image: ``image`` (H, W, 3) uint8, ``mask`` (H, W) uint8, ``label`` (class of the largest object)."""
+    """A generated image: ``image`` (H, W, 3) uint8, ``mask`` (H, W) uint8, ``label`` (largest object)."""
 
     image: np.ndarray
     mask: np.ndarray

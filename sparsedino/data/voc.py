@@ -23,12 +23,13 @@ from sparsedino.data.segmentation import IGNORE_INDEX, SegmentationDataset
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
 )  # fmt: skip
 
 
 def find_voc_root(root: str | os.PathLike) -> Path:
-    """The ``VOC2012`` folder given itself or a parent holding it (``VOCdevkit``, the embedded dataset root)."""
+    """The ``VOC2012`` folder given itself or a parent (``VOCdevkit``, the embedded dataset root)."""
     root = Path(root)
     for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (candidate / "JPEGImages").is_dir():

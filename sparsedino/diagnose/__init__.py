@@ -19,6 +19,8 @@ from sparsedino.diagnose.diffusion import cls_cosine, linear_probe_accuracy, pat
 from sparsedino.diagnose.masks import image_labels, patch_foreground
 from sparsedino.diagnose.norms import outlier_mask, token_norms
 from sparsedino.diagnose.pca import pca_project, pca_rgb
+from sparsedino.diagnose.report import write_compare, write_run
+from sparsedino.diagnose.runner import run_diagnostics
 from sparsedino.diagnose.settings import DiagnoseConfig
 
 __all__ = [
@@ -37,7 +39,10 @@ __all__ = [
     "pca_foreground_mask",
     "pca_project",
     "pca_rgb",
+    "run_diagnostics",
     "support_size",
     "token_norms",
+    "write_compare",
+    "write_run",
     "zero_share",
 ]

@@ -29,7 +29,7 @@ def cls_attention_mask(cls_attn: torch.Tensor, keep: float = 0.6) -> torch.Tenso
     """
     a = cls_attn.float()
     a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
-    vals, idx = a.sort(dim=-1, descending=True)
+    vals = a.sort(dim=-1, descending=True).values
     before = vals.cumsum(-1) - vals  # mass of the patches ranked strictly before
     n_kept = (before < keep).sum(-1, keepdim=True).clamp_min(1)  # (..., 1) patches needed
     threshold = vals.gather(-1, n_kept - 1)  # attention of the last patch needed

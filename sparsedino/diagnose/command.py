@@ -22,16 +22,32 @@ def build_parser() -> argparse.ArgumentParser:
         description="Per-block semantic-diffusion diagnostics of a ViT: token norms, attention statistics, "
         "foreground alignment, background label probe, dense probes, figures and reports.",
     )
-    p.add_argument("--checkpoint", nargs="+", metavar="FILE", help="checkpoint file(s), folder(s) or glob(s); "
-                   "several = diagnostics over training")
-    p.add_argument("--data", metavar="DIR", help="segmentation dataset root (VOC layout by default, see dataset=)")
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        metavar="FILE",
+        help="checkpoint file(s), folder(s) or glob(s); several = diagnostics over training",
+    )
+    p.add_argument(
+        "--data", metavar="DIR", help="segmentation dataset root (VOC layout by default, see dataset=)"
+    )
     p.add_argument("--out", metavar="DIR", required=True, help="output folder")
-    p.add_argument("--layers", nargs="+", type=int, metavar="I", help="block indices (negative from the end); default all")
+    p.add_argument(
+        "--layers",
+        nargs="+",
+        type=int,
+        metavar="I",
+        help="block indices (negative from the end); default all",
+    )
     p.add_argument("--config", metavar="YAML", help="options file or preset (see DiagnoseConfig)")
     p.add_argument("--normalizer", help="attention normaliser to run the model with (default: as stored)")
     p.add_argument("--arch", help="expected architecture (default: stored or inferred)")
-    p.add_argument("--which", default="teacher", choices=("teacher", "student"), help="network of a training checkpoint")
-    p.add_argument("--compare", nargs=2, metavar=("DIR_A", "DIR_B"), help="side-by-side report of two result folders")
+    p.add_argument(
+        "--which", default="teacher", choices=("teacher", "student"), help="network of a training checkpoint"
+    )
+    p.add_argument(
+        "--compare", nargs=2, metavar=("DIR_A", "DIR_B"), help="side-by-side report of two result folders"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_images=128")
     return p
@@ -45,8 +61,17 @@ def _print_summary(metrics: dict) -> None:
     from sparsedino.diagnose.report import fmt
     from sparsedino.diagnose.scores import SCORES
 
-    keys = ["attn.zero_share", "attn.distance_px", "norm.outlier_share", "align.cls_attn_iou", "align.pca_iou",
-            "diffusion.acc_bg", "diffusion.diffusion_index", "probe.miou", "probe.miou_with_cls"]
+    keys = [
+        "attn.zero_share",
+        "attn.distance_px",
+        "norm.outlier_share",
+        "align.cls_attn_iou",
+        "align.pca_iou",
+        "diffusion.acc_bg",
+        "diffusion.diffusion_index",
+        "probe.miou",
+        "probe.miou_with_cls",
+    ]
     print("block  " + "  ".join(f"{SCORES[k][1][:18]:>18}" for k in keys))
     for b, values in sorted(metrics["blocks"].items(), key=lambda kv: int(kv[0])):
         print(f"{b:>5}  " + "  ".join(f"{fmt(values.get(k)):>18}" for k in keys))
@@ -68,7 +93,9 @@ def main(argv: Sequence[str]) -> int:
             parser.error("--checkpoint and --data are required (or use --compare DIR_A DIR_B)")
         from sparsedino.diagnose.settings import DiagnoseConfig
 
-        overrides = list(args.overrides) + ([f"layers=[{','.join(map(str, args.layers))}]"] if args.layers else [])
+        overrides = list(args.overrides) + (
+            [f"layers=[{','.join(map(str, args.layers))}]"] if args.layers else []
+        )
         cfg = load_config(DiagnoseConfig, args.config, overrides)
         if not Path(args.data).is_dir():
             raise FileNotFoundError(f"--data {args.data}: no such folder")
@@ -103,9 +130,15 @@ def main(argv: Sequence[str]) -> int:
     for epoch, path in runs:
         model, info = load_backbone(path, normalizer=args.normalizer, arch=args.arch, which=args.which)
         run_dir = out if single else out / f"epoch_{epoch:04d}"
-        print(f"diagnosing {path} ({info.arch}, {info.normalizer}" + ("" if single else f", epoch {epoch}") + ")")
+        print(
+            f"diagnosing {path} ({info.arch}, {info.normalizer}"
+            + ("" if single else f", epoch {epoch}")
+            + ")"
+        )
         result = run_diagnostics(model, dataset, cfg.layers, cfg, progress=not args.no_progress)
-        metrics = write_run(result, run_dir, _model_info(info) | {"epoch": epoch if epoch is not None else info.epoch})
+        metrics = write_run(
+            result, run_dir, _model_info(info) | {"epoch": epoch if epoch is not None else info.epoch}
+        )
         _print_summary(metrics)
         done.append((epoch, metrics, run_dir.name))
     if not single:

@@ -20,7 +20,9 @@ from sparsedino.eval.segmentation import probe_inputs, train_seg_probe
 
 def split_indices(n: int, train_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic interleaved split of ``range(n)`` into train / val indices (both non-empty if n >= 2)."""
-    train = torch.tensor([math.ceil((i + 1) * train_fraction) > math.ceil(i * train_fraction) for i in range(n)])
+    train = torch.tensor(
+        [math.ceil((i + 1) * train_fraction) > math.ceil(i * train_fraction) for i in range(n)]
+    )
     if n >= 2 and train.all():
         train[-1] = False
     idx = torch.arange(n)
@@ -63,6 +65,8 @@ def dense_probe_scores(
         if concat and cls_ is None:
             continue
         x = probe_inputs(cls_ if cls_ is not None else patches[:, :, 0, 0], patches, with_cls=concat)
-        result = train_seg_probe(x[tr], masks[tr], x[va], masks[va], num_classes, cfg, device=device, progress=False)
+        result = train_seg_probe(
+            x[tr], masks[tr], x[va], masks[va], num_classes, cfg, device=device, progress=False
+        )
         out[key] = None if math.isnan(result.miou) else float(result.miou)
     return out

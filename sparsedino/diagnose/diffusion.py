@@ -97,7 +97,9 @@ def linear_probe_accuracy(
         linear = torch.nn.Linear(x.shape[1], len(classes))
         torch.nn.init.zeros_(linear.weight)
         torch.nn.init.zeros_(linear.bias)
-        opt = torch.optim.LBFGS(linear.parameters(), lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe")
+        opt = torch.optim.LBFGS(
+            linear.parameters(), lr=1.0, max_iter=iterations, line_search_fn="strong_wolfe"
+        )
 
         def closure() -> torch.Tensor:
             opt.zero_grad()

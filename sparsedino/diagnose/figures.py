@@ -38,7 +38,9 @@ def _grid(n: int, ncols: int = 3) -> tuple[int, int]:
     return max(1, math.ceil(n / ncols)), min(n, ncols) or 1
 
 
-def plot_group_curves(runs: dict[str, dict], group: str, path: str | Path, x_label: str = "block") -> Path | None:
+def plot_group_curves(
+    runs: dict[str, dict], group: str, path: str | Path, x_label: str = "block"
+) -> Path | None:
     """One subplot per score of ``group``: score against block, one line per run.
 
     Args:
@@ -49,8 +51,12 @@ def plot_group_curves(runs: dict[str, dict], group: str, path: str | Path, x_lab
     Returns:
         The path, or None if no run has any score of the group.
     """
-    keys = [k for k, (g, _, _) in SCORES.items() if g == group and any(
-        isinstance(m["blocks"][b].get(k), (int, float)) for m in runs.values() for b in m["blocks"])]
+    keys = [
+        k
+        for k, (g, _, _) in SCORES.items()
+        if g == group
+        and any(isinstance(m["blocks"][b].get(k), (int, float)) for m in runs.values() for b in m["blocks"])
+    ]
     if not keys:
         return None
     rows, cols = _grid(len(keys))
@@ -123,7 +129,10 @@ def plot_maps(examples: dict, kind: str, path: str | Path, title: str) -> Path |
     cols = 2 + len(blocks)
     fig = Figure(figsize=(1.6 * cols, 1.6 * n + 0.4))
     for r in range(n):
-        panels = [("image", display_image(images[r]), None), ("foreground", examples["fg"][r].numpy(), "gray")]
+        panels = [
+            ("image", display_image(images[r]), None),
+            ("foreground", examples["fg"][r].numpy(), "gray"),
+        ]
         for b in blocks:
             m = examples["maps"][b][kind][r]
             panels.append((f"block {b}", m.numpy(), None if kind == "pca" else "inferno"))
@@ -140,7 +149,9 @@ def plot_maps(examples: dict, kind: str, path: str | Path, title: str) -> Path |
     return save_figure(fig, path)
 
 
-def plot_over_epochs(series: dict[str, dict[str, list[tuple[int, float]]]], group: str, path: str | Path) -> Path | None:
+def plot_over_epochs(
+    series: dict[str, dict[str, list[tuple[int, float]]]], group: str, path: str | Path
+) -> Path | None:
     """Every score of ``group`` against the training epoch, one subplot per score, one line per block.
 
     Args:
@@ -174,4 +185,11 @@ def plot_over_epochs(series: dict[str, dict[str, list[tuple[int, float]]]], grou
     return save_figure(fig, path)
 
 
-__all__ = ["GROUPS", "plot_group_curves", "plot_maps", "plot_norm_histograms", "plot_over_epochs", "save_figure"]
+__all__ = [
+    "GROUPS",
+    "plot_group_curves",
+    "plot_maps",
+    "plot_norm_histograms",
+    "plot_over_epochs",
+    "save_figure",
+]

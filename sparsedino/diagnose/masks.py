@@ -31,7 +31,7 @@ def patch_foreground(
         valid: (B, h, w) bool, patches with at least one labelled pixel.
         fg_share: (B, h, w) float, foreground share among labelled pixels (0 where not valid).
     """
-    B, H, W = masks.shape
+    H, W = masks.shape[-2:]
     h, w = grid
     if H % h or W % w:
         raise ValueError(f"mask size {H}x{W} is not a multiple of the patch grid {h}x{w}")

@@ -105,13 +105,19 @@ def write_over_training(runs: Sequence[tuple[int, dict, str]], out_dir: str | Pa
     series = collect_series([(e, m) for e, m, _ in runs])
     doc: Doc = [
         ("h", 1, "sparsedino diagnostics over training"),
-        ("p", f"{len(runs)} checkpoints, epochs {', '.join(str(e) for e, _, _ in runs)}. Each checkpoint's "
-              "full report is in its own folder: " + ", ".join(d for _, _, d in runs) + "."),
+        (
+            "p",
+            f"{len(runs)} checkpoints, epochs {', '.join(str(e) for e, _, _ in runs)}. Each checkpoint's "
+            "full report is in its own folder: " + ", ".join(d for _, _, d in runs) + ".",
+        ),
     ]
     last_block = max((b for _, m, _ in runs for b in m["blocks"]), key=int)
     keys = [k for k in SCORES if k in series and last_block in series[k]]
     rows = [[str(e)] + [fmt(m["blocks"].get(last_block, {}).get(k)) for k in keys] for e, m, _ in runs]
-    doc += [("h", 2, f"Scores of block {last_block} per epoch"), ("table", ["epoch"] + [SCORES[k][1] for k in keys], rows)]
+    doc += [
+        ("h", 2, f"Scores of block {last_block} per epoch"),
+        ("table", ["epoch"] + [SCORES[k][1] for k in keys], rows),
+    ]
     doc.append(("h", 2, "Scores against epoch (one line per block)"))
     figs = []
     for group in GROUPS:

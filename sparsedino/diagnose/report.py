@@ -14,15 +14,18 @@ import json
 from pathlib import Path
 from typing import Any
 
-from sparsedino.atomic import atomic_write_json, atomic_write_text
+from sparsedino.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from sparsedino.diagnose import figures
 from sparsedino.diagnose.scores import GROUPS, SCORES
 
 Doc = list[tuple]  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", rel_path, caption)
 
 METRICS_VERSION = 1
-MAP_KINDS = {"cls_attn": "[CLS] attention (head mean)", "pca": "PCA of patch features (RGB = PC1-3)",
-             "norm": "patch-token norm"}
+MAP_KINDS = {
+    "cls_attn": "[CLS] attention (head mean)",
+    "pca": "PCA of patch features (RGB = PC1-3)",
+    "norm": "patch-token norm",
+}
 
 
 def fmt(value: Any) -> str:
@@ -111,10 +114,13 @@ def _context(metrics: dict) -> list[tuple]:
         items.append(("p", "Model: " + ", ".join(f"{k}={v}" for k, v in model.items() if v is not None)))
     items.append(("p", "Data: " + ", ".join(f"{k}={v}" for k, v in data.items())))
     items.append(
-        ("p", f"Features: block outputs, final LayerNorm {'applied' if cfg.get('final_norm') else 'not applied'}"
-         f" (token norms always on the residual stream, before it). High-norm outlier: norm > "
-         f"{cfg.get('outlier_ratio')} x the median patch norm of its image. Foreground patch: >= "
-         f"{cfg.get('fg_threshold')} of its labelled pixels are foreground (class != 0, 255 ignored).")
+        (
+            "p",
+            f"Features: block outputs, final LayerNorm {'applied' if cfg.get('final_norm') else 'not applied'}"
+            f" (token norms always on the residual stream, before it). High-norm outlier: norm > "
+            f"{cfg.get('outlier_ratio')} x the median patch norm of its image. Foreground patch: >= "
+            f"{cfg.get('fg_threshold')} of its labelled pixels are foreground (class != 0, 255 ignored).",
+        )
     )
     return items
 
@@ -137,22 +143,34 @@ def write_run(result: dict, out_dir: str | Path, model_info: dict | None = None)
     metrics["definitions"] = {k: d for k, (_, _, d) in SCORES.items()}
     figs: list[tuple[str, str]] = []
     for group in GROUPS:
-        p = figures.plot_group_curves({"run": metrics}, group, out / "figures" / f"curves_{group.replace(' ', '_')}.png")
+        p = figures.plot_group_curves(
+            {"run": metrics}, group, out / "figures" / f"curves_{group.replace(' ', '_')}.png"
+        )
         if p:
             figs.append((f"figures/{p.name}", f"{group} per block"))
     p = figures.plot_norm_histograms({"run": metrics}, out / "figures" / "norm_histograms.png")
     figs.append((f"figures/{p.name}", "patch-norm distribution per block"))
     for kind, title in MAP_KINDS.items():
-        p = figures.plot_maps(result.get("examples", {"maps": {}}), kind, out / "figures" / f"maps_{kind}.png", title)
+        p = figures.plot_maps(
+            result.get("examples", {"maps": {}}), kind, out / "figures" / f"maps_{kind}.png", title
+        )
         if p:
             figs.append((f"figures/{p.name}", title))
     metrics["figures"] = [f for f, _ in figs]
     atomic_write_json(out / "metrics.json", metrics)
-    doc: Doc = [("h", 1, "sparsedino diagnostics"), *_context(metrics), ("h", 2, "Scores per block"),
-                _score_table(metrics), ("h", 2, "Figures")]
+    doc: Doc = [
+        ("h", 1, "sparsedino diagnostics"),
+        *_context(metrics),
+        ("h", 2, "Scores per block"),
+        _score_table(metrics),
+        ("h", 2, "Figures"),
+    ]
     doc += [("img", f, c) for f, c in figs]
-    doc += [("h", 2, "Definitions"), definitions_table(),
-            ("p", "Full definitions: docs/diagnostics.md of the sparsedino repository.")]
+    doc += [
+        ("h", 2, "Definitions"),
+        definitions_table(),
+        ("p", "Full definitions: docs/diagnostics.md of the sparsedino repository."),
+    ]
     write_documents(doc, out, "sparsedino diagnostics")
     return metrics
 
@@ -199,8 +217,10 @@ def write_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> 
     figs.append((f"figures/{p.name}", "patch-norm distribution per block"))
     common = sorted(set(ma["blocks"]) & set(mb["blocks"]), key=int)
     table: dict[str, dict[str, list]] = {}
-    doc: Doc = [("h", 1, f"sparsedino diagnostics: {la} vs {lb}"),
-                ("p", f"A = {Path(run_a).resolve()}; B = {Path(run_b).resolve()}")]
+    doc: Doc = [
+        ("h", 1, f"sparsedino diagnostics: {la} vs {lb}"),
+        ("p", f"A = {Path(run_a).resolve()}; B = {Path(run_b).resolve()}"),
+    ]
     for b in common:
         rows = []
         for k in SCORES:
@@ -217,11 +237,15 @@ def write_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> 
         for rel in m.get("figures", []):
             if Path(rel).name.startswith("maps_") and (run_dir / rel).is_file():
                 dest = f"figures/{label.replace(' ', '_').replace('(', '').replace(')', '')}_{Path(rel).name}"
-                (out / dest).write_bytes((run_dir / rel).read_bytes())
+                atomic_write_bytes(out / dest, (run_dir / rel).read_bytes())
                 doc.append(("img", dest, f"{label}: {Path(rel).stem}"))
     doc += [("h", 2, "Definitions"), definitions_table()]
-    comparison = {"version": METRICS_VERSION, "a": {"label": la, "dir": str(run_a)},
-                  "b": {"label": lb, "dir": str(run_b)}, "blocks": table}
+    comparison = {
+        "version": METRICS_VERSION,
+        "a": {"label": la, "dir": str(run_a)},
+        "b": {"label": lb, "dir": str(run_b)},
+        "blocks": table,
+    }
     atomic_write_json(out / "compare.json", comparison)
     write_documents(doc, out, f"{la} vs {lb}")
     return comparison

@@ -47,7 +47,9 @@ def resolve_layers(layers: Sequence[int] | None, depth: int) -> list[int]:
 
 def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize an image (3, H, W) bilinearly and its mask (H, W) by nearest neighbour to size x size."""
-    img = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    img = F.interpolate(
+        image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
     msk = F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")
     return img[0], msk[0, 0].long()
 
@@ -131,19 +133,33 @@ def run_diagnostics(
     n_images = min(cfg.n_images, len(dataset))
     if n_images == 0:
         raise ValueError("the dataset to diagnose is empty")
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = torch.device(
+        "cuda"
+        if cfg.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if cfg.device == "auto" else cfg.device)
+    )
     model = model.eval().to(device)
     patch = tuple(model.patch_embed.patch_size)
-    grid = tuple(model.patch_embed.dynamic_feat_size((cfg.img_size, cfg.img_size))) if hasattr(
-        model.patch_embed, "dynamic_feat_size") else tuple(model.patch_embed.grid_size)
+    grid = (
+        tuple(model.patch_embed.dynamic_feat_size((cfg.img_size, cfg.img_size)))
+        if hasattr(model.patch_embed, "dynamic_feat_size")
+        else tuple(model.patch_embed.grid_size)
+    )
     num_prefix = int(model.num_prefix_tokens)
     has_cls = getattr(model, "cls_token", None) is not None
-    loader = DataLoader(Subset(dataset, range(n_images)), batch_size=cfg.batch_size, shuffle=False,
-                        collate_fn=_Collate(cfg.img_size))
+    loader = DataLoader(
+        Subset(dataset, range(n_images)),
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        collate_fn=_Collate(cfg.img_size),
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
     blocks = {b: _Block() for b in layers}
-    all_masks, all_labels, examples = [], [], {"images": [], "masks": [], "fg": [], "maps": {b: {} for b in layers}}
+    all_masks, all_labels, examples = (
+        [],
+        [],
+        {"images": [], "masks": [], "fg": [], "maps": {b: {} for b in layers}},
+    )
     seen = 0
     with torch.no_grad():
         for images, masks in tqdm(loader, desc="diagnose", disable=not progress, unit="batch"):
@@ -154,13 +170,24 @@ def run_diagnostics(
             fg_d, valid_d = fg.to(device), valid.to(device)
             all_masks.append(masks)
             all_labels.append(image_labels(masks))
-            picks = [(_choose(valid[i] & (share[i] == 0), cfg.patches_per_image, gen),
-                      _choose(fg[i], cfg.patches_per_image, gen)) for i in range(B)]
+            picks = [
+                (
+                    _choose(valid[i] & (share[i] == 0), cfg.patches_per_image, gen),
+                    _choose(fg[i], cfg.patches_per_image, gen),
+                )
+                for i in range(B)
+            ]
             n_fig = max(0, min(B, cfg.n_figure_images - seen))
             with collect_attention(model) as maps:
                 inter = model.forward_intermediates(
-                    images, indices=layers, norm=False, output_fmt="NLC", intermediates_only=True,
-                    return_prefix_tokens=True, stop_early=True)
+                    images,
+                    indices=layers,
+                    norm=False,
+                    output_fmt="NLC",
+                    intermediates_only=True,
+                    return_prefix_tokens=True,
+                    stop_early=True,
+                )
             if n_fig:
                 examples["images"].append(images[:n_fig].cpu())
                 examples["masks"].append(masks[:n_fig])
@@ -188,7 +215,9 @@ def run_diagnostics(
                 acc.add_sum("entropy", attention_stats.attention_entropy(attn, num_prefix))
                 acc.add_sum("support", attention_stats.support_size(attn, num_prefix).float())
                 acc.add_sum("zero_share", attention_stats.zero_share(attn, num_prefix)[..., None])
-                acc.add_sum("distance", attention_stats.mean_attention_distance(attn, num_prefix, grid, patch))
+                acc.add_sum(
+                    "distance", attention_stats.mean_attention_distance(attn, num_prefix, grid, patch)
+                )
                 if has_cls:
                     cls_attn = attention_stats.cls_patch_attention(attn, num_prefix)  # (B, M)
                     acc.add("attn.cls_fg_mass", attention_stats.cls_foreground_mass(cls_attn, fg_d, valid_d))
@@ -222,7 +251,9 @@ def run_diagnostics(
                 if n_fig:
                     ex = examples["maps"][b]
                     ex.setdefault("norm", []).append(n[:n_fig].reshape(n_fig, *grid).cpu())
-                    ex.setdefault("pca", []).append(torch.stack([pca_rgb(p, grid) for p in patches[:n_fig]]).cpu())
+                    ex.setdefault("pca", []).append(
+                        torch.stack([pca_rgb(p, grid) for p in patches[:n_fig]]).cpu()
+                    )
                     if has_cls:
                         ex.setdefault("cls_attn", []).append(cls_attn[:n_fig].reshape(n_fig, *grid).cpu())
             seen += B
@@ -236,22 +267,36 @@ def run_diagnostics(
     return {
         "config": config_to_dict(cfg),
         "data": {
-            "n_images": n_images, "img_size": cfg.img_size, "grid": list(grid), "patch_size": list(patch),
-            "num_prefix_tokens": num_prefix, "has_cls": has_cls,
+            "n_images": n_images,
+            "img_size": cfg.img_size,
+            "grid": list(grid),
+            "patch_size": list(patch),
+            "num_prefix_tokens": num_prefix,
+            "has_cls": has_cls,
             "foreground_patch_share": float(fg_all.float().mean()),
             "n_labelled_images": int((labels >= 0).sum()),
             "n_image_classes": int(labels[labels >= 0].unique().numel()),
         },
         "layers": layers,
         "blocks": results,
-        "histograms": {"edges_log10_ratio": HIST_EDGES.tolist(),
-                       **{str(b): acc.hist.tolist() for b, acc in blocks.items()}},
+        "histograms": {
+            "edges_log10_ratio": HIST_EDGES.tolist(),
+            **{str(b): acc.hist.tolist() for b, acc in blocks.items()},
+        },
         "examples": examples,
     }
 
 
-def _finalise_block(acc: _Block, cfg: DiagnoseConfig, labels: torch.Tensor, train_images: torch.Tensor,
-                    masks: torch.Tensor, dataset: Dataset, has_cls: bool, device: torch.device) -> dict[str, Any]:
+def _finalise_block(
+    acc: _Block,
+    cfg: DiagnoseConfig,
+    labels: torch.Tensor,
+    train_images: torch.Tensor,
+    masks: torch.Tensor,
+    dataset: Dataset,
+    has_cls: bool,
+    device: torch.device,
+) -> dict[str, Any]:
     n_all = torch.cat(acc.lists["_norm_all"])
     out = torch.cat(acc.lists["_outlier"]).bool()
     n_out = int(out.sum())
@@ -261,32 +306,39 @@ def _finalise_block(acc: _Block, cfg: DiagnoseConfig, labels: torch.Tensor, trai
         "norm.p99": float(torch.quantile(n_all[: 2**24], 0.99)),
         "norm.max_over_median": acc.mean("norm.max_over_median"),
         "norm.outlier_share": float(out.float().mean()),
-        "norm.outlier_on_background": float(torch.cat(acc.lists["_outlier_bg"]).sum()) / n_out if n_out else None,
-        "norm.outlier_on_foreground": float(torch.cat(acc.lists["_outlier_fg"]).sum()) / n_out if n_out else None,
+        "norm.outlier_on_background": float(torch.cat(acc.lists["_outlier_bg"]).sum()) / n_out
+        if n_out
+        else None,
+        "norm.outlier_on_foreground": float(torch.cat(acc.lists["_outlier_fg"]).sum()) / n_out
+        if n_out
+        else None,
         "norm.fg_over_bg": acc.mean("norm.norm_fg_over_bg"),
     }
     entropy = acc.head_means("entropy")
     support = acc.head_means("support")
     distance = acc.head_means("distance")
-    res.update({
-        "attn.entropy": sum(entropy) / len(entropy),
-        "attn.zero_share": sum(acc.head_means("zero_share")) / len(entropy),
-        "attn.support": sum(support) / len(support),
-        "attn.distance_px": sum(distance) / len(distance),
-        "attn.distance_px_per_head": distance,
-        "attn.support_per_head": support,
-        "attn.cls_fg_mass": acc.mean("attn.cls_fg_mass"),
-        "attn.cls_fg_chance": acc.mean("attn.cls_fg_chance"),
-        "align.cls_attn_iou": acc.mean("align.cls_attn_iou"),
-        "align.pca_iou": acc.mean("align.pca_iou"),
-        "align.pca_iou_oracle": acc.mean("align.pca_iou_oracle"),
-        "diffusion.cos_fg": acc.mean("diffusion.cos_fg"),
-        "diffusion.cos_bg": acc.mean("diffusion.cos_bg"),
-    })
+    res.update(
+        {
+            "attn.entropy": sum(entropy) / len(entropy),
+            "attn.zero_share": sum(acc.head_means("zero_share")) / len(entropy),
+            "attn.support": sum(support) / len(support),
+            "attn.distance_px": sum(distance) / len(distance),
+            "attn.distance_px_per_head": distance,
+            "attn.support_per_head": support,
+            "attn.cls_fg_mass": acc.mean("attn.cls_fg_mass"),
+            "attn.cls_fg_chance": acc.mean("attn.cls_fg_chance"),
+            "align.cls_attn_iou": acc.mean("align.cls_attn_iou"),
+            "align.pca_iou": acc.mean("align.pca_iou"),
+            "align.pca_iou_oracle": acc.mean("align.pca_iou_oracle"),
+            "diffusion.cos_fg": acc.mean("diffusion.cos_fg"),
+            "diffusion.cos_bg": acc.mean("diffusion.cos_bg"),
+        }
+    )
     tokens = {g: torch.cat([t for t, _ in v]) for g, v in acc.tokens.items() if v}
     owners = {g: torch.cat([o for _, o in v]) for g, v in acc.tokens.items() if v}
-    probe = diffusion.patch_label_probe(tokens, owners, labels, train_images, cfg.label_probe_iterations,
-                                        cfg.label_probe_weight_decay)
+    probe = diffusion.patch_label_probe(
+        tokens, owners, labels, train_images, cfg.label_probe_iterations, cfg.label_probe_weight_decay
+    )
     res.update({f"diffusion.{k}": v for k, v in probe.items()})
     if cfg.dense_probe.enabled:
         feats = torch.cat(acc.probe_feats)

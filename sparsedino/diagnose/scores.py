@@ -7,30 +7,114 @@ from __future__ import annotations
 
 # key -> (group, title, one-line definition)
 SCORES: dict[str, tuple[str, str, str]] = {
-    "norm.median": ("norms", "median patch norm", "median L2 norm of patch tokens (residual stream, no final norm)"),
+    "norm.median": (
+        "norms",
+        "median patch norm",
+        "median L2 norm of patch tokens (residual stream, no final norm)",
+    ),
     "norm.p99": ("norms", "99th pct patch norm", "99th percentile of patch-token norms"),
-    "norm.max_over_median": ("norms", "max / median norm", "largest patch norm over its image median, mean over images"),
-    "norm.outlier_share": ("norms", "outlier share", "share of patch tokens with norm > outlier_ratio x image median"),
-    "norm.outlier_on_background": ("norms", "outliers on background", "share of labelled outliers on background patches"),
-    "norm.fg_over_bg": ("norms", "fg / bg norm", "mean norm of foreground over background patches, mean over images"),
-    "attn.entropy": ("attention", "entropy (nats)", "Shannon entropy of patch queries' attention rows over all keys"),
-    "attn.zero_share": ("attention", "exact zeros", "share of exactly-zero probabilities in patch queries' rows"),
+    "norm.max_over_median": (
+        "norms",
+        "max / median norm",
+        "largest patch norm over its image median, mean over images",
+    ),
+    "norm.outlier_share": (
+        "norms",
+        "outlier share",
+        "share of patch tokens with norm > outlier_ratio x image median",
+    ),
+    "norm.outlier_on_background": (
+        "norms",
+        "outliers on background",
+        "share of labelled outliers on background patches",
+    ),
+    "norm.fg_over_bg": (
+        "norms",
+        "fg / bg norm",
+        "mean norm of foreground over background patches, mean over images",
+    ),
+    "attn.entropy": (
+        "attention",
+        "entropy (nats)",
+        "Shannon entropy of patch queries' attention rows over all keys",
+    ),
+    "attn.zero_share": (
+        "attention",
+        "exact zeros",
+        "share of exactly-zero probabilities in patch queries' rows",
+    ),
     "attn.support": ("attention", "support size", "number of keys with non-zero probability per patch query"),
-    "attn.distance_px": ("attention", "mean attention distance (px)", "attention-weighted distance between patch centres, patch keys renormalised"),
-    "attn.cls_fg_mass": ("attention", "[CLS] mass on foreground", "share of [CLS]->patch attention (head mean) on foreground patches"),
-    "attn.cls_fg_chance": ("attention", "foreground share (chance)", "share of labelled patches that are foreground (uniform attention level)"),
-    "align.cls_attn_iou": ("alignment", "IoU [CLS]-attention 60% mask", "IoU with GT of the patches holding 60% of [CLS] attention"),
-    "align.pca_iou": ("alignment", "IoU PCA-1 (border-prior sign)", "IoU with GT of the positive side of the 1st PCA component, sign by border prior"),
-    "align.pca_iou_oracle": ("alignment", "IoU PCA-1 (oracle sign)", "max over both signs of the PCA-1 foreground IoU"),
-    "diffusion.acc_bg": ("diffusion", "label acc. from bg patch", "image-label accuracy of a linear probe on single pure-background patches"),
-    "diffusion.acc_fg": ("diffusion", "label acc. from fg patch", "image-label accuracy of a linear probe on single foreground patches"),
-    "diffusion.acc_cls": ("diffusion", "label acc. from [CLS]", "image-label accuracy of a linear probe on the [CLS] token"),
-    "diffusion.chance_bg": ("diffusion", "chance (bg)", "accuracy of predicting the most frequent training label (bg test set)"),
-    "diffusion.diffusion_index": ("diffusion", "diffusion index", "(acc_bg - chance_bg) / (acc_fg - chance_fg)"),
-    "diffusion.cos_fg": ("diffusion", "cos(patch, [CLS]) fg", "mean cosine of foreground patch tokens to [CLS]"),
-    "diffusion.cos_bg": ("diffusion", "cos(patch, [CLS]) bg", "mean cosine of background patch tokens to [CLS]"),
+    "attn.distance_px": (
+        "attention",
+        "mean attention distance (px)",
+        "attention-weighted distance between patch centres, patch keys renormalised",
+    ),
+    "attn.cls_fg_mass": (
+        "attention",
+        "[CLS] mass on foreground",
+        "share of [CLS]->patch attention (head mean) on foreground patches",
+    ),
+    "attn.cls_fg_chance": (
+        "attention",
+        "foreground share (chance)",
+        "share of labelled patches that are foreground (uniform attention level)",
+    ),
+    "align.cls_attn_iou": (
+        "alignment",
+        "IoU [CLS]-attention 60% mask",
+        "IoU with GT of the patches holding 60% of [CLS] attention",
+    ),
+    "align.pca_iou": (
+        "alignment",
+        "IoU PCA-1 (border-prior sign)",
+        "IoU with GT of the positive side of the 1st PCA component, sign by border prior",
+    ),
+    "align.pca_iou_oracle": (
+        "alignment",
+        "IoU PCA-1 (oracle sign)",
+        "max over both signs of the PCA-1 foreground IoU",
+    ),
+    "diffusion.acc_bg": (
+        "diffusion",
+        "label acc. from bg patch",
+        "image-label accuracy of a linear probe on single pure-background patches",
+    ),
+    "diffusion.acc_fg": (
+        "diffusion",
+        "label acc. from fg patch",
+        "image-label accuracy of a linear probe on single foreground patches",
+    ),
+    "diffusion.acc_cls": (
+        "diffusion",
+        "label acc. from [CLS]",
+        "image-label accuracy of a linear probe on the [CLS] token",
+    ),
+    "diffusion.chance_bg": (
+        "diffusion",
+        "chance (bg)",
+        "accuracy of predicting the most frequent training label (bg test set)",
+    ),
+    "diffusion.diffusion_index": (
+        "diffusion",
+        "diffusion index",
+        "(acc_bg - chance_bg) / (acc_fg - chance_fg)",
+    ),
+    "diffusion.cos_fg": (
+        "diffusion",
+        "cos(patch, [CLS]) fg",
+        "mean cosine of foreground patch tokens to [CLS]",
+    ),
+    "diffusion.cos_bg": (
+        "diffusion",
+        "cos(patch, [CLS]) bg",
+        "mean cosine of background patch tokens to [CLS]",
+    ),
     "probe.miou": ("dense probe", "linear seg mIoU", "mIoU of a linear probe on patch tokens"),
-    "probe.miou_with_cls": ("dense probe", "linear seg mIoU + [CLS]", "mIoU of a linear probe on patch tokens concatenated with [CLS]"),
+    "probe.miou_with_cls": (
+        "dense probe",
+        "linear seg mIoU + [CLS]",
+        "mIoU of a linear probe on patch tokens concatenated with [CLS]",
+    ),
 }
 
 GROUPS: list[str] = list(dict.fromkeys(group for group, _, _ in SCORES.values()))

@@ -16,7 +16,9 @@ class DenseProbeSettings:
     warmup_iters: int = 30
     batch_size: int = 16
     seed: int = 0
-    train_fraction: float = 0.5  # share of the diagnosed images used to train the probe, the rest evaluates it
+    train_fraction: float = (
+        0.5  # share of the diagnosed images used to train the probe, the rest evaluates it
+    )
 
 
 @dataclass

@@ -62,7 +62,7 @@ class FeatureSet:
 
 
 def resolve_layers(model: torch.nn.Module, layers: Sequence[int]) -> tuple[int, ...]:
-    """Absolute 0-based block indices for ``layers`` (negative = from the end), validated against the depth."""
+    """Absolute 0-based block indices for ``layers`` (negative = from the end), checked against the depth."""
     depth = len(model.blocks)
     resolved = []
     for layer in layers:

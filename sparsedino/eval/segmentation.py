@@ -76,7 +76,7 @@ def features_to_inputs(fs: FeatureSet, layers: Sequence[int] | None, with_cls: b
 
 
 def warmup_linear_decay(step: int, warmup: int, total: int) -> float:
-    """LR factor: linear 0 -> 1 over ``warmup`` steps, then linear 1 -> 0 at ``total`` (mmseg poly, power 1)."""
+    """LR factor: linear 0 -> 1 over ``warmup`` steps, then 1 -> 0 at ``total`` (mmseg poly, power 1)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))

@@ -81,6 +81,7 @@ class StageRunner:
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
         remaining = sum(s.estimate_s for s in stages if not self.is_done(s))
+        spent = estimated = 0.0  # measured vs estimated seconds of the stages run so far: rescales the ETA
         for index, stage in enumerate(stages, start=1):
             missing = [d for d in stage.depends_on if d not in self.results]
             if missing:
@@ -90,7 +91,8 @@ class StageRunner:
                 self.results[stage.name] = self.load_result(stage)
                 self.log(f"{prefix}: done earlier, skipped")
                 continue
-            self.log(f"{prefix}: running (about {_fmt_seconds(remaining)} of work left)")
+            speed = spent / estimated if estimated > 0 else 1.0
+            self.log(f"{prefix}: running (about {_fmt_seconds(remaining * speed)} of work left)")
             start = time.perf_counter()
             stage_dir = self.root / stage.name
             stage_dir.mkdir(parents=True, exist_ok=True)
@@ -108,6 +110,7 @@ class StageRunner:
             )
             self.results[stage.name] = result
             remaining = max(0.0, remaining - stage.estimate_s)
+            spent, estimated = spent + elapsed, estimated + stage.estimate_s
             self.log(f"{prefix}: finished in {_fmt_seconds(elapsed)}")
         return self.results
 

@@ -59,6 +59,7 @@ def _run(normalizer: str, squares, tmp: Path, probe: bool = False) -> Path:
     return tmp / normalizer
 
 
+@pytest.mark.slow
 def test_run_report_has_every_score_and_renders(tmp_path, squares):
     folder = _run("entmax15", squares, tmp_path, probe=True)
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -71,10 +72,13 @@ def test_run_report_has_every_score_and_renders(tmp_path, squares):
         assert block["align.pca_iou_oracle"] >= block["align.pca_iou"]
     assert metrics["definitions"]["diffusion.diffusion_index"]
     assert all((folder / f).is_file() for f in metrics["figures"])
-    assert {"figures/maps_cls_attn.png", "figures/maps_pca.png", "figures/maps_norm.png"} <= set(metrics["figures"])
+    assert {"figures/maps_cls_attn.png", "figures/maps_pca.png", "figures/maps_norm.png"} <= set(
+        metrics["figures"]
+    )
     check_report(folder)
 
 
+@pytest.mark.slow
 def test_compare_two_runs_side_by_side(tmp_path, squares):
     a, b = _run("softmax", squares, tmp_path), _run("entmax15", squares, tmp_path)
     comparison = write_compare(a, b, tmp_path / "cmp")
@@ -118,7 +122,9 @@ def test_cli_over_training_plots_scores_against_epoch(tmp_path, synthetic_root):
         _checkpoint(run / f"checkpoint{epoch:04d}.pth", epoch)
     (run / "checkpoint.pth").write_bytes((run / "checkpoint0020.pth").read_bytes())  # DINO's "latest" copy
     out = tmp_path / "diag"
-    assert main(["--checkpoint", str(run), "--data", str(synthetic_root), "--out", str(out), *CLI_OPTIONS]) == 0
+    assert (
+        main(["--checkpoint", str(run), "--data", str(synthetic_root), "--out", str(out), *CLI_OPTIONS]) == 0
+    )
     summary = json.loads((out / "over_training.json").read_text())
     assert summary["epochs"] == [10, 20]  # checkpoint.pth (no epoch in name or file) is a copy: dropped
     series = summary["series"]["attn.zero_share"]
@@ -141,6 +147,9 @@ def test_cli_bad_inputs_are_named_before_work(tmp_path, synthetic_root, capsys):
     assert "n_imagez" in capsys.readouterr().out
     assert main(["--checkpoint", str(ckpt), *base, "--layers", "9"]) == 2
     assert "layer index 9" in capsys.readouterr().out
-    assert main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")]) == 2
+    assert (
+        main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")])
+        == 2
+    )
     assert "nodata" in capsys.readouterr().out
     assert not (tmp_path / "o").exists()

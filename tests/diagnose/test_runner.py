@@ -19,7 +19,13 @@ N = 1 + GRID * GRID
 
 
 def config(*overrides: str) -> DiagnoseConfig:
-    base = ["img_size=32", "batch_size=16", "n_images=48", "dense_probe.enabled=false", "label_probe_iterations=50"]
+    base = [
+        "img_size=32",
+        "batch_size=16",
+        "n_images=48",
+        "dense_probe.enabled=false",
+        "label_probe_iterations=50",
+    ]
     return load_config(DiagnoseConfig, None, base + list(overrides))
 
 
@@ -46,6 +52,7 @@ def test_resolve_layers():
         resolve_layers([7], 4)
 
 
+@pytest.mark.slow
 def test_attention_made_local_gives_small_mean_distance(squares):
     self_only = run_diagnostics(force_attention(make_vit(), patch_rule(lambda q, k: q == k)), squares, None,
                                 config(), progress=False)["blocks"]  # fmt: skip
@@ -55,7 +62,9 @@ def test_attention_made_local_gives_small_mean_distance(squares):
     free = run_diagnostics(make_vit(), squares, None, config(), progress=False)["blocks"]
     for b in ("0", "1"):
         assert self_only[b]["attn.distance_px"] == 0.0
-        assert self_only[b]["attn.support"] == 1.0 and self_only[b]["attn.entropy"] == pytest.approx(0.0, abs=1e-6)
+        assert self_only[b]["attn.support"] == 1.0 and self_only[b]["attn.entropy"] == pytest.approx(
+            0.0, abs=1e-6
+        )
         assert 0 < local[b]["attn.distance_px"] <= 8 * math.sqrt(2)
         assert free[b]["attn.distance_px"] > local[b]["attn.distance_px"]
 
@@ -69,7 +78,9 @@ def sharpen(model, factor: float):
 
 
 def test_softmax_has_no_zeros_entmax_has_some(squares):
-    soft = run_diagnostics(sharpen(make_vit("softmax"), 8), squares, [-1], config(), progress=False)["blocks"]["1"]
+    soft = run_diagnostics(sharpen(make_vit("softmax"), 8), squares, [-1], config(), progress=False)[
+        "blocks"
+    ]["1"]
     sparse = run_diagnostics(sharpen(make_vit("entmax15"), 8), squares, [-1], config(), progress=False)
     sparse = sparse["blocks"]["1"]
     assert soft["attn.zero_share"] == 0.0 and soft["attn.support"] == N
@@ -105,5 +116,7 @@ def test_injected_huge_norm_token_is_found_as_background_outlier(squares):
     assert res["norm.outlier_share"] == pytest.approx(1 / 16)
     assert res["norm.outlier_on_background"] == 1.0
     assert res["norm.max_over_median"] > 20
-    clean = run_diagnostics(make_vit(), squares, [0], config("outlier_ratio=4.0"), progress=False)["blocks"]["0"]
+    clean = run_diagnostics(make_vit(), squares, [0], config("outlier_ratio=4.0"), progress=False)["blocks"][
+        "0"
+    ]
     assert clean["norm.outlier_share"] == 0.0 and clean["norm.outlier_on_background"] is None

@@ -145,7 +145,9 @@ def test_cls_cosine_copy_vs_independent():
     fg[:, :3] = True
     copies = cls[:, None].expand(2, 10, 32)
     cos_fg, cos_bg = diffusion.cls_cosine(copies, cls, fg, torch.ones_like(fg))
-    assert torch.allclose(cos_bg, torch.ones(2), atol=1e-5) and torch.allclose(cos_fg, torch.ones(2), atol=1e-5)
+    assert torch.allclose(cos_bg, torch.ones(2), atol=1e-5) and torch.allclose(
+        cos_fg, torch.ones(2), atol=1e-5
+    )
     orth = torch.randn(2, 10, 32, generator=g)
     orth -= (orth * cls[:, None]).sum(-1, keepdim=True) / cls.square().sum(-1)[:, None, None] * cls[:, None]
     _, cos_bg = diffusion.cls_cosine(orth, cls, fg, torch.ones_like(fg))

@@ -1,0 +1,104 @@
+"""``sparsedino reproduce``: the micro preset end to end, resume, and its config errors."""
+
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from sparsedino.cli import main as cli_main
+from sparsedino.config import ConfigError
+from sparsedino.pipeline.command import run_reproduce
+
+ARMS = ("softmax", "entmax15")
+METRICS = ("k-NN top-1 (%)", "linear top-1 (%)", "VOC 2012 mIoU (%)", "VOC 2012 mIoU + [CLS] (%)")
+
+
+class _Images(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs)["src"])
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reproduce") / "micro"
+    report = run_reproduce("micro", out)
+    return out, report
+
+
+@pytest.mark.slow
+def test_micro_report_holds_both_arms_every_metric_and_figure(micro_run):
+    out, report = micro_run
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == set(ARMS)
+    for arm in ARMS:
+        metrics = results["arms"][arm]["metrics"]
+        for name in METRICS:
+            assert metrics[name]["n"] == 1
+            assert 0.0 <= metrics[name]["mean"] <= 100.0
+        curve = results["runs"][f"curve/{arm}-s0"]["points"]
+        assert [p["epoch"] for p in curve] == [1, 2]  # one point per epoch checkpoint
+        assert results["diagnostics_last_block"][f"{arm}-s0"]["probe.miou"] is not None
+    for rel in results["figures"]:
+        assert (out / rel).is_file()
+    assert {Path(f).name for f in results["figures"]} == {"training_loss.png", "curves_over_training.png"}
+    markdown = (out / "report.md").read_text()
+    for name in METRICS:
+        assert name in markdown
+    for line in markdown.splitlines():
+        if line.startswith("!["):
+            assert (out / line.split("(")[-1].rstrip(")")).is_file()
+    parser = _Images()
+    parser.feed((out / "report.html").read_text())
+    assert len(parser.sources) >= 4
+    assert all(src.startswith("data:image/png;base64,") for src in parser.sources)
+    assert (out / "diagnose_compare" / "report.html").is_file()
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_finished_stage(micro_run, capsys):
+    out, report = micro_run
+    capsys.readouterr()
+    again = run_reproduce("micro", out)
+    log = capsys.readouterr().out
+    assert "running" not in log
+    assert log.count("done earlier, skipped") == 9
+    assert again["arms"] == json.loads(json.dumps(report["arms"]))
+
+
+def test_unknown_key_and_bad_arm_fail_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="no_such_key"):
+        run_reproduce("micro", tmp_path / "a", ["no_such_key=1"])
+    with pytest.raises(ConfigError, match="softmx"):
+        run_reproduce("micro", tmp_path / "b", ["arms=[softmx,entmax15]"])
+    with pytest.raises(ConfigError, match="train_overrides|optim.epochz"):
+        run_reproduce("micro", tmp_path / "c", ["train_overrides=[optim.epochz=3]"])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_paper_preset_needs_data_paths_and_dry_run_prints_the_plan(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="data.imagenet"):
+        run_reproduce("paper", tmp_path / "p", dry_run=True)
+    roots = {name: tmp_path / name for name in ("imagenet", "voc", "ade20k", "cityscapes")}
+    for root in roots.values():
+        root.mkdir()
+    args = [f"data.{name}={root}" for name, root in roots.items()]
+    assert cli_main(["reproduce", "--preset", "paper", "--out", str(tmp_path / "p"), "--dry-run", *args]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert set(plan["seg"]) == {"voc", "ade20k", "cityscapes"}
+    assert {run["model"]["normalizer"] for run in plan["runs"].values()} == set(ARMS)
+    assert {run["model"]["arch"] for run in plan["runs"].values()} == {"vit_small"}
+    assert all(run["optim"]["epochs"] == 200 for run in plan["runs"].values())
+    assert not (tmp_path / "p").exists()
+
+
+def test_missing_data_folder_is_named(tmp_path, capsys):
+    code = cli_main(["reproduce", "--preset", "paper", "--out", str(tmp_path / "p"), "--dry-run",
+                     f"data.imagenet={tmp_path / 'nope'}", "data.voc=x", "data.ade20k=y", "data.cityscapes=z"])  # fmt: skip
+    assert code == 2
+    assert "nope" in capsys.readouterr().err
