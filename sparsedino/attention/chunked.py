@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsedino.attention.normalizers import normalize, normalizer_backward
+from sparsedino.attention.normalizers import normalize_scores, normalizer_backward
 
 __all__ = ["SparseAttentionFunction"]
 
@@ -42,11 +42,8 @@ def _bias_rows(bias: Tensor | None, start: int, end: int) -> Tensor | None:
 def _block_probs(q_i: Tensor, k: Tensor, bias_i: Tensor | None, name: str, scale: float) -> Tensor:
     """Probabilities of one query block, float32 (float64 for float64 inputs)."""
     compute = torch.float64 if q_i.dtype == torch.float64 else torch.float32
-    scores = torch.matmul(q_i, k.transpose(-2, -1)).to(compute)
-    scores.mul_(scale)
-    if bias_i is not None:
-        scores.add_(bias_i)
-    return normalize(scores, name)
+    scores = torch.matmul(q_i, k.transpose(-2, -1)).to(compute)  # (B, H, C, M); scale and bias fused below
+    return normalize_scores(scores, name, scale, bias_i)
 
 
 class SparseAttentionFunction(torch.autograd.Function):
@@ -73,24 +70,36 @@ class SparseAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         q, k, v, bias, probs = ctx.saved_tensors
-        grad_out = grad_out.contiguous()
-        dq = torch.zeros_like(q) if ctx.needs_input_grad[0] else None
-        dk = torch.zeros_like(k) if ctx.needs_input_grad[1] else None
-        dv = torch.zeros_like(v) if ctx.needs_input_grad[2] else None
-        for start, end in ctx.blocks:
-            p = probs
-            if p is None:  # chunked: recompute this block's probabilities
-                p = _block_probs(q[:, :, start:end], k, _bias_rows(bias, start, end), ctx.name, ctx.scale)
-                p = p.to(v.dtype)
-            do_i = grad_out[:, :, start:end]  # (B, H, C, Dv)
-            if dv is not None:
-                dv.add_(torch.matmul(p.transpose(-2, -1), do_i))
-            if dq is None and dk is None:
-                continue
-            dp = torch.matmul(do_i, v.transpose(-2, -1))  # (B, H, C, M)
-            ds = normalizer_backward(p, dp, ctx.name).mul_(ctx.scale).to(q.dtype)
-            if dq is not None:
-                dq[:, :, start:end] = torch.matmul(ds, k)
-            if dk is not None:
-                dk.add_(torch.matmul(ds.transpose(-2, -1), q[:, :, start:end]))
+        need_q, need_k, need_v = ctx.needs_input_grad[:3]
+        if probs is not None:  # one block, probabilities saved: no accumulators needed
+            dq, dk, dv = _block_grads(q, k, v, probs, grad_out, ctx.name, ctx.scale, need_q, need_k, need_v)
+            return dq, dk, dv, None, None, None, None
+        dq = torch.empty_like(q) if need_q else None
+        dk = torch.zeros_like(k) if need_k else None
+        dv = torch.zeros_like(v) if need_v else None
+        for start, end in ctx.blocks:  # chunked: recompute each block's probabilities
+            q_i = q[:, :, start:end]
+            p = _block_probs(q_i, k, _bias_rows(bias, start, end), ctx.name, ctx.scale).to(v.dtype)
+            dq_i, dk_i, dv_i = _block_grads(
+                q_i, k, v, p, grad_out[:, :, start:end], ctx.name, ctx.scale, need_q, need_k, need_v
+            )
+            if need_q:
+                dq[:, :, start:end] = dq_i
+            if need_k:
+                dk.add_(dk_i)
+            if need_v:
+                dv.add_(dv_i)
         return dq, dk, dv, None, None, None, None
+
+
+def _block_grads(q_i, k, v, p, do_i, name, scale, need_q, need_k, need_v):
+    """Gradients of one query block: (dQ_i, dK contribution, dV contribution), None where not needed."""
+    dv = torch.matmul(p.transpose(-2, -1), do_i) if need_v else None  # (B, H, M, Dv)
+    if not (need_q or need_k):
+        return None, None, dv
+    dp = torch.matmul(do_i, v.transpose(-2, -1))  # (B, H, C, M)
+    ds = normalizer_backward(p, dp, name, scale=scale).to(q_i.dtype)
+    del dp
+    dq = torch.matmul(ds, k) if need_q else None  # (B, H, C, D)
+    dk = torch.matmul(ds.transpose(-2, -1), q_i) if need_k else None  # (B, H, M, D)
+    return dq, dk, dv

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from sparsedino.attention import compiled
 
-__all__ = ["entmax15", "entmax15_backward", "entmax_bisect", "sparsemax"]
+__all__ = ["entmax15", "entmax15_backward", "entmax15_forward", "entmax_bisect", "sparsemax"]
 
 # Newton steps before the closed form: enough for > 99% of attention rows at every scale we measured (the
 # rest are fixed by the exact fallback); each step is one pass over the scores.
@@ -40,14 +40,16 @@ def _compute_dtype(x: Tensor) -> torch.dtype:
 # --------------------------------------------------------------------------------------------------------------
 # entmax-1.5 forward: sort-free solver (compiled when possible) + exact sort fallback for the rows it rejects
 # --------------------------------------------------------------------------------------------------------------
-def _entmax15_newton(x: Tensor, dim: int, steps: int) -> tuple[Tensor, Tensor]:
-    """Sort-free entmax-1.5 along ``dim``.
+def _entmax15_newton(
+    x: Tensor, dim: int, steps: int, scale: float = 1.0, bias: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sort-free entmax-1.5 of ``x * scale + bias`` along ``dim`` (scale and mask fused into the passes).
 
     Returns:
-        ``(p, ok)``: probabilities in ``x``'s dtype and a bool tensor (``x`` shape with ``dim`` kept as 1)
-        telling which rows passed the exactness check.
+        ``(p, ok, all_ok)``: probabilities in ``x``'s dtype, a bool tensor (``x`` shape with ``dim`` kept as 1)
+        telling which rows passed the exactness check, and its conjunction.
     """
-    z = x * 0.5
+    z = x * (0.5 * scale) if bias is None else (x * scale + bias) * 0.5
     m = z.amax(dim, keepdim=True)
     finite = m > float("-inf")  # False for fully masked rows (and NaN rows, which stay NaN below)
     z = z - torch.where(finite, m, torch.zeros_like(m))  # row max is now 0, so tau* lies in [-1, -1/sqrt(n)]
@@ -73,7 +75,7 @@ def _entmax15_newton(x: Tensor, dim: int, steps: int) -> tuple[Tensor, Tensor]:
     # KKT check: the closed-form tau must keep exactly the support it was computed on.
     same_support = (z > tau).sum(dim, keepdim=True, dtype=z.dtype) == cnt
     ok = (same_support & (delta >= 0.0)) | ~finite
-    return p, ok
+    return p, ok, ok.all()
 
 
 def _entmax15_sort(z: Tensor) -> Tensor:
@@ -93,33 +95,38 @@ def _entmax15_sort(z: Tensor) -> Tensor:
     return torch.where(valid.any(-1, keepdim=True), p, torch.zeros_like(p))
 
 
-def _entmax15_forward(x: Tensor, dim: int) -> Tensor:
-    """Exact entmax-1.5 in ``x``'s dtype (float32 or float64)."""
-    p, ok = compiled.call("entmax15_newton", _entmax15_newton, x, dim, NEWTON_STEPS)
-    if not bool(ok.all()):
+def entmax15_forward(x: Tensor, dim: int = -1, scale: float = 1.0, bias: Tensor | None = None) -> Tensor:
+    """Exact entmax-1.5 of ``x * scale + bias`` (no autograd), in ``x``'s dtype (float32 or float64).
+
+    ``bias`` (broadcastable to ``x``, e.g. an additive ``-inf`` attention mask) and ``scale`` are applied
+    inside the fused passes, so attention scores need no extra full-size temporaries.
+    """
+    p, ok, all_ok = compiled.call("entmax15_newton", _entmax15_newton, x, dim, NEWTON_STEPS, scale, bias)
+    if not bool(all_ok):
         # Rare rows (near-ties at the threshold): solve exactly by sorting, only those rows.
+        xs = x * scale if bias is None else x * scale + bias
         p_last = p.movedim(dim, -1)
         rows = ~ok.movedim(dim, -1).squeeze(-1)
-        p_last[rows] = _entmax15_sort(x.movedim(dim, -1)[rows] * 0.5)
+        p_last[rows] = _entmax15_sort(xs.movedim(dim, -1)[rows] * 0.5)
         p = p_last.movedim(-1, dim)
     return p
 
 
-def _entmax15_grad(p: Tensor, grad: Tensor, dim: int) -> Tensor:
+def _entmax15_grad(p: Tensor, grad: Tensor, dim: int, scale: float) -> Tensor:
     """Backward of entmax-1.5 from its output: with g = sqrt(p), dz = g * dp - g * sum(g * dp) / sum(g)."""
     g = p.sqrt()
     gd = g * grad
     q = gd.sum(dim, keepdim=True) / g.sum(dim, keepdim=True).clamp_min(_TINY)
-    return gd - g * q
+    return (gd - g * q) * scale
 
 
-def entmax15_backward(p: Tensor, grad: Tensor, dim: int = -1) -> Tensor:
-    """Gradient of entmax-1.5 w.r.t. its input, given its output ``p`` and the output gradient ``grad``.
+def entmax15_backward(p: Tensor, grad: Tensor, dim: int = -1, scale: float = 1.0) -> Tensor:
+    """Gradient of entmax-1.5 w.r.t. its input (times ``scale``), from its output ``p`` and ``grad``.
 
     Computed in float32 (float64 stays float64) and returned in ``grad``'s dtype.
     """
     ct = _compute_dtype(grad)
-    out = compiled.call("entmax15_grad", _entmax15_grad, p.to(ct), grad.to(ct), dim)
+    out = compiled.call("entmax15_grad", _entmax15_grad, p.to(ct), grad.to(ct), dim, float(scale))
     return out.to(grad.dtype)
 
 
@@ -128,7 +135,7 @@ class _Entmax15Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
-        p = _entmax15_forward(x.to(_compute_dtype(x)), dim).to(x.dtype)
+        p = entmax15_forward(x.to(_compute_dtype(x)), dim).to(x.dtype)
         ctx.dim = dim
         ctx.save_for_backward(p)
         return p
@@ -283,7 +290,9 @@ def entmax_bisect(x: Tensor, alpha: float | Tensor = 1.5, dim: int = -1, n_iter:
     else:
         alpha_t = alpha
         if bool((alpha_t.detach() <= 1.0).any()):
-            raise ValueError(f"entmax_bisect needs alpha > 1 everywhere, got min alpha={alpha_t.min().item()}")
+            raise ValueError(
+                f"entmax_bisect needs alpha > 1 everywhere, got min alpha={alpha_t.min().item()}"
+            )
     # Give alpha x's number of dims so it broadcasts with the reduced (keepdim) rows.
     if alpha_t.dim() < x.dim():
         alpha_t = alpha_t.reshape((1,) * (x.dim() - alpha_t.dim()) + tuple(alpha_t.shape))

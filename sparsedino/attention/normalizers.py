@@ -19,9 +19,22 @@ import math
 import torch
 from torch import Tensor
 
-from sparsedino.attention.entmax import entmax15, entmax15_backward, entmax_bisect, sparsemax
+from sparsedino.attention.entmax import (
+    entmax15,
+    entmax15_backward,
+    entmax15_forward,
+    entmax_bisect,
+    sparsemax,
+)
 
-__all__ = ["normalize", "normalizer_alpha", "normalizer_backward", "normalizer_name", "validate_normalizer"]
+__all__ = [
+    "normalize",
+    "normalize_scores",
+    "normalizer_alpha",
+    "normalizer_backward",
+    "normalizer_name",
+    "validate_normalizer",
+]
 
 _ALIASES = {
     "softmax": "softmax",
@@ -37,7 +50,9 @@ _ALIASES = {
 
 def _from_alpha(alpha: float, original: object) -> str:
     if not math.isfinite(alpha) or alpha < 1.0:
-        raise ValueError(f"invalid attention normalizer {original!r}: entmax alpha must be >= 1 (1 = softmax)")
+        raise ValueError(
+            f"invalid attention normalizer {original!r}: entmax alpha must be >= 1 (1 = softmax)"
+        )
     if alpha == 1.0:
         return "softmax"
     if alpha == 1.5:
@@ -96,15 +111,24 @@ def normalize(scores: Tensor, name: str, dim: int = -1) -> Tensor:
     return entmax_bisect(scores, alpha=normalizer_alpha(name), dim=dim)
 
 
-def normalizer_backward(p: Tensor, grad: Tensor, name: str, dim: int = -1) -> Tensor:
-    """Gradient w.r.t. the scores from the probabilities ``p`` only (used by the recomputing attention op)."""
+def normalize_scores(scores: Tensor, name: str, scale: float, bias: Tensor | None) -> Tensor:
+    """Probabilities of ``scores * scale + bias`` along the last dim, without autograd (attention op)."""
     if name == "entmax15":
-        return entmax15_backward(p, grad, dim)
+        return entmax15_forward(scores, -1, scale, bias)
+    scores = scores * scale if bias is None else scores * scale + bias
+    with torch.no_grad():
+        return normalize(scores, name)
+
+
+def normalizer_backward(p: Tensor, grad: Tensor, name: str, dim: int = -1, scale: float = 1.0) -> Tensor:
+    """Gradient w.r.t. the scores (times ``scale``) from the probabilities ``p`` only (attention op)."""
+    if name == "entmax15":
+        return entmax15_backward(p, grad, dim, scale)
     if name == "softmax":
         gp = grad * p
-        return gp - p * gp.sum(dim, keepdim=True)
+        return (gp - p * gp.sum(dim, keepdim=True)) * scale
     alpha = normalizer_alpha(name)
     # alpha-entmax (sparsemax at alpha=2): s = p^(2-alpha) on the support; ds = s*g - s*sum(s*g)/sum(s).
     s = torch.where(p > 0, p.clamp_min(1e-30).pow(2.0 - alpha), torch.zeros_like(p))
     sg = s * grad
-    return sg - s * sg.sum(dim, keepdim=True) / s.sum(dim, keepdim=True).clamp_min(1e-30)
+    return (sg - s * sg.sum(dim, keepdim=True) / s.sum(dim, keepdim=True).clamp_min(1e-30)) * scale

@@ -26,7 +26,13 @@ ENTMAX_ARCHS: dict[str, dict[str, Any]] = {
     "vit_base_patch16_224_entmax15": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
 }
 # keyword arguments timm's factory passes that a bare VisionTransformer does not take
-_FACTORY_ONLY = ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir", "features_only", "pretrained_strict")
+_FACTORY_ONLY = (
+    "pretrained_cfg",
+    "pretrained_cfg_overlay",
+    "cache_dir",
+    "features_only",
+    "pretrained_strict",
+)
 
 
 def create_entmax_vit(name: str, pretrained: bool = False, **kwargs: Any) -> VisionTransformer:

@@ -49,7 +49,9 @@ def _make_step(normalizer: str, args: argparse.Namespace):
     for group in optimizer.param_groups:
         group["lr"] = 1e-4
     g, lsz, b = args.global_size, args.local_size, args.batch
-    crops = [torch.randn(b, 3, g, g) for _ in range(2)] + [torch.randn(b, 3, lsz, lsz) for _ in range(args.n_local)]
+    crops = [torch.randn(b, 3, g, g) for _ in range(2)] + [
+        torch.randn(b, 3, lsz, lsz) for _ in range(args.n_local)
+    ]
 
     def step() -> float:
         start = time.perf_counter()
@@ -67,7 +69,9 @@ def _make_step(normalizer: str, args: argparse.Namespace):
 
 def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="sparsedino bench train", description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"result file (default {DEFAULT_JSON})")
+    parser.add_argument(
+        "--json", type=Path, default=DEFAULT_JSON, help=f"result file (default {DEFAULT_JSON})"
+    )
     parser.add_argument("--arch", default="vit_small")
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--batch", type=int, default=2, help="images per step (each gives 2 + n_local crops)")

@@ -82,6 +82,16 @@ class ImageNetFolder(Dataset):
         self._skipped: set[str] = set()
         self._lock = threading.Lock()
 
+    def __getstate__(self) -> dict:
+        # DataLoader workers started with "spawn" (macOS, Windows) pickle the dataset; locks don't pickle.
+        state = dict(self.__dict__)
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     @property
     def num_skipped(self) -> int:
         """Unreadable files skipped so far in this process (each counted once)."""

@@ -243,10 +243,11 @@ def run_diagnostics(
                     if has_cls:
                         acc.tokens["cls"].append((cls[i : i + 1].cpu(), owner))
                 # 5. features for the dense probe
-                if cfg.dense_probe.enabled:
-                    acc.probe_feats.append(patches.reshape(B, *grid, -1).half().cpu())
+                n_probe = max(0, min(B, cfg.dense_probe.max_images - seen))  # bounded memory
+                if cfg.dense_probe.enabled and n_probe:
+                    acc.probe_feats.append(patches[:n_probe].reshape(n_probe, *grid, -1).half().cpu())
                     if has_cls:
-                        acc.probe_cls.append(cls.half().cpu())
+                        acc.probe_cls.append(cls[:n_probe].half().cpu())
                 # 6. maps for the figures
                 if n_fig:
                     ex = examples["maps"][b]
@@ -343,7 +344,7 @@ def _finalise_block(
     if cfg.dense_probe.enabled:
         feats = torch.cat(acc.probe_feats)
         cls = torch.cat(acc.probe_cls) if has_cls else None
-        res.update(dense_probe_scores(feats, cls, masks, dataset, cfg.dense_probe, device))
+        res.update(dense_probe_scores(feats, cls, masks[: len(feats)], dataset, cfg.dense_probe, device))
     return {k: _nan_to_none(v) if not isinstance(v, list) else v for k, v in res.items()}
 
 

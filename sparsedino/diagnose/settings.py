@@ -16,9 +16,8 @@ class DenseProbeSettings:
     warmup_iters: int = 30
     batch_size: int = 16
     seed: int = 0
-    train_fraction: float = (
-        0.5  # share of the diagnosed images used to train the probe, the rest evaluates it
-    )
+    max_images: int = 256  # features of at most the first max_images images are kept (float16, every block)
+    train_fraction: float = 0.5  # share of the probe's images that train it, the rest evaluates it
 
 
 @dataclass

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from sparsedino.atomic import atomic_write_bytes
 
 CACHE_FORMAT = "sparsedino-features-v1"
+STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -318,7 +319,9 @@ def extract_for_protocol(
     """
     device = resolve_device(fcfg.device)
     loader = DataLoader(dataset, batch_size=fcfg.batch_size, shuffle=False, num_workers=fcfg.num_workers)
-    dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[fcfg.dtype]
+    if fcfg.dtype not in STORAGE_DTYPES:
+        raise ValueError(f"features.dtype must be one of {sorted(STORAGE_DTYPES)}, got {fcfg.dtype!r}")
+    dtype = STORAGE_DTYPES[fcfg.dtype]
     cache_path = None
     if fcfg.cache_dir:
         abs_layers = resolve_layers(model, layers)

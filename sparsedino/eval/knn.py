@@ -3,7 +3,8 @@
 Protocol: [CLS] of the last block after the final norm, L2-normalised; cosine similarity to every training
 feature; the k nearest neighbours vote for their class with weight exp(sim / T) (T = 0.07); top-1 and
 top-5 accuracy for k in {10, 20, 100, 200} (k = 20 is DINO's headline number). The test set is processed in
-chunks, so memory stays at chunk_size x num_train similarities.
+chunks, so memory stays at chunk_size x num_train similarities. A class that received no vote never counts
+as a top-5 hit (with fewer than 5 voted classes, DINO's code could count zero-vote ties by index order).
 """
 
 from __future__ import annotations

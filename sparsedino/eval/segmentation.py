@@ -246,7 +246,7 @@ def run_seg_probe(
         make_seg_fixed_transform,
         make_seg_train_transform,
     )
-    from sparsedino.eval.features import extract_features
+    from sparsedino.eval.features import extract_for_protocol
     from sparsedino.eval.sliding import sliding_window_miou
 
     if not getattr(model, "dynamic_img_size", False):
@@ -269,44 +269,12 @@ def run_seg_probe(
         train_ds = _subset(
             _with_transform(dataset_train, make_seg_fixed_transform(crop)), cfg.max_train_images
         )
-        loader = DataLoader(
-            train_ds, batch_size=cfg.features.batch_size, num_workers=cfg.features.num_workers
-        )
-        dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[
-            cfg.features.dtype
-        ]
-        cache_path = None
-        if cfg.features.cache_dir:
-            from sparsedino.eval.features import dataset_fingerprint, feature_cache_path, model_fingerprint
-
-            name_key = {
-                "model": model_fingerprint(model),
-                "data": dataset_fingerprint(train_ds),
-                "layers": list(abs_layers),
-                "norm": norm,
-                "crop": crop,
-                "dtype": cfg.features.dtype,
-            }
-            cache_path = feature_cache_path(cfg.features.cache_dir, "seg-train", name_key)
-        fs = extract_features(
-            model,
-            loader,
-            abs_layers,
-            norm=norm,
-            with_patches=True,
-            cache_path=cache_path,
-            cache_key={"crop": crop},
-            device=device,
-            dtype=dtype,
-            desc="features[seg train]",
+        fs = extract_for_protocol(
+            model, train_ds, cfg.features, abs_layers, norm, tag="seg-train", with_patches=True
         )
         feature_timing = {**(fs.meta.get("timing") or {}), "cache": fs.meta["cache"]["status"]}
-        train_feats, train_masks, batch_fn, in_dim = (
-            features_to_inputs(fs, None, with_cls),
-            fs.labels,
-            None,
-            None,
-        )
+        train_feats, train_masks = features_to_inputs(fs, None, with_cls), fs.labels
+        batch_fn, in_dim = None, None
         augmentation = "none, features cached (resize short side to crop, centre crop)"
     elif cfg.train_mode == "augment":
         train_ds = _subset(

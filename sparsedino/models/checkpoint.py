@@ -13,7 +13,13 @@ from pathlib import Path
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
-from sparsedino.models.formats import CheckpointError, extract_backbone, fingerprint, infer_vit_shape, read_checkpoint
+from sparsedino.models.formats import (
+    CheckpointError,
+    extract_backbone,
+    fingerprint,
+    infer_vit_shape,
+    read_checkpoint,
+)
 from sparsedino.models.vit import ARCHS, arch_from_shape, build_vit
 
 __all__ = ["BackboneInfo", "CheckpointError", "load_backbone"]

@@ -101,7 +101,9 @@ def main(argv: Sequence[str]) -> int:
         description="Export the teacher (or student) backbone of a checkpoint as a timm or DINO file.",
     )
     parser.add_argument("checkpoint", help="training checkpoint, DINO checkpoint or backbone file")
-    parser.add_argument("--format", choices=FORMATS, default="timm", help="key layout to write (default timm)")
+    parser.add_argument(
+        "--format", choices=FORMATS, default="timm", help="key layout to write (default timm)"
+    )
     parser.add_argument("--out", required=True, help="output file (.pth or .safetensors)")
     parser.add_argument("--which", choices=("teacher", "student"), default="teacher")
     args = parser.parse_args(list(argv))

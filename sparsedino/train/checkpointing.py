@@ -4,7 +4,7 @@ Layout (``torch.load(weights_only=True)`` reads it; no pickled classes):
     student / teacher: ``backbone.*`` and ``head.*`` (head last layer as ``weight_g`` / ``weight_v``)
     optimizer, fp16_scaler (or None), dino_loss: {"center": (1, out_dim)}
     epoch: epochs completed; iteration: iterations done in the current epoch (0 at epoch ends)
-    global_step, args: the resolved config as plain dicts
+    global_step, skipped_images; args: the resolved config as plain dicts
     sparsedino: metadata for :func:`sparsedino.models.load_backbone` (arch, normalizer, ...)
     rng: one dict of RNG states per rank
 """
@@ -38,7 +38,7 @@ def epoch_snapshot_name(epoch: int) -> str:
 
 def rng_state() -> dict[str, Any]:
     """This process's RNG states as tensors and plain data."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state()  # noqa: NPY002  (third-party code may use the legacy global RNG)
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),
@@ -61,7 +61,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    np.random.set_state(  # noqa: NPY002
+        (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    )
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -97,7 +99,14 @@ class TrainState:
 
 
 def save_checkpoint(
-    path: Path, state: TrainState, cfg: Any, epoch: int, iteration: int, global_step: int, rngs: list
+    path: Path,
+    state: TrainState,
+    cfg: Any,
+    epoch: int,
+    iteration: int,
+    global_step: int,
+    rngs: list,
+    skipped_images: int = 0,
 ) -> None:
     """Write a full, resumable checkpoint atomically."""
     atomic_torch_save(
@@ -110,6 +119,7 @@ def save_checkpoint(
             "epoch": epoch,
             "iteration": iteration,
             "global_step": global_step,
+            "skipped_images": skipped_images,
             "args": config_to_dict(cfg),
             "sparsedino": model_metadata(cfg, epoch, iteration),
             "rng": rngs,
@@ -151,6 +161,8 @@ def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
 def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_size: int) -> dict[str, int]:
     """Restore ``state`` from ``path`` and return ``{"epoch", "iteration", "global_step"}``.
 
+    Returns also ``skipped_images`` (unreadable files skipped so far).
+
     Raises:
         CheckpointError / ConfigError: naming the file and what does not match.
     """
@@ -174,4 +186,8 @@ def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_si
             len(rngs),
             world_size,
         )
-    return {"epoch": int(obj["epoch"]), "iteration": int(obj["iteration"]), "global_step": int(obj["global_step"])}
+    return {
+        "epoch": int(obj["epoch"]),
+        "iteration": int(obj["iteration"]),
+        "global_step": int(obj["global_step"]),
+    }

@@ -34,6 +34,7 @@ def main(argv: Sequence[str]) -> int:
     from omegaconf import OmegaConf
 
     from sparsedino.config import ConfigError, config_to_dict
+    from sparsedino.data.imagenet import BadImageError
     from sparsedino.models.formats import CheckpointError
     from sparsedino.train import NonFiniteLossError, load_train_config, run_training
 
@@ -48,7 +49,7 @@ def main(argv: Sequence[str]) -> int:
         return 0
     try:
         out = run_training(cfg)
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as err:
+    except (ConfigError, CheckpointError, BadImageError, FileNotFoundError, ValueError) as err:
         print(f"sparsedino train: {err}", file=sys.stderr)
         return 2
     except NonFiniteLossError as err:

@@ -53,7 +53,9 @@ class ResumableDistributedSampler(DistributedSampler):
     """``DistributedSampler`` (shuffled by ``seed + epoch``, drop_last) that can start mid-epoch."""
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, seed: int) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        super().__init__(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.start_index = 0
 
     def set_position(self, epoch: int, start_index: int = 0) -> None:
@@ -77,7 +79,7 @@ class _WorkerSeeder:
     def __call__(self, worker_id: int) -> None:
         value = sample_seed(self.seed, self.epoch, self.rank * 1024 + worker_id)
         random.seed(value)
-        np.random.seed(value % 2**32)
+        np.random.seed(value % 2**32)  # noqa: NPY002  (legacy global RNG used by third-party transforms)
         torch.manual_seed(value)
 
 

@@ -113,11 +113,12 @@ class Trainer:
             self.nets.student, self.nets.teacher, self.optimizer, self.precision.scaler(), self.loss_fn
         )
         self.sched = make_schedules(cfg, iters, dist_info.world_size)
-        self.epoch, self.iteration, self.global_step = 0, 0, 0
+        self.epoch, self.iteration, self.global_step, self.skipped_total = 0, 0, 0, 0
         latest = self.out / LATEST
         if cfg.run.resume and latest.is_file():
             pos = load_checkpoint(latest, self.state, cfg, dist_info.rank, dist_info.world_size)
             self.epoch, self.iteration, self.global_step = pos["epoch"], pos["iteration"], pos["global_step"]
+            self.skipped_total = pos["skipped_images"]
             if self.iteration >= iters:  # killed between the last step's checkpoint and the epoch end
                 self.epoch, self.iteration = self.epoch + 1, 0
             log.info("resumed from %s at epoch %d iteration %d", latest, self.epoch, self.iteration)
@@ -127,7 +128,7 @@ class Trainer:
             # Per-rank streams for drop path etc.; data augmentation is seeded per sample instead.
             torch.manual_seed(seed + dist_info.rank)
             random.seed(seed + dist_info.rank)
-            np.random.seed((seed + dist_info.rank) % 2**32)
+            np.random.seed((seed + dist_info.rank) % 2**32)  # noqa: NPY002
         self.logger = MetricLogger(
             self.out,
             enabled=dist_info.is_main,
@@ -142,7 +143,16 @@ class Trainer:
     def save(self, epoch: int, iteration: int) -> None:
         rngs = gather_objects(rng_state())  # collective: every rank calls save()
         if self.dist.is_main:
-            save_checkpoint(self.out / LATEST, self.state, self.cfg, epoch, iteration, self.global_step, rngs)
+            save_checkpoint(
+                self.out / LATEST,
+                self.state,
+                self.cfg,
+                epoch,
+                iteration,
+                self.global_step,
+                rngs,
+                self.skipped_total,
+            )
 
     # ---- one iteration -----------------------------------------------------------------------
     def step(self, crops: list[torch.Tensor], epoch: int) -> torch.Tensor:
@@ -203,7 +213,9 @@ class Trainer:
             loss = self.step(crops, epoch)
             # One all-reduce per step: mean loss over ranks + skipped-image count. Every rank then
             # agrees on whether the loss is finite, so all stop together.
-            stats = all_reduce_sum(torch.stack([loss.detach().float(), skipped.sum().float().to(loss.device)]))
+            stats = all_reduce_sum(
+                torch.stack([loss.detach().float(), skipped.sum().float().to(loss.device)])
+            )
             loss_value = stats[0].item() / self.dist.world_size
             if not math.isfinite(loss_value):
                 raise NonFiniteLossError(
@@ -215,7 +227,7 @@ class Trainer:
             self.iteration += 1
             self.global_step += 1
             loss_sum, n_steps, since = loss_sum + loss_value, n_steps + 1, since + 1
-            self.skipped_total = getattr(self, "skipped_total", 0) + int(stats[1].item())
+            self.skipped_total += int(stats[1].item())
             if self.global_step % max(cfg.run.log_every, 1) == 0 or self.iteration == ipe:
                 elapsed = time.perf_counter() - tick
                 record = {
@@ -231,7 +243,9 @@ class Trainer:
                     "skipped_images": self.skipped_total,
                 }
                 self.logger.log(record, self.global_step)
-                bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['images_per_s']:.1f}")
+                bar.set_postfix(
+                    loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['images_per_s']:.1f}"
+                )
                 tick, since = time.perf_counter(), 0
             bar.update(1)
             every = cfg.run.checkpoint_every_iters
@@ -250,7 +264,9 @@ class Trainer:
             every = cfg.run.checkpoint_every_epochs
             if self.dist.is_main and every > 0 and (epoch + 1) % every == 0:
                 save_snapshot(self.out / epoch_snapshot_name(epoch + 1), self.state, cfg, epoch + 1)
-            self.logger.log({"step": self.global_step, "epoch_end": epoch + 1, "epoch_loss": mean_loss}, self.global_step)
+            self.logger.log(
+                {"step": self.global_step, "epoch_end": epoch + 1, "epoch_loss": mean_loss}, self.global_step
+            )
             self.logger.flush()
         if self.dist.is_main:
             atomic_write_json(
@@ -260,7 +276,7 @@ class Trainer:
                     "global_step": self.global_step,
                     "world_size": self.dist.world_size,
                     "global_batch": cfg.optim.batch_size_per_gpu * self.dist.world_size,
-                    "skipped_images": getattr(self, "skipped_total", 0),
+                    "skipped_images": self.skipped_total,
                     "checkpoint": LATEST,
                 },
             )

@@ -7,7 +7,12 @@ import torch.nn as nn
 
 
 def cosine_schedule(
-    base: float, final: float, epochs: int, iters_per_epoch: int, warmup_epochs: int = 0, warmup_start: float = 0.0
+    base: float,
+    final: float,
+    epochs: int,
+    iters_per_epoch: int,
+    warmup_epochs: int = 0,
+    warmup_start: float = 0.0,
 ) -> np.ndarray:
     """Linear warmup from ``warmup_start`` to ``base`` over ``warmup_epochs``, then cosine to ``final``.
 

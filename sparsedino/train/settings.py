@@ -119,7 +119,13 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "fp32", "bf16", "fp16"),
 }
-_POSITIVE = ("model.patch_size", "model.img_size", "model.out_dim", "optim.epochs", "optim.batch_size_per_gpu")
+_POSITIVE = (
+    "model.patch_size",
+    "model.img_size",
+    "model.out_dim",
+    "optim.epochs",
+    "optim.batch_size_per_gpu",
+)
 _NON_NEGATIVE = (
     "model.num_registers",
     "data.num_workers",
@@ -160,7 +166,9 @@ def validate(cfg: TrainConfig) -> None:
     if not 0.0 <= cfg.model.drop_path_rate < 1.0:
         raise ConfigError(f"key 'model.drop_path_rate' must be in [0, 1), got {cfg.model.drop_path_rate}")
     if cfg.data.global_crops_number < 2:
-        raise ConfigError("key 'data.global_crops_number' must be >= 2 (the teacher views are compared pairwise)")
+        raise ConfigError(
+            "key 'data.global_crops_number' must be >= 2 (the teacher views are compared pairwise)"
+        )
     for key in ("data.global_crops_scale", "data.local_crops_scale"):
         lo_hi = list(_get(cfg, key))
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
@@ -178,4 +186,6 @@ def validate(cfg: TrainConfig) -> None:
         try:
             import wandb  # noqa: F401
         except ImportError as err:
-            raise ConfigError("key 'log.wandb' is true but wandb is not installed (pip install wandb)") from err
+            raise ConfigError(
+                "key 'log.wandb' is true but wandb is not installed (pip install wandb)"
+            ) from err

@@ -4,8 +4,8 @@ import entmax as ref
 import pytest
 import torch
 
-from sparsedino.attention import entmax15, entmax_bisect, sparsemax
 from sparsedino.attention import entmax as entmax_module
+from sparsedino.attention import entmax15, entmax_bisect, sparsemax
 
 SCALES = [1e-4, 1e-2, 1.0, 3.0, 30.0, 1e4]
 

@@ -59,7 +59,9 @@ def test_entmax_forward_matches_materialised_path_and_trains():
     assert torch.allclose(fast, slow, atol=1e-5)
     model.train()
     model(x).sum().backward()
-    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad
+    )
 
 
 def test_collect_attention_yields_depth_maps():
@@ -77,9 +79,8 @@ def test_collect_attention_yields_depth_maps():
 
 
 def test_collect_attention_requires_sparse_attention():
-    with pytest.raises(ValueError, match="sparsify"):
-        with collect_attention(_vit()):
-            pass
+    with pytest.raises(ValueError, match="sparsify"), collect_attention(_vit()):
+        pass
 
 
 def test_attention_extract_sees_entmax_maps():
@@ -123,6 +124,7 @@ def test_sparsify_register_and_dinov2_variants(kwargs):
     assert torch.equal(model(x), before)
 
 
+@pytest.mark.slow
 def test_real_dinov2_register_arch_is_sparsified():
     model = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=28).eval()
     sparsify(model, "entmax15")
@@ -131,16 +133,23 @@ def test_real_dinov2_register_arch_is_sparsified():
     assert len(maps) == 12 and maps[0].shape == (1, 6, 9, 9)  # 4 patches + [CLS] + 4 registers
 
 
+@pytest.mark.slow
 def test_registered_entmax_models_load_plain_state_dict_strictly():
-    for name in ("vit_tiny_patch16_224_entmax15", "vit_small_patch16_224_entmax15",
-                 "vit_small_patch8_224_entmax15", "vit_base_patch16_224_entmax15"):
+    for name in (
+        "vit_tiny_patch16_224_entmax15",
+        "vit_small_patch16_224_entmax15",
+        "vit_small_patch8_224_entmax15",
+        "vit_base_patch16_224_entmax15",
+    ):
         assert name in timm.list_models("*entmax15")
     plain = timm.create_model("vit_small_patch16_224", pretrained=False, img_size=32)
     sparse = timm.create_model("vit_small_patch16_224_entmax15", img_size=32)
     sparse.load_state_dict(plain.state_dict(), strict=True)
     assert all(b.attn.normalizer == "entmax15" for b in sparse.blocks)
     assert sparse(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
-    other = timm.create_model("vit_tiny_patch16_224_entmax15", img_size=32, normalizer="sparsemax", num_classes=0)
+    other = timm.create_model(
+        "vit_tiny_patch16_224_entmax15", img_size=32, normalizer="sparsemax", num_classes=0
+    )
     assert other.blocks[0].attn.normalizer == "sparsemax"
 
 

@@ -5,8 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sparsedino.attention import attention, attention_probs, normalizer_name, validate_normalizer
-from sparsedino.attention import ops
+from sparsedino.attention import attention, attention_probs, normalizer_name, ops, validate_normalizer
 
 
 def _qkv(b=2, h=3, n=13, d=8, dtype=torch.float32, scale=1.0):
@@ -21,7 +20,9 @@ def test_softmax_goes_to_sdpa():
     q, k, v = _qkv()
     mask = torch.rand(2, 1, 13, 13) > 0.3
     mask[..., 0] = True
-    assert torch.equal(attention(q, k, v, "softmax", attn_mask=mask), F.scaled_dot_product_attention(q, k, v, mask))
+    assert torch.equal(
+        attention(q, k, v, "softmax", attn_mask=mask), F.scaled_dot_product_attention(q, k, v, mask)
+    )
 
 
 @pytest.mark.parametrize("normalizer", ["entmax15", "sparsemax", 1.25])
@@ -61,7 +62,9 @@ def test_gradcheck_chunked_and_unchunked_float64():
     bias = torch.zeros(6, 6, dtype=torch.float64)
     bias[1, 2:] = float("-inf")
     for chunk in (0, 4):
-        assert torch.autograd.gradcheck(lambda a, b, c: attention(a, b, c, attn_mask=bias, chunk_size=chunk), (q, k, v))  # noqa: B023
+        assert torch.autograd.gradcheck(
+            lambda a, b, c, chunk=chunk: attention(a, b, c, attn_mask=bias, chunk_size=chunk), (q, k, v)
+        )
 
 
 def test_masks_bool_and_float_and_fully_masked_rows():
@@ -109,8 +112,16 @@ def test_bad_inputs_raise_clear_errors():
 
 @pytest.mark.parametrize(
     ("value", "name"),
-    [("softmax", "softmax"), (1.0, "softmax"), ("entmax-1.5", "entmax15"), (1.5, "entmax15"), (2, "sparsemax"),
-     ("entmax1.25", "entmax1.25"), (1.25, "entmax1.25"), ("ENTMAX15", "entmax15")],
+    [
+        ("softmax", "softmax"),
+        (1.0, "softmax"),
+        ("entmax-1.5", "entmax15"),
+        (1.5, "entmax15"),
+        (2, "sparsemax"),
+        ("entmax1.25", "entmax1.25"),
+        (1.25, "entmax1.25"),
+        ("ENTMAX15", "entmax15"),
+    ],
 )
 def test_normalizer_names(value, name):
     assert normalizer_name(value) == name

@@ -102,8 +102,8 @@ def synthetic_root(tmp_path_factory) -> Path:
     return root
 
 
-CLI_OPTIONS = ["n_images=8", "img_size=32", "batch_size=8", "n_figure_images=2", "label_probe_iterations=20",
-               "dense_probe.iterations=10", "--normalizer", "entmax15", "--no-progress"]  # fmt: skip
+CLI_OPTIONS = ["n_images=8", "img_size=32", "batch_size=8", "n_figure_images=2", "label_probe_iterations=10",
+               "dense_probe.enabled=false", "--normalizer", "entmax15", "--no-progress"]  # fmt: skip
 
 
 def _checkpoint(path: Path, seed: int) -> Path:

@@ -54,12 +54,13 @@ def test_resolve_layers():
 
 @pytest.mark.slow
 def test_attention_made_local_gives_small_mean_distance(squares):
+    fast = config("n_images=16", "label_probe_iterations=5")
     self_only = run_diagnostics(force_attention(make_vit(), patch_rule(lambda q, k: q == k)), squares, None,
-                                config(), progress=False)["blocks"]  # fmt: skip
+                                fast, progress=False)["blocks"]  # fmt: skip
     local = run_diagnostics(
         force_attention(make_vit(), patch_rule(lambda q, k: max(abs(q[0] - k[0]), abs(q[1] - k[1])) <= 1)),
-        squares, None, config(), progress=False)["blocks"]  # fmt: skip
-    free = run_diagnostics(make_vit(), squares, None, config(), progress=False)["blocks"]
+        squares, None, fast, progress=False)["blocks"]  # fmt: skip
+    free = run_diagnostics(make_vit(), squares, None, fast, progress=False)["blocks"]
     for b in ("0", "1"):
         assert self_only[b]["attn.distance_px"] == 0.0
         assert self_only[b]["attn.support"] == 1.0 and self_only[b]["attn.entropy"] == pytest.approx(

@@ -76,3 +76,22 @@ def test_cache_hit_is_identical_and_changed_key_misses(tiny_vit, vit_factory, tm
     )
     assert same_size_other_images.meta["cache"]["status"] == "miss"
     assert not list(path.parent.glob("*.tmp"))  # atomic writes leave no temporary files
+
+
+def test_model_without_class_token_uses_mean_of_patches():
+    from timm.models.vision_transformer import VisionTransformer
+
+    model = VisionTransformer(
+        img_size=32,
+        patch_size=8,
+        embed_dim=24,
+        depth=2,
+        num_heads=2,
+        num_classes=0,
+        class_token=False,
+        global_pool="avg",
+        dynamic_img_size=True,
+    ).eval()
+    fs = extract_features(model, _loader(), layers=(-1,), progress=False)
+    assert fs.meta["cls_source"] == "mean_of_patches"
+    assert torch.allclose(fs.cls[:, 0], fs.patches[:, 0].mean((1, 2)), atol=1e-5)

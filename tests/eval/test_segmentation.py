@@ -108,3 +108,39 @@ def test_run_seg_probe_end_to_end(synth_root, tiny_vit, mode):
     assert next(iter(result["per_class_iou"])) == "background" and len(result["per_class_iou"]) == NUM_LABELS
     assert ("none, features cached" in result["augmentation"]) == (mode == "cached")
     assert result["num_val_images"] == 6
+
+
+def test_batched_small_images_score_like_one_by_one(synth_root, tiny_vit):
+    from sparsedino.eval.sliding import sliding_window_miou
+
+    torch.manual_seed(0)
+    head = LinearSegHead(24, NUM_LABELS).eval()
+    torch.nn.init.normal_(head.conv.weight)
+    val = build_seg_dataset("voc", synth_root, "val")
+    args = (tiny_vit, head, val, [2], True, False, NUM_LABELS, 32, 32)
+    batched = sliding_window_miou(*args, progress=False, batch_size=5)
+    single = sliding_window_miou(*args, progress=False, batch_size=1)
+    assert (
+        batched["num_pixels"]
+        == single["num_pixels"]
+        == 16 * 32 * 32 - sum(int((val[i][1] == 255).sum()) for i in range(len(val)))
+    )
+    assert batched["per_class_iou"] == pytest.approx(single["per_class_iou"], nan_ok=True, abs=1e-6)
+
+
+def test_run_seg_probe_slides_over_images_larger_than_the_crop(synth_root, tiny_vit):
+    cfg = SegConfig(
+        crop_size=16,
+        eval_stride=8,
+        iters=3,
+        batch_size=4,
+        warmup_iters=1,
+        eval_short_side=0,
+        max_val_images=3,
+        max_train_images=8,
+    )
+    train, val = build_seg_dataset("voc", synth_root, "train"), build_seg_dataset("voc", synth_root, "val")
+    result = run_seg_probe(tiny_vit, train, val, [-1], False, cfg)
+    unignored = sum(int((val[i][1] != 255).sum()) for i in range(3))
+    assert result["metrics"]["num_pixels"] == unignored  # every val pixel scored once, at full resolution
+    assert result["train_resolution"] == 16 and result["num_train_images"] == 8

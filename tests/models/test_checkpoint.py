@@ -17,7 +17,14 @@ from sparsedino.models import CheckpointError, DINOHead, MultiCropWrapper, build
 def _pico_timm(seed=0, **kw):
     torch.manual_seed(seed)
     return timm.create_model(
-        "vit_small_patch16_224", num_classes=0, img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3, **kw
+        "vit_small_patch16_224",
+        num_classes=0,
+        img_size=32,
+        patch_size=8,
+        embed_dim=48,
+        depth=3,
+        num_heads=3,
+        **kw,
     ).eval()
 
 
@@ -33,7 +40,12 @@ def test_official_dino_backbone_file_loads_as_softmax_timm_vit(tmp_path):
     assert state["pos_embed"].shape == (1, 17, 48)  # DINO layout: [CLS] has a position embedding
     torch.save(state, tmp_path / "dino_backbone.pth")
     model, info = load_backbone(tmp_path / "dino_backbone.pth")
-    assert (info.source, info.arch, info.patch_size, info.normalizer) == ("state_dict", "vit_pico", 8, "softmax")
+    assert (info.source, info.arch, info.patch_size, info.normalizer) == (
+        "state_dict",
+        "vit_pico",
+        8,
+        "softmax",
+    )
     assert info.num_registers == 0 and info.epoch is None and len(info.sha256) == 16
     assert not model.training
     _same_outputs(model, ref)
@@ -41,9 +53,15 @@ def test_official_dino_backbone_file_loads_as_softmax_timm_vit(tmp_path):
 
 def test_official_full_checkpoint_with_namespace_args_loads_teacher_or_student(tmp_path):
     torch.manual_seed(0)
-    student = MultiCropWrapper(build_vit("vit_pico", patch_size=8, img_size=32, normalizer="softmax"), DINOHead(48, 64))
-    teacher = MultiCropWrapper(build_vit("vit_pico", patch_size=8, img_size=32, normalizer="softmax"), DINOHead(48, 64))
-    args = argparse.Namespace(arch="vit_pico", patch_size=8, out_dim=64, lr=5e-4, global_crops_scale=(0.4, 1.0))
+    student = MultiCropWrapper(
+        build_vit("vit_pico", patch_size=8, img_size=32, normalizer="softmax"), DINOHead(48, 64)
+    )
+    teacher = MultiCropWrapper(
+        build_vit("vit_pico", patch_size=8, img_size=32, normalizer="softmax"), DINOHead(48, 64)
+    )
+    args = argparse.Namespace(
+        arch="vit_pico", patch_size=8, out_dim=64, lr=5e-4, global_crops_scale=(0.4, 1.0)
+    )
     ckpt = {
         "student": {f"module.{k}": v for k, v in student.state_dict().items()},  # DDP prefix, as DINO saves
         "teacher": teacher.state_dict(),
@@ -87,7 +105,7 @@ def test_truncated_checkpoint_error_names_file(tmp_path):
 
 
 def test_missing_and_non_vit_files_are_named(tmp_path):
-    with pytest.raises(CheckpointError, match="nothere.pth"):
+    with pytest.raises(CheckpointError, match=r"nothere\.pth"):
         load_backbone(tmp_path / "nothere.pth")
     torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "linear.pth")
     with pytest.raises(CheckpointError, match=r"linear\.pth.*not a ViT"):

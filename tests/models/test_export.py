@@ -42,7 +42,13 @@ def test_export_round_trip(training_checkpoint, tmp_path, fmt, suffix, capsys):
         expected = teacher(x)
         # Stock timm (softmax) gets the same weights ...
         ref = timm.create_model(
-            "vit_small_patch16_224", num_classes=0, img_size=32, patch_size=8, embed_dim=48, depth=3, num_heads=3
+            "vit_small_patch16_224",
+            num_classes=0,
+            img_size=32,
+            patch_size=8,
+            embed_dim=48,
+            depth=3,
+            num_heads=3,
         ).eval()
         ref.load_state_dict(state)
         for block in ref.blocks:  # ... and with our attention swapped in gives the teacher's outputs
@@ -71,3 +77,15 @@ def test_export_bad_suffix_is_reported(training_checkpoint, tmp_path, capsys):
     ckpt, _ = training_checkpoint
     assert main([str(ckpt), "--out", str(tmp_path / "o.bin")]) == 2
     assert "o.bin" in capsys.readouterr().err
+
+
+def test_custom_attention_scale_survives_checkpoint_and_export(tmp_path):
+    backbone = build_vit("vit_pico", patch_size=8, img_size=32, attn_scale=0.5)
+    meta = {"arch": "vit_pico", "normalizer": "entmax15", "attn_scale": 0.5}
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in backbone.state_dict().items()}, "sparsedino": meta},
+               tmp_path / "ckpt.pth")  # fmt: skip
+    model, _ = load_backbone(tmp_path / "ckpt.pth")
+    assert all(block.attn.scale == 0.5 for block in model.blocks)
+    assert main([str(tmp_path / "ckpt.pth"), "--out", str(tmp_path / "b.safetensors")]) == 0
+    model, _ = load_backbone(tmp_path / "b.safetensors")
+    assert all(block.attn.scale == 0.5 for block in model.blocks)

@@ -42,7 +42,9 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def write_image_folder(root: Path, n_classes: int = 4, per_class: int = 8, size: int = 40, seed: int = 0) -> Path:
+def write_image_folder(
+    root: Path, n_classes: int = 4, per_class: int = 8, size: int = 40, seed: int = 0
+) -> Path:
     """Write ``root/train/class{c}/{i}.png``: noisy images whose dominant colour depends on the class."""
     rng = np.random.default_rng(seed)
     for c in range(n_classes):

@@ -39,9 +39,9 @@ def test_wrong_type_is_rejected_naming_it(capsys):
 
 
 def test_bad_choice_is_rejected_naming_it():
-    with pytest.raises(ConfigError, match="run.precision"):
+    with pytest.raises(ConfigError, match=r"run\.precision"):
         load_train_config("dino_cpu_tiny", ["run.precision=fp8"])
-    with pytest.raises(ConfigError, match="model.normalizer"):
+    with pytest.raises(ConfigError, match=r"model\.normalizer"):
         load_train_config("dino_cpu_tiny", ["model.normalizer=entmax0.5"])
 
 
@@ -53,5 +53,11 @@ def test_unknown_key_in_yaml_file_is_rejected(tmp_path):
 
 
 def test_missing_data_path_is_reported():
-    with pytest.raises(ConfigError, match="data.path"):
+    with pytest.raises(ConfigError, match=r"data\.path"):
         load_train_config("dino_vits16_entmax15")
+
+
+def test_print_config_shows_resolved_values(capsys):
+    assert main(["dino_vits16_entmax15", "data.path=/data/in1k", "optim.epochs=300", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs: 300" in out and "normalizer: entmax15" in out and "/data/in1k" in out

@@ -69,7 +69,11 @@ def test_tiny_run_writes_outputs_and_loadable_checkpoints(image_root, tmp_path, 
     assert run_training(cfg) == out
     records = _records(out)
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
-    assert all(set(r) >= {"loss", "lr", "wd", "momentum", "teacher_temp", "images_per_s"} for r in records if "loss" in r)
+    assert all(
+        set(r) >= {"loss", "lr", "wd", "momentum", "teacher_temp", "images_per_s"}
+        for r in records
+        if "loss" in r
+    )
     assert (out / "config.yaml").is_file() and (out / "train_summary.json").is_file()
     assert any((out / "tensorboard").iterdir())
     assert sorted(p.name for p in out.glob("checkpoint_epoch*.pth")) == [
@@ -90,7 +94,9 @@ def test_tiny_run_writes_outputs_and_loadable_checkpoints(image_root, tmp_path, 
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 48)
 
 
-def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(image_root, tmp_path, tiny_overrides, monkeypatch):
+def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(
+    image_root, tmp_path, tiny_overrides, monkeypatch
+):
     out = tmp_path / "run"
     cfg = load_train_config(
         "dino_cpu_tiny", tiny_overrides(image_root, out, "optim.epochs=1", "run.checkpoint_every_iters=1")
@@ -120,7 +126,7 @@ def test_unreadable_images_error_or_are_skipped_and_counted(tmp_path, tiny_overr
     root = make_images(tmp_path / "imgs", per_class=4)
     (root / "train" / "class0" / "broken.png").write_bytes(b"not a png")
     cfg = load_train_config("dino_cpu_tiny", tiny_overrides(root, tmp_path / "a", "optim.epochs=1"))
-    with pytest.raises(RuntimeError, match="broken.png"):
+    with pytest.raises(RuntimeError, match=r"broken\.png"):
         run_training(cfg)
     out = tmp_path / "b"
     cfg = load_train_config(
@@ -143,5 +149,5 @@ def test_resume_refuses_a_different_model(image_root, tmp_path, tiny_overrides):
 
 def test_fp16_on_cpu_is_rejected(image_root, tmp_path, tiny_overrides):
     cfg = load_train_config("dino_cpu_tiny", tiny_overrides(image_root, tmp_path / "r", "run.precision=fp16"))
-    with pytest.raises(ConfigError, match="run.precision"):
+    with pytest.raises(ConfigError, match=r"run\.precision"):
         run_training(cfg)

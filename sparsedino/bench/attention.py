@@ -1,0 +1,262 @@
+"""``sparsedino bench attention``: the attention op alone, softmax vs entmax implementations.
+
+For each shape (B, H, N, D) and implementation it measures, in one process so ratios are comparable:
+
+* ``fwd ms``: forward under ``torch.no_grad`` (median over ``--repeats`` after warm-up);
+* ``fwd+bwd ms``: forward + backward of ``out.sum()`` with q, k, v requiring grad;
+* ``ratio``: each time divided by SDPA softmax's time for the same shape in the same run;
+* ``peak MB``: peak of bytes allocated during one forward + backward above what was live before it
+  (CPU: the ``Total Allocated`` counter of ``torch.profiler`` memory events; CUDA:
+  ``torch.cuda.max_memory_allocated``) -- includes the tensors saved for backward, temporaries and grads;
+* ``saved MB``: bytes of the distinct tensors autograd keeps for backward (``saved_tensors_hooks``).
+
+The first call of a compiled implementation compiles it (excluded from timings by the warm-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from sparsedino.atomic import atomic_write_json
+from sparsedino.attention import attention, compile_mode, set_compile
+
+SHAPES: dict[str, tuple[int, int, int, int]] = {
+    "vit_s16_224": (32, 6, 197, 64),  # ViT-S/16 at 224 px, batch 32
+    "local_96": (64, 6, 37, 64),  # 96 px local crops, batch 64
+    "vit_s16_448": (8, 6, 785, 64),  # ViT-S/16 at 448 px, batch 8
+}
+DEFAULT_JSON_DIR = Path("benchmarks/results")
+
+
+def _explicit_softmax(q, k, v):
+    return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+
+def _reference_entmax15():
+    try:
+        import entmax
+    except ImportError:
+        return None
+
+    def run(q, k, v):
+        return entmax.entmax15(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
+
+    return run
+
+
+def implementations(shape: tuple[int, int, int, int]) -> dict[str, Callable[..., torch.Tensor]]:
+    """Name -> fn(q, k, v) for one shape; the chunked row uses ~4 near-equal query blocks."""
+    n = shape[2]
+    chunk = -(-n // 4) if n > 64 else -(-n // 2)
+    impls: dict[str, Callable[..., torch.Tensor]] = {
+        "sdpa softmax": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+        "explicit softmax": _explicit_softmax,
+    }
+    ref = _reference_entmax15()
+    if ref is not None:
+        impls["entmax.entmax15 (reference)"] = ref
+    impls["ours entmax15"] = lambda q, k, v: attention(q, k, v, "entmax15", chunk_size=0)
+    impls[f"ours entmax15 chunked ({chunk})"] = lambda q, k, v: attention(
+        q, k, v, "entmax15", chunk_size=chunk
+    )
+    return impls
+
+
+def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes allocated while running ``fn`` above the bytes live before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as fh:
+            events = json.load(fh)["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
+    return max([0, *totals])
+
+
+def saved_bytes(fn: Callable[[], Any]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while running ``fn``."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+def bench_shape(shape, repeats: int, warmup: int, device: torch.device, memory: bool = True) -> list[dict]:
+    """Benchmark every implementation on one shape; rows carry ratios to SDPA softmax.
+
+    Implementations alternate inside every repetition so that machine load affects them alike.
+    """
+    torch.manual_seed(0)
+    # scores of std ~2: sparse attention rows like a trained ViT's
+    base = [torch.randn(shape, device=device) * 1.2 for _ in range(3)]
+    impls = implementations(shape)
+    tensors = {name: [t.clone().requires_grad_() for t in base] for name in impls}
+
+    def forward(name):
+        with torch.no_grad():
+            return impls[name](*tensors[name])
+
+    def train_step(name):
+        q, k, v = tensors[name]
+        impls[name](q, k, v).sum().backward()
+        q.grad = k.grad = v.grad = None
+
+    def timed(fn, name) -> float:
+        start = time.perf_counter()
+        fn(name)
+        return (time.perf_counter() - start) * 1e3
+
+    fwd: dict[str, list[float]] = {n: [] for n in impls}
+    both: dict[str, list[float]] = {n: [] for n in impls}
+    slow = {n for n in impls if "reference" in n}  # the sort-based reference: fewer repetitions
+    for name in impls:
+        for _ in range(1 if name in slow else warmup):
+            forward(name)
+            train_step(name)
+    for rep in range(repeats):
+        for name in impls:
+            if name in slow and rep >= max(1, repeats // 3):
+                continue
+            fwd[name].append(timed(forward, name))
+            both[name].append(timed(train_step, name))
+    rows = []
+    for name in impls:
+        row = {
+            "shape": list(shape),
+            "impl": name,
+            "fwd_ms": statistics.median(fwd[name]),
+            "fwd_bwd_ms": statistics.median(both[name]),
+            "n_timed": len(fwd[name]),
+        }
+        if memory:
+            row["peak_mb"] = peak_bytes(lambda name=name: train_step(name), device) / 2**20
+            row["saved_mb"] = saved_bytes(lambda name=name: impls[name](*tensors[name])) / 2**20
+        rows.append(row)
+    sdpa = rows[0]
+    for row in rows:
+        row["fwd_ratio"] = row["fwd_ms"] / sdpa["fwd_ms"]
+        row["fwd_bwd_ratio"] = row["fwd_bwd_ms"] / sdpa["fwd_bwd_ms"]
+        if memory:
+            row["peak_ratio"] = row["peak_mb"] / max(sdpa["peak_mb"], 1e-9)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of benchmark rows."""
+    head = "| shape (B,H,N,D) | implementation | fwd ms | fwd x SDPA | fwd+bwd ms | fwd+bwd x SDPA | peak MB | saved MB |"
+    lines = [head, "|" + "---|" * 8]
+    for r in rows:
+        peak = f"{r['peak_mb']:.1f} ({r['peak_ratio']:.2f}x)" if "peak_mb" in r else "-"
+        saved = f"{r['saved_mb']:.1f}" if "saved_mb" in r else "-"
+        lines.append(
+            f"| {tuple(r['shape'])} | {r['impl']} | {r['fwd_ms']:.1f} | {r['fwd_ratio']:.2f} | "
+            f"{r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ratio']:.2f} | {peak} | {saved} |"
+        )
+    return "\n".join(lines)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Context stored with every result: versions, threads, load, compile policy."""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "load_avg_1_5_15": load,
+        "platform": platform.platform(),
+        "compile": compile_mode(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
+    """Comma separated shape names (see SHAPES) or BxHxNxD strings."""
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if item in SHAPES:
+            out.append(SHAPES[item])
+            continue
+        try:
+            dims = tuple(int(d) for d in item.lower().split("x"))
+        except ValueError:
+            dims = ()
+        if len(dims) != 4 or min(dims) < 1:
+            raise argparse.ArgumentTypeError(f"bad shape {item!r}: use one of {sorted(SHAPES)} or BxHxNxD")
+        out.append(dims)
+    return out
+
+
+def main(argv: Sequence[str]) -> int:
+    """CLI entry point (``sparsedino bench attention``)."""
+    parser = argparse.ArgumentParser(prog="sparsedino bench attention", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--shapes",
+        type=parse_shapes,
+        default=list(SHAPES.values()),
+        help=f"comma separated names {sorted(SHAPES)} or BxHxNxD (default: all three)",
+    )
+    parser.add_argument("--repeats", type=int, default=10, help="timed repetitions (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first (incl. compilation)")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help=f"result file (default {DEFAULT_JSON_DIR}/attention-<time>.json)",
+    )
+    parser.add_argument("--no-compile", action="store_true", help="run the entmax kernels eagerly")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak/saved memory measurements")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(list(argv))
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.no_compile:
+        set_compile(False)
+    device = torch.device(args.device)
+    env = environment(device)
+    print(
+        f"# attention benchmark  torch {env['torch']}  device {device}  threads {env['threads']}  "
+        f"compile={env['compile']}  load {env['load_avg_1_5_15']}"
+    )
+    rows: list[dict] = []
+    for shape in args.shapes:
+        shape_rows = bench_shape(shape, args.repeats, args.warmup, device, memory=not args.no_memory)
+        print(format_table(shape_rows), flush=True)
+        rows.extend(shape_rows)
+    path = args.json or DEFAULT_JSON_DIR / f"attention-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    env["load_avg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    atomic_write_json(
+        path, {"benchmark": "attention", "environment": env, "repeats": args.repeats, "rows": rows}
+    )
+    print(f"wrote {path}")
+    return 0

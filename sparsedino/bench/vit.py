@@ -1,0 +1,112 @@
+"""``sparsedino bench vit``: one whole ViT training step, softmax vs entmax-1.5, in the same process.
+
+A step is forward + backward (mean squared output as a stand-in loss, so no labels are needed) + AdamW, on
+random images; both models share the same initial weights (the entmax one is ``sparsify``-ed from a copy).
+Implementations alternate inside every repetition, so machine load affects both alike; the median of
+``--repeats`` timed steps after ``--warmup`` steps (which include compilation) is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import timm
+import torch
+
+from sparsedino.atomic import atomic_write_json
+from sparsedino.attention import sparsify
+from sparsedino.attention.compiled import set_compile
+from sparsedino.bench.attention import DEFAULT_JSON_DIR, environment
+
+ARCHS = {
+    "vit_small_patch16_224": "ViT-S/16",
+    "vit_tiny_patch16_224": "ViT-Ti/16",
+    "vit_base_patch16_224": "ViT-B/16",
+}
+
+
+def build_models(arch: str, img_size: int, normalizers: Sequence[str]) -> dict[str, torch.nn.Module]:
+    """Same-initialisation models, one per normaliser ("softmax" keeps timm's own Attention)."""
+    torch.manual_seed(0)
+    base = timm.create_model(arch, pretrained=False, img_size=img_size, num_classes=0)
+    models = {}
+    for name in normalizers:
+        model = copy.deepcopy(base)
+        if name != "softmax":
+            sparsify(model, name)
+        models[name] = model.train()
+    return models
+
+
+def main(argv: Sequence[str]) -> int:
+    """CLI entry point (``sparsedino bench vit``)."""
+    parser = argparse.ArgumentParser(prog="sparsedino bench vit", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="vit_small_patch16_224", choices=sorted(ARCHS))
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--normalizers", default="softmax,entmax15", help="comma separated; first = baseline")
+    parser.add_argument("--repeats", type=int, default=5, help="timed steps per model (median reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (incl. compilation)")
+    parser.add_argument(
+        "--json", type=Path, default=None, help=f"result file (default {DEFAULT_JSON_DIR}/vit-<time>.json)"
+    )
+    parser.add_argument("--no-compile", action="store_true", help="run the entmax kernels eagerly")
+    parser.add_argument("--shapes", default=None, help="ignored (accepted for symmetry with bench attention)")
+    args = parser.parse_args(list(argv))
+    if args.repeats < 1 or args.batch_size < 1:
+        parser.error("--repeats and --batch-size must be >= 1")
+    if args.no_compile:
+        set_compile(False)
+    normalizers = [n.strip() for n in args.normalizers.split(",") if n.strip()]
+    env = environment(torch.device("cpu"))
+    print(
+        f"# ViT training-step benchmark  {args.arch} batch {args.batch_size} {args.img_size}px  "
+        f"threads {env['threads']}  compile={env['compile']}  load {env['load_avg_1_5_15']}"
+    )
+    models = build_models(args.arch, args.img_size, normalizers)
+    optims = {n: torch.optim.AdamW(m.parameters(), lr=1e-4) for n, m in models.items()}
+    x = torch.randn(args.batch_size, 3, args.img_size, args.img_size)
+
+    def step(name: str) -> float:
+        start = time.perf_counter()
+        out = models[name](x)
+        out.float().pow(2).mean().backward()
+        optims[name].step()
+        optims[name].zero_grad(set_to_none=True)
+        return (time.perf_counter() - start) * 1e3
+
+    for _ in range(args.warmup):
+        for name in normalizers:
+            step(name)
+    times: dict[str, list[float]] = {n: [] for n in normalizers}
+    for _ in range(args.repeats):
+        for name in normalizers:  # interleaved: load changes hit every model alike
+            times[name].append(step(name))
+    base = statistics.median(times[normalizers[0]])
+    rows = [
+        {"normalizer": n, "step_ms": statistics.median(t), "ratio": statistics.median(t) / base, "all_ms": t}
+        for n, t in times.items()
+    ]
+    print("| normalizer | step ms (median) | ratio to " + normalizers[0] + " |\n|---|---|---|")
+    for r in rows:
+        print(f"| {r['normalizer']} | {r['step_ms']:.0f} | {r['ratio']:.3f} |")
+    path = args.json or DEFAULT_JSON_DIR / f"vit-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    env["load_avg_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    atomic_write_json(
+        path,
+        {
+            "benchmark": "vit",
+            "environment": env,
+            "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            "rows": rows,
+        },
+    )
+    print(f"wrote {path}")
+    return 0
