@@ -70,25 +70,36 @@ class SparseAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
         q, k, v, bias, probs = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # e.g. expanded by a .sum(): strided bmm would copy per batch
         need_q, need_k, need_v = ctx.needs_input_grad[:3]
         if probs is not None:  # one block, probabilities saved: no accumulators needed
             dq, dk, dv = _block_grads(q, k, v, probs, grad_out, ctx.name, ctx.scale, need_q, need_k, need_v)
             return dq, dk, dv, None, None, None, None
-        dq = torch.empty_like(q) if need_q else None
-        dk = torch.zeros_like(k) if need_k else None
-        dv = torch.zeros_like(v) if need_v else None
+        b, h, m, d = k.shape
+        dq = torch.empty(q.shape, dtype=q.dtype, device=q.device) if need_q else None
+        # contiguous accumulators so each block's contribution is added in place by one baddbmm
+        dk = torch.zeros(b * h, m, d, dtype=k.dtype, device=k.device) if need_k else None
+        dv = torch.zeros(b * h, m, v.shape[-1], dtype=v.dtype, device=v.device) if need_v else None
         for start, end in ctx.blocks:  # chunked: recompute each block's probabilities
             q_i = q[:, :, start:end]
+            do_i = grad_out[:, :, start:end]
             p = _block_probs(q_i, k, _bias_rows(bias, start, end), ctx.name, ctx.scale).to(v.dtype)
-            dq_i, dk_i, dv_i = _block_grads(
-                q_i, k, v, p, grad_out[:, :, start:end], ctx.name, ctx.scale, need_q, need_k, need_v
+            c = end - start
+            if need_v:  # dV += P_i^T dO_i
+                dv.baddbmm_(p.reshape(b * h, c, m).transpose(1, 2), do_i.reshape(b * h, c, -1))
+            if not (need_q or need_k):
+                continue
+            ds = normalizer_backward(
+                p, torch.matmul(do_i, v.transpose(-2, -1)), ctx.name, scale=ctx.scale, inplace=True
             )
+            del p
+            ds = ds.to(q.dtype)
             if need_q:
-                dq[:, :, start:end] = dq_i
-            if need_k:
-                dk.add_(dk_i)
-            if need_v:
-                dv.add_(dv_i)
+                dq[:, :, start:end] = torch.matmul(ds, k)
+            if need_k:  # dK += dS_i^T Q_i
+                dk.baddbmm_(ds.reshape(b * h, c, m).transpose(1, 2), q_i.reshape(b * h, c, d))
+        dk = dk.view(k.shape) if need_k else None
+        dv = dv.view(b, h, m, -1) if need_v else None
         return dq, dk, dv, None, None, None, None
 
 
@@ -98,7 +109,7 @@ def _block_grads(q_i, k, v, p, do_i, name, scale, need_q, need_k, need_v):
     if not (need_q or need_k):
         return None, None, dv
     dp = torch.matmul(do_i, v.transpose(-2, -1))  # (B, H, C, M)
-    ds = normalizer_backward(p, dp, name, scale=scale).to(q_i.dtype)
+    ds = normalizer_backward(p, dp, name, scale=scale, inplace=True).to(q_i.dtype)
     del dp
     dq = torch.matmul(ds, k) if need_q else None  # (B, H, C, D)
     dk = torch.matmul(ds.transpose(-2, -1), q_i) if need_k else None  # (B, H, M, D)

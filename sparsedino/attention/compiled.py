@@ -1,17 +1,20 @@
-"""One switch for ``torch.compile`` of the entmax kernels, with a clean eager fallback.
+"""One switch for the natively compiled entmax kernels, with a clean eager fallback.
 
-The sort-free entmax-1.5 solver is a handful of elementwise passes and row reductions; eagerly each pass
-allocates a (rows, n) temporary, compiled they fuse into a few loops over the scores (about 2x faster on CPU).
+Two kinds of compiled code speed up the sort-free entmax-1.5 solver (a few dependent passes per row):
+
+* on CPU, row-fused C kernels (:mod:`sparsedino.attention.native`), built once in ~1 s with the system C
+  compiler and cached on disk: each row is solved while it sits in L1 cache;
+* elsewhere (e.g. CUDA without adasplash), ``torch.compile`` of the tensor-op solver, once per input shape
+  (``dynamic=False``: static shapes give the fastest kernels; ~10-20 s the first time per shape).
 
 Policy (env ``SPARSEDINO_COMPILE`` or :func:`set_compile`):
 
-* ``"auto"`` (default): compile when it works. The first failure (typically: no C++ compiler for the CPU
-  backend of inductor) emits one warning and every later call runs eagerly. Results are identical.
+* ``"auto"`` (default): use compiled code when it works. A failure to build (typically: no C/C++ compiler)
+  emits one warning for torch.compile (the C kernels silently fall back) and later calls run eagerly.
+  Results are identical either way; eager is roughly 2-5x slower on the normaliser itself.
 * ``"0"``: never compile (what the test-suite uses).
-* ``"1"``: always compile; an error if compilation is impossible.
+* ``"1"``: always compile; an error if torch.compile is impossible.
 
-Compilation happens once per input shape (``dynamic=False``: static shapes give the fastest CPU kernels);
-a ViT sees very few shapes (e.g. DINO's global and local crops), each costing ~15-20 s the first time.
 Calls made while a torch.compile of the *caller* is being traced run the plain function, so an outer
 ``torch.compile(model)`` simply inlines it.
 """
@@ -25,7 +28,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["call", "compile_mode", "set_compile"]
+__all__ = ["call", "compile_mode", "native_allowed", "set_compile"]
 
 _override: bool | None = None
 _broken: str | None = None  # reason compilation was given up in "auto" mode
@@ -55,6 +58,11 @@ def compile_mode() -> str:
     if value in ("1", "true", "yes", "on"):
         return "1"
     raise ValueError(f"SPARSEDINO_COMPILE must be 'auto', '0' or '1', got {value!r}")
+
+
+def native_allowed() -> bool:
+    """Whether natively compiled kernels may run now (policy not "0", and not inside a torch.compile trace)."""
+    return compile_mode() != "0" and not torch.compiler.is_compiling()
 
 
 def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

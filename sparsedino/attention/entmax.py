@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsedino.attention import compiled
+from sparsedino.attention import compiled, native
 
 __all__ = ["entmax15", "entmax15_backward", "entmax15_forward", "entmax_bisect", "sparsemax"]
 
@@ -78,6 +78,18 @@ def _entmax15_newton(
     return p, ok, ok.all()
 
 
+def _use_native(x: Tensor, scale: float) -> bool:
+    """Row-fused C kernels: CPU float32/64 inputs, when the compile policy allows native code."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and scale > 0
+        and x.numel() > 0
+        and compiled.native_allowed()
+        and native.available()
+    )
+
+
 def _entmax15_sort(z: Tensor) -> Tensor:
     """Exact entmax-1.5 of ``z = x / 2`` along the last dim by sorting (used for the few rejected rows)."""
     z = z - z.amax(-1, keepdim=True).clamp_min(torch.finfo(z.dtype).min)
@@ -95,12 +107,23 @@ def _entmax15_sort(z: Tensor) -> Tensor:
     return torch.where(valid.any(-1, keepdim=True), p, torch.zeros_like(p))
 
 
-def entmax15_forward(x: Tensor, dim: int = -1, scale: float = 1.0, bias: Tensor | None = None) -> Tensor:
+def entmax15_forward(
+    x: Tensor, dim: int = -1, scale: float = 1.0, bias: Tensor | None = None, inplace: bool = False
+) -> Tensor:
     """Exact entmax-1.5 of ``x * scale + bias`` (no autograd), in ``x``'s dtype (float32 or float64).
 
     ``bias`` (broadcastable to ``x``, e.g. an additive ``-inf`` attention mask) and ``scale`` are applied
-    inside the fused passes, so attention scores need no extra full-size temporaries.
+    inside the fused passes, so attention scores need no extra full-size temporaries. ``inplace=True`` lets
+    the native CPU kernel overwrite ``x`` (a temporary the caller owns) with the probabilities.
     """
+    if _use_native(x, scale):
+        if bias is not None:
+            x, scale, inplace = torch.add(x * scale, bias), 1.0, True
+        x_last = x.movedim(dim, -1)
+        inplace = inplace and x_last.is_contiguous()
+        return native.entmax15_rows(x_last.contiguous(), scale, NEWTON_STEPS, inplace=inplace).movedim(
+            -1, dim
+        )
     p, ok, all_ok = compiled.call("entmax15_newton", _entmax15_newton, x, dim, NEWTON_STEPS, scale, bias)
     if not bool(all_ok):
         # Rare rows (near-ties at the threshold): solve exactly by sorting, only those rows.
@@ -120,13 +143,21 @@ def _entmax15_grad(p: Tensor, grad: Tensor, dim: int, scale: float) -> Tensor:
     return (gd - g * q) * scale
 
 
-def entmax15_backward(p: Tensor, grad: Tensor, dim: int = -1, scale: float = 1.0) -> Tensor:
+def entmax15_backward(
+    p: Tensor, grad: Tensor, dim: int = -1, scale: float = 1.0, inplace: bool = False
+) -> Tensor:
     """Gradient of entmax-1.5 w.r.t. its input (times ``scale``), from its output ``p`` and ``grad``.
 
-    Computed in float32 (float64 stays float64) and returned in ``grad``'s dtype.
+    Computed in float32 (float64 stays float64) and returned in ``grad``'s dtype; ``inplace=True`` lets
+    the native CPU kernel overwrite ``grad`` (a temporary the caller owns).
     """
     ct = _compute_dtype(grad)
-    out = compiled.call("entmax15_grad", _entmax15_grad, p.to(ct), grad.to(ct), dim, float(scale))
+    p, grad_c = p.to(ct), grad.to(ct)
+    if _use_native(p, 1.0) and dim in (-1, p.dim() - 1):
+        inplace = inplace and grad_c.is_contiguous() and grad_c.data_ptr() == grad.data_ptr()
+        out = native.entmax15_grad_rows(p.contiguous(), grad_c.contiguous(), float(scale), inplace=inplace)
+    else:
+        out = compiled.call("entmax15_grad", _entmax15_grad, p, grad_c, dim, float(scale))
     return out.to(grad.dtype)
 
 

@@ -114,16 +114,21 @@ def normalize(scores: Tensor, name: str, dim: int = -1) -> Tensor:
 def normalize_scores(scores: Tensor, name: str, scale: float, bias: Tensor | None) -> Tensor:
     """Probabilities of ``scores * scale + bias`` along the last dim, without autograd (attention op)."""
     if name == "entmax15":
-        return entmax15_forward(scores, -1, scale, bias)
+        return entmax15_forward(scores, -1, scale, bias, inplace=True)  # scores are a temporary
     scores = scores * scale if bias is None else scores * scale + bias
     with torch.no_grad():
         return normalize(scores, name)
 
 
-def normalizer_backward(p: Tensor, grad: Tensor, name: str, dim: int = -1, scale: float = 1.0) -> Tensor:
-    """Gradient w.r.t. the scores (times ``scale``) from the probabilities ``p`` only (attention op)."""
+def normalizer_backward(
+    p: Tensor, grad: Tensor, name: str, dim: int = -1, scale: float = 1.0, inplace: bool = False
+) -> Tensor:
+    """Gradient w.r.t. the scores (times ``scale``) from the probabilities ``p`` only (attention op).
+
+    ``inplace=True`` allows overwriting ``grad`` (a temporary the caller owns).
+    """
     if name == "entmax15":
-        return entmax15_backward(p, grad, dim, scale)
+        return entmax15_backward(p, grad, dim, scale, inplace=inplace)
     if name == "softmax":
         gp = grad * p
         return (gp - p * gp.sum(dim, keepdim=True)) * scale

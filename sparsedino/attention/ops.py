@@ -22,13 +22,20 @@ from sparsedino.attention import backends
 from sparsedino.attention.chunked import SparseAttentionFunction
 from sparsedino.attention.normalizers import normalize, normalizer_name
 
-__all__ = ["AUTO_CHUNK_BYTES", "attention", "attention_probs", "auto_chunk_size", "mask_to_bias"]
+__all__ = [
+    "AUTO_CHUNK_BYTES",
+    "attention",
+    "attention_probs",
+    "auto_chunk_size",
+    "block_rows",
+    "mask_to_bias",
+]
 
 # Above this many bytes of (B, H, N, N) float32 probabilities, ``chunk_size=None`` switches to the chunked
 # path (e.g. ViT-S at 448 px, batch 64: 6 * 64 * 785^2 * 4 B = 946 MB per layer would be kept for backward).
 AUTO_CHUNK_BYTES = 512 * 2**20
-# Target size of one block's scores when chunking automatically.
-BLOCK_BYTES = 16 * 2**20
+# Target size of one block's scores when chunking (a few such blocks are live at once in backward).
+BLOCK_BYTES = 8 * 2**20
 
 
 def mask_to_bias(attn_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
@@ -67,9 +74,15 @@ def auto_chunk_size(q: Tensor, k: Tensor) -> int:
     m = k.shape[2]
     if b * h * n * m * 4 <= AUTO_CHUNK_BYTES:
         return 0
-    rows = max(16, BLOCK_BYTES // (b * h * m * 4))
+    return block_rows(q, k)
+
+
+def block_rows(q: Tensor, k: Tensor) -> int:
+    """Query rows per block so one block's float32 scores take about ``BLOCK_BYTES``."""
+    b, h, n, _ = q.shape
+    rows = max(16, BLOCK_BYTES // (b * h * k.shape[2] * 4))
     blocks = math.ceil(n / rows)
-    return math.ceil(n / blocks)  # near-equal blocks: at most two block shapes to compile
+    return math.ceil(n / blocks)  # near-equal blocks: at most two block shapes
 
 
 def attention_probs(

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from sparsedino.atomic import atomic_write_json
 from sparsedino.attention import attention, compile_mode, set_compile
+from sparsedino.attention.ops import block_rows
 
 SHAPES: dict[str, tuple[int, int, int, int]] = {
     "vit_s16_224": (32, 6, 197, 64),  # ViT-S/16 at 224 px, batch 32
@@ -57,9 +58,9 @@ def _reference_entmax15():
 
 
 def implementations(shape: tuple[int, int, int, int]) -> dict[str, Callable[..., torch.Tensor]]:
-    """Name -> fn(q, k, v) for one shape; the chunked row uses ~4 near-equal query blocks."""
-    n = shape[2]
-    chunk = -(-n // 4) if n > 64 else -(-n // 2)
+    """Name -> fn(q, k, v) for one shape; the chunked row uses the automatic block size (``block_rows``)."""
+    meta = torch.empty(shape, device="meta")
+    chunk = block_rows(meta, meta)
     impls: dict[str, Callable[..., torch.Tensor]] = {
         "sdpa softmax": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
         "explicit softmax": _explicit_softmax,

@@ -20,6 +20,10 @@ def _synth_parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
     parser.add_argument("--num-classes", type=int, default=10, help="object classes, 2-24 (default 10)")
+    parser.add_argument("--max-objects", type=int, default=3, help="objects per image: 1..N (default 3)")
+    parser.add_argument(
+        "--clutter", type=float, default=1.0, help="background clutter multiplier (default 1)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     return parser
 
@@ -48,6 +52,8 @@ def main(argv: Sequence[str]) -> int:
             size=args.size,
             seed=args.seed,
             num_classes=args.num_classes,
+            max_objects=args.max_objects,
+            clutter=args.clutter,
             overwrite=args.overwrite,
         )
     except (ValueError, FileExistsError) as err:

@@ -128,11 +128,14 @@ def _distinct_colours(rng: np.random.Generator, min_dist: float = 110.0) -> tupl
     return first, second
 
 
-def _draw_background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+def _draw_background(
+    rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray, clutter: float = 1.0
+) -> np.ndarray:
     """Clutter independent of the class: a base colour, noise, random ellipses and thick lines."""
     canvas = np.empty((size, size, 3), np.float32)
     canvas[:] = rng.uniform(0, 255, 3)
-    for _ in range(int(rng.integers(3, 8))):  # ellipses: smaller than objects, solid random colours
+    num_ellipses = round(clutter * float(rng.integers(3, 8)))
+    for _ in range(num_ellipses):  # ellipses: smaller than objects, solid random colours
         cy, cx = rng.uniform(0, size, 2)
         ry, rx = rng.uniform(0.03, 0.12, 2) * size
         theta = rng.uniform(0, np.pi)
@@ -140,7 +143,8 @@ def _draw_background(rng: np.random.Generator, size: int, yy: np.ndarray, xx: np
         u = du * np.cos(theta) + dv * np.sin(theta)
         v = -du * np.sin(theta) + dv * np.cos(theta)
         canvas[(u / rx) ** 2 + (v / ry) ** 2 <= 1.0] = rng.uniform(0, 255, 3)
-    for _ in range(int(rng.integers(1, 4))):  # lines: distance to a random line below a random half-width
+    num_lines = round(clutter * float(rng.integers(1, 4)))
+    for _ in range(num_lines):  # lines: distance to a random line below a random half-width
         cy, cx = rng.uniform(0, size, 2)
         theta = rng.uniform(0, np.pi)
         dist = np.abs((xx - cx) * np.sin(theta) - (yy - cy) * np.cos(theta))
@@ -167,7 +171,12 @@ def _ignore_band(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 def make_scene(
-    rng: np.random.Generator, size: int = 64, num_classes: int = 10, border: int | None = None
+    rng: np.random.Generator,
+    size: int = 64,
+    num_classes: int = 10,
+    border: int | None = None,
+    max_objects: int = 3,
+    clutter: float = 1.0,
 ) -> Scene:
     """Draw one scene: 1-3 textured objects over class-independent clutter.
 
@@ -176,6 +185,8 @@ def make_scene(
         size: side of the square image in pixels.
         num_classes: number of object classes (labels 1..num_classes in the mask).
         border: width of the ignore band in pixels (default ``max(1, size // 64)``).
+        max_objects: objects per image are drawn uniformly from 1..max_objects.
+        clutter: multiplier of the number of background ellipses and lines (0 = plain noisy background).
 
     Returns:
         The image, its mask (0 background, k+1 object class k, 255 ignore band) and the image-level label
@@ -184,9 +195,9 @@ def make_scene(
     pairs = class_pairs(num_classes)
     border = max(1, size // 64) if border is None else border
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    image = _draw_background(rng, size, yy, xx)
+    image = _draw_background(rng, size, yy, xx, clutter)
     mask = np.zeros((size, size), np.uint8)
-    num_objects = int(rng.integers(1, 4))
+    num_objects = int(rng.integers(1, max_objects + 1))
     classes = rng.integers(0, num_classes, num_objects)
     for cls in classes:
         shape, texture = pairs[int(cls)]
@@ -216,11 +227,11 @@ def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _write_split(
-    tmp: Path, split: str, count: int, size: int, seed: int, names: list[str], palette: list[int], border
+    tmp: Path, split: str, count: int, seed: int, names: list[str], palette: list[int], scene_kwargs: dict
 ) -> tuple[list[str], list[int]]:
     ids, labels = [], []
     for index in tqdm(range(count), desc=f"synth {split}", unit="img", leave=False):
-        scene = make_scene(scene_rng(seed, split, index), size, len(names), border)
+        scene = make_scene(scene_rng(seed, split, index), num_classes=len(names), **scene_kwargs)
         image_id = f"synth_{split}_{index:06d}"
         rgb = Image.fromarray(scene.image, "RGB")
         rgb.save(tmp / "VOC2012" / "JPEGImages" / f"{image_id}.jpg", quality=95)
@@ -241,6 +252,8 @@ def write_synthetic_dataset(
     seed: int = 0,
     num_classes: int = 10,
     border: int | None = None,
+    max_objects: int = 3,
+    clutter: float = 1.0,
     overwrite: bool = False,
 ) -> dict:
     """Generate the embedded dataset and write it under ``out`` (see the module docstring for the layout).
@@ -256,6 +269,8 @@ def write_synthetic_dataset(
         seed: generation seed; the same seed gives byte-identical masks and PNG images.
         num_classes: number of object classes (2..24).
         border: ignore-band width in pixels (default ``max(1, size // 64)``).
+        max_objects: at most this many objects per image (at least 1).
+        clutter: background clutter multiplier (1 = default, 0 = none): a difficulty knob.
         overwrite: replace an existing non-empty ``out``.
 
     Returns:
@@ -266,6 +281,9 @@ def write_synthetic_dataset(
         raise ValueError(f"n_train and n_val must be >= 1, got {n_train} and {n_val}")
     if size < 16:
         raise ValueError(f"size must be >= 16 pixels, got {size}")
+    if max_objects < 1 or clutter < 0:
+        raise ValueError(f"max_objects must be >= 1 and clutter >= 0, got {max_objects} and {clutter}")
+    scene_kwargs = {"size": size, "border": border, "max_objects": max_objects, "clutter": clutter}
     names = class_names(num_classes)  # validates num_classes
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(
@@ -286,7 +304,7 @@ def write_synthetic_dataset(
         counts: dict[str, list[int]] = {}
         split_ids: dict[str, list[str]] = {}
         for split, count in (("train", n_train), ("val", n_val)):
-            ids, labels = _write_split(tmp, split, count, size, seed, names, palette, border)
+            ids, labels = _write_split(tmp, split, count, seed, names, palette, scene_kwargs)
             split_ids[split] = ids
             counts[split] = np.bincount(labels, minlength=num_classes).tolist()
             (voc / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(ids) + "\n")
@@ -306,6 +324,8 @@ def write_synthetic_dataset(
             "images_per_class": counts,
             "ignore_index": IGNORE_INDEX,
             "border": max(1, size // 64) if border is None else border,
+            "max_objects": max_objects,
+            "clutter": clutter,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():  # empty, or overwrite: move the old tree aside, swap in the new one, drop the old

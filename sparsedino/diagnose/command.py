@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,6 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+_SINGLE_VALUE = {"--out", "--data", "--config", "--normalizer", "--arch", "--which"}
+
+
+def split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate ``key=value`` overrides from the options, wherever they appear.
+
+    ``--checkpoint`` and ``--layers`` take several values, so argparse alone would swallow an override
+    written after them (``--layers 0 5 n_images=8``). A token is an override if it looks like
+    ``dotted.key=value`` and is not the value of a single-valued option (``--out a=b`` stays a path).
+    """
+    options, overrides = [], []
+    for i, token in enumerate(argv):
+        if _OVERRIDE.match(token) and not (i and argv[i - 1] in _SINGLE_VALUE):
+            overrides.append(token)
+        else:
+            options.append(token)
+    return options, overrides
+
+
 def _model_info(info) -> dict:
     return dataclasses.asdict(info) if dataclasses.is_dataclass(info) else dict(info or {})
 
@@ -72,6 +94,7 @@ def _print_summary(metrics: dict) -> None:
         "probe.miou",
         "probe.miou_with_cls",
     ]
+    keys = [k for k in keys if any(k in values for values in metrics["blocks"].values())]
     print("block  " + "  ".join(f"{SCORES[k][1][:18]:>18}" for k in keys))
     for b, values in sorted(metrics["blocks"].items(), key=lambda kv: int(kv[0])):
         print(f"{b:>5}  " + "  ".join(f"{fmt(values.get(k)):>18}" for k in keys))
@@ -80,7 +103,8 @@ def _print_summary(metrics: dict) -> None:
 def main(argv: Sequence[str]) -> int:
     """Run the command; returns the exit code (2 for bad input, with a message naming the culprit)."""
     parser = build_parser()
-    args = parser.parse_args(list(argv))
+    options, overrides = split_overrides(list(argv))
+    args = parser.parse_args(options)
     out = Path(args.out)
     try:
         if args.compare:
@@ -93,14 +117,17 @@ def main(argv: Sequence[str]) -> int:
             parser.error("--checkpoint and --data are required (or use --compare DIR_A DIR_B)")
         from sparsedino.diagnose.settings import DiagnoseConfig
 
-        overrides = list(args.overrides) + (
-            [f"layers=[{','.join(map(str, args.layers))}]"] if args.layers else []
+        overrides = (
+            overrides
+            + list(args.overrides)
+            + ([f"layers=[{','.join(map(str, args.layers))}]"] if args.layers else [])
         )
         cfg = load_config(DiagnoseConfig, args.config, overrides)
         if not Path(args.data).is_dir():
             raise FileNotFoundError(f"--data {args.data}: no such folder")
         from sparsedino.data.segmentation import build_seg_dataset
         from sparsedino.diagnose.over_training import assign_epochs, resolve_checkpoints
+        from sparsedino.diagnose.runner import validate_model
         from sparsedino.models import load_backbone
 
         paths = resolve_checkpoints(args.checkpoint)
@@ -110,13 +137,11 @@ def main(argv: Sequence[str]) -> int:
         loaded = []
         for path in paths:  # read every checkpoint first: a bad file fails before any long work
             model, info = load_backbone(path, normalizer=args.normalizer, arch=args.arch, which=args.which)
-            from sparsedino.diagnose.runner import resolve_layers
-
-            resolve_layers(list(cfg.layers), len(model.blocks))
+            validate_model(model, cfg)
             loaded.append((path, info.epoch, info.sha256))
             del model
     except (ConfigError, FileNotFoundError, ValueError, OSError) as err:
-        print(f"sparsedino diagnose: error: {err}")
+        print(f"sparsedino diagnose: error: {err}", file=sys.stderr)
         return 2
     from sparsedino.diagnose.over_training import write_over_training
     from sparsedino.diagnose.report import write_run

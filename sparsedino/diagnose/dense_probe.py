@@ -55,8 +55,8 @@ def dense_probe_scores(
         return {"probe.miou": None, "probe.miou_with_cls": None}
     cfg = {
         "iters": settings.iterations, "batch_size": settings.batch_size, "lr": settings.lr,
-        "weight_decay": settings.weight_decay, "warmup_iters": settings.warmup_iters, "eval_every": 0,
-        "seed": settings.seed,
+        "weight_decay": settings.weight_decay, "eval_every": 0, "seed": settings.seed,
+        "warmup_iters": min(settings.warmup_iters, settings.iterations // 10),  # short probes: at most 10 %
     }  # fmt: skip
     out: dict[str, float | None] = {"probe.miou": None, "probe.miou_with_cls": None}
     patches = feats.float()[:, None]  # (N, 1, h, w, C): one block

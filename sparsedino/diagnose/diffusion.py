@@ -127,7 +127,7 @@ def patch_label_probe(
     train_images: torch.Tensor,
     iterations: int = 200,
     weight_decay: float = 1e-3,
-) -> dict[str, float | None]:
+) -> dict[str, float | int | None]:
     """Image-label accuracy from single tokens of each group, and the diffusion index.
 
     Args:
@@ -137,10 +137,11 @@ def patch_label_probe(
         train_images: (n_images,) bool, True for images whose tokens train the probe.
 
     Returns:
-        ``acc_<group>`` and ``chance_<group>`` for every group, and ``diffusion_index``
+        ``acc_<group>``, ``chance_<group>``, ``n_train_<group>``, ``n_test_<group>`` (token counts) for every
+        group, and ``diffusion_index``
         ``= (acc_bg - chance_bg) / (acc_fg - chance_fg)`` (None when the denominator is <= 0 or missing).
     """
-    out: dict[str, float | None] = {}
+    out: dict[str, float | int | None] = {}
     for group, x in tokens.items():
         owner = owners[group]
         y = labels[owner]
@@ -151,6 +152,7 @@ def patch_label_probe(
             x[is_train], y[is_train], x[is_test], y[is_test], iterations, weight_decay
         )
         out[f"chance_{group}"] = majority_accuracy(y[is_train], y[is_test])
+        out[f"n_train_{group}"], out[f"n_test_{group}"] = int(is_train.sum()), int(is_test.sum())
     index = None
     if "bg" in tokens and "fg" in tokens:
         gain_fg = out["acc_fg"] - out["chance_fg"]

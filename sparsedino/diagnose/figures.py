@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -19,8 +18,7 @@ from sparsedino.diagnose.scores import GROUPS, SCORES
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Render ``fig`` to PNG and write it atomically."""
-    FigureCanvasAgg(fig)
+    """Render ``fig`` (a ``Figure`` or a pyplot figure) to PNG and write it atomically."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     atomic_write_bytes(path, buf.getvalue())

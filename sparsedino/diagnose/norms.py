@@ -39,32 +39,24 @@ def outlier_mask(norms: torch.Tensor, ratio: float = 4.0) -> torch.Tensor:
     return norms > ratio * median
 
 
-def norm_summary(
-    norms: torch.Tensor, outliers: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor
-) -> dict[str, float | None]:
-    """Scalar norm statistics of one block over a set of images.
+def per_image_norm_scores(
+    norms: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Per-image norm scores of one block.
 
     Args:
-        norms: (B, N) patch-token norms; outliers: (B, N) bool from :func:`outlier_mask`;
-        fg / valid: (B, N) bool foreground / labelled patches (see ``masks.patch_foreground``).
+        norms: (B, N) patch-token norms; fg / valid: (B, N) bool foreground / labelled patches
+            (see ``masks.patch_foreground``; background = valid and not fg).
 
     Returns:
-        ``median`` / ``mean`` / ``p99`` / ``max`` of all norms, ``max_over_median`` (largest norm divided by
-        its image median, mean over images), ``outlier_share`` (share of all patch tokens that are outliers),
-        ``outlier_on_background`` (share of the labelled outliers that sit on background patches; None if no
-        outlier), ``norm_fg_over_bg`` (mean norm on foreground / mean norm on background patches).
+        ``max_over_median``: (B,) largest patch norm divided by the image's median patch norm;
+        ``fg_over_bg``: (B,) mean norm of foreground patches / mean norm of background patches (NaN for an
+        image without foreground or without background patches).
     """
-    flat = norms.flatten()
+    median = norms.median(dim=1).values.clamp_min(1e-12)
     bg = valid & ~fg
-    n_out = int((outliers & valid).sum())
-    med = norms.median(dim=1).values.clamp_min(1e-12)
-    return {
-        "median": float(flat.median()),
-        "mean": float(flat.mean()),
-        "p99": float(torch.quantile(flat, 0.99)) if flat.numel() else float("nan"),
-        "max": float(flat.max()),
-        "max_over_median": float((norms.max(dim=1).values / med).mean()),
-        "outlier_share": float(outliers.float().mean()),
-        "outlier_on_background": float((outliers & bg).sum()) / n_out if n_out else None,
-        "norm_fg_over_bg": float(norms[fg].mean() / norms[bg].mean()) if fg.any() and bg.any() else None,
-    }
+    fg = fg & valid
+    mean_fg = (norms * fg).sum(1) / fg.sum(1).clamp_min(1)
+    mean_bg = (norms * bg).sum(1) / bg.sum(1).clamp_min(1)
+    ratio = torch.where(fg.any(1) & bg.any(1), mean_fg / mean_bg.clamp_min(1e-12), float("nan"))
+    return {"max_over_median": norms.max(dim=1).values / median, "fg_over_bg": ratio}

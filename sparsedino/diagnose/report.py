@@ -189,9 +189,10 @@ def load_metrics(run_dir: str | Path) -> dict:
     return metrics
 
 
-def run_label(metrics: dict, fallback: str) -> str:
+def run_label(metrics: dict, run_dir: str | Path) -> str:
+    """A short name for a run: its ``model.run`` (set by the pipeline), its normaliser, else its folder name."""
     model = metrics.get("model") or {}
-    return str(model.get("normalizer") or fallback)
+    return str(model.get("run") or model.get("normalizer") or Path(run_dir).resolve().name)
 
 
 def write_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> dict:
@@ -204,7 +205,7 @@ def write_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> 
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     ma, mb = load_metrics(run_a), load_metrics(run_b)
-    la, lb = run_label(ma, "A"), run_label(mb, "B")
+    la, lb = run_label(ma, run_a), run_label(mb, run_b)
     if la == lb:
         la, lb = f"A ({la})", f"B ({lb})"
     runs = {la: ma, lb: mb}

@@ -23,6 +23,7 @@ from sparsedino.diagnose import alignment, attention_stats, diffusion, norms
 from sparsedino.diagnose.dense_probe import dense_probe_scores
 from sparsedino.diagnose.masks import image_labels, patch_foreground
 from sparsedino.diagnose.pca import pca_rgb
+from sparsedino.diagnose.scores import SCORES
 from sparsedino.diagnose.settings import DiagnoseConfig
 
 # histogram of log10(norm / image median) per block: 0.1x .. 100x the median
@@ -45,6 +46,26 @@ def resolve_layers(layers: Sequence[int] | None, depth: int) -> list[int]:
     return sorted(out)
 
 
+def validate_model(model: torch.nn.Module, cfg: DiagnoseConfig) -> None:
+    """Check that ``model`` can be diagnosed with ``cfg`` (raises ValueError naming the problem).
+
+    It must be a timm ViT with ``forward_intermediates``, an ``img_size`` multiple of its patch size, and
+    either ``dynamic_img_size`` or a native input size equal to ``img_size``.
+    """
+    if not hasattr(model, "forward_intermediates") or not hasattr(model, "patch_embed"):
+        raise ValueError(f"{type(model).__name__} is not a timm VisionTransformer (no forward_intermediates)")
+    patch = tuple(model.patch_embed.patch_size)
+    if cfg.img_size % patch[0] or cfg.img_size % patch[1]:
+        raise ValueError(f"img_size={cfg.img_size} is not a multiple of the model's patch size {patch}")
+    native = getattr(model.patch_embed, "img_size", None)
+    if not getattr(model, "dynamic_img_size", False) and native and tuple(native) != (cfg.img_size,) * 2:
+        raise ValueError(
+            f"the model takes {tuple(native)} inputs only (built without dynamic_img_size); set "
+            f"img_size={native[0]} or rebuild it with dynamic_img_size=True"
+        )
+    resolve_layers(list(cfg.layers), len(model.blocks))
+
+
 def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Resize an image (3, H, W) bilinearly and its mask (H, W) by nearest neighbour to size x size."""
     img = F.interpolate(
@@ -59,6 +80,12 @@ class _Collate:
         self.size = size
 
     def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        for img, msk in items:
+            if img.ndim != 3 or msk.ndim != 2 or tuple(img.shape[1:]) != tuple(msk.shape):
+                raise ValueError(
+                    f"dataset items must be (image (3, H, W), mask (H, W)); got image {tuple(img.shape)} "
+                    f"and mask {tuple(msk.shape)}"
+                )
         pairs = [resize_pair(torch.as_tensor(img), torch.as_tensor(msk), self.size) for img, msk in items]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
@@ -138,6 +165,7 @@ def run_diagnostics(
         if cfg.device == "auto" and torch.cuda.is_available()
         else ("cpu" if cfg.device == "auto" else cfg.device)
     )
+    validate_model(model, cfg)
     model = model.eval().to(device)
     patch = tuple(model.patch_embed.patch_size)
     grid = (
@@ -155,11 +183,10 @@ def run_diagnostics(
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     blocks = {b: _Block() for b in layers}
-    all_masks, all_labels, examples = (
-        [],
-        [],
-        {"images": [], "masks": [], "fg": [], "maps": {b: {} for b in layers}},
-    )
+    probe_masks: list[torch.Tensor] = []  # uint8 masks of the dense probe's images only (bounded memory)
+    all_labels: list[torch.Tensor] = []
+    fg_patches = 0
+    examples = {"images": [], "masks": [], "fg": [], "maps": {b: {} for b in layers}}
     seen = 0
     with torch.no_grad():
         for images, masks in tqdm(loader, desc="diagnose", disable=not progress, unit="batch"):
@@ -168,8 +195,11 @@ def run_diagnostics(
             fg2d, valid2d, share2d = patch_foreground(masks, grid, cfg.fg_threshold)
             fg, valid, share = fg2d.flatten(1), valid2d.flatten(1), share2d.flatten(1)  # (B, M)
             fg_d, valid_d = fg.to(device), valid.to(device)
-            all_masks.append(masks)
             all_labels.append(image_labels(masks))
+            fg_patches += int(fg.sum())
+            n_probe = max(0, min(B, cfg.dense_probe.max_images - seen)) if cfg.dense_probe.enabled else 0
+            if n_probe:
+                probe_masks.append(masks[:n_probe].to(torch.uint8))  # labels are 0..254 and 255
             picks = [
                 (
                     _choose(valid[i] & (share[i] == 0), cfg.patches_per_image, gen),
@@ -192,6 +222,8 @@ def run_diagnostics(
                 examples["images"].append(images[:n_fig].cpu())
                 examples["masks"].append(masks[:n_fig])
                 examples["fg"].append(fg2d[:n_fig])
+            if not num_prefix:  # timm returns bare patch tokens when there is no prefix token
+                inter = [(x, None) for x in inter]
             for b, (raw, prefix) in zip(layers, inter):  # raw (B, M, C), prefix (B, P, C) or None
                 acc = blocks[b]
                 attn = maps[b]  # (B, H, N, N)
@@ -203,8 +235,8 @@ def run_diagnostics(
                 # 1. token norms (residual stream, no final norm)
                 n = norms.token_norms(raw)  # (B, M)
                 out = norms.outlier_mask(n, cfg.outlier_ratio)
-                for key, val in norms.norm_summary(n, out, fg_d, valid_d).items():
-                    acc.add(f"norm.{key}", torch.tensor(float("nan") if val is None else val).expand(B))
+                for key, val in norms.per_image_norm_scores(n, fg_d, valid_d).items():
+                    acc.add(f"norm.{key}", val)
                 acc.add("_norm_all", n)
                 acc.add("_outlier", out)
                 acc.add("_outlier_bg", out & valid_d & ~fg_d)
@@ -243,8 +275,7 @@ def run_diagnostics(
                     if has_cls:
                         acc.tokens["cls"].append((cls[i : i + 1].cpu(), owner))
                 # 5. features for the dense probe
-                n_probe = max(0, min(B, cfg.dense_probe.max_images - seen))  # bounded memory
-                if cfg.dense_probe.enabled and n_probe:
+                if n_probe:
                     acc.probe_feats.append(patches[:n_probe].reshape(n_probe, *grid, -1).half().cpu())
                     if has_cls:
                         acc.probe_cls.append(cls[:n_probe].half().cpu())
@@ -258,13 +289,15 @@ def run_diagnostics(
                     if has_cls:
                         ex.setdefault("cls_attn", []).append(cls_attn[:n_fig].reshape(n_fig, *grid).cpu())
             seen += B
-    masks_all, labels = torch.cat(all_masks), torch.cat(all_labels)
+    labels = torch.cat(all_labels)
+    masks_probe = torch.cat(probe_masks).long() if probe_masks else None
     train_images = diffusion.split_images(labels, 0.5)
     results = {}
     for b, acc in tqdm(blocks.items(), desc="probes", disable=not progress, unit="block"):
-        results[str(b)] = _finalise_block(acc, cfg, labels, train_images, masks_all, dataset, has_cls, device)
+        results[str(b)] = _finalise_block(
+            acc, cfg, labels, train_images, masks_probe, dataset, has_cls, device
+        )
     examples = _cat_examples(examples)
-    fg_all = torch.cat([patch_foreground(m[None], grid, cfg.fg_threshold)[0] for m in masks_all])
     return {
         "config": config_to_dict(cfg),
         "data": {
@@ -274,7 +307,7 @@ def run_diagnostics(
             "patch_size": list(patch),
             "num_prefix_tokens": num_prefix,
             "has_cls": has_cls,
-            "foreground_patch_share": float(fg_all.float().mean()),
+            "foreground_patch_share": fg_patches / (n_images * grid[0] * grid[1]),
             "n_labelled_images": int((labels >= 0).sum()),
             "n_image_classes": int(labels[labels >= 0].unique().numel()),
         },
@@ -293,7 +326,7 @@ def _finalise_block(
     cfg: DiagnoseConfig,
     labels: torch.Tensor,
     train_images: torch.Tensor,
-    masks: torch.Tensor,
+    masks: torch.Tensor | None,
     dataset: Dataset,
     has_cls: bool,
     device: torch.device,
@@ -313,7 +346,7 @@ def _finalise_block(
         "norm.outlier_on_foreground": float(torch.cat(acc.lists["_outlier_fg"]).sum()) / n_out
         if n_out
         else None,
-        "norm.fg_over_bg": acc.mean("norm.norm_fg_over_bg"),
+        "norm.fg_over_bg": acc.mean("norm.fg_over_bg"),
     }
     entropy = acc.head_means("entropy")
     support = acc.head_means("support")
@@ -341,10 +374,13 @@ def _finalise_block(
         tokens, owners, labels, train_images, cfg.label_probe_iterations, cfg.label_probe_weight_decay
     )
     res.update({f"diffusion.{k}": v for k, v in probe.items()})
-    if cfg.dense_probe.enabled:
+    if cfg.dense_probe.enabled and acc.probe_feats and masks is not None:
         feats = torch.cat(acc.probe_feats)
         cls = torch.cat(acc.probe_cls) if has_cls else None
-        res.update(dense_probe_scores(feats, cls, masks[: len(feats)], dataset, cfg.dense_probe, device))
+        res.update(dense_probe_scores(feats, cls, masks, dataset, cfg.dense_probe, device))
+    for key in SCORES:  # every score is reported; None = undefined for this model (e.g. no [CLS])
+        if cfg.dense_probe.enabled or not key.startswith("probe."):
+            res.setdefault(key, None)
     return {k: _nan_to_none(v) if not isinstance(v, list) else v for k, v in res.items()}
 
 

@@ -13,7 +13,7 @@ class DenseProbeSettings:
     iterations: int = 300  # optimiser steps of each probe (one probe per block and per with/without [CLS])
     lr: float = 1e-3  # AdamW, linear warmup then linear decay (the eval probe's schedule)
     weight_decay: float = 1e-4
-    warmup_iters: int = 30
+    warmup_iters: int = 30  # capped at 10 % of the iterations
     batch_size: int = 16
     seed: int = 0
     max_images: int = 256  # features of at most the first max_images images are kept (float16, every block)

@@ -25,6 +25,14 @@ from sparsedino.config import ConfigError, load_config, save_config
 from sparsedino.eval.settings import KnnConfig, LinearConfig, SegConfig
 
 PROTOCOLS = {"knn": KnnConfig, "linear": LinearConfig, "seg": SegConfig}
+_HELP = """
+protocols:
+  knn     DINO weighted k-NN on last-block [CLS] (T=0.07, k=10/20/100/200)      preset: eval_knn
+  linear  DINO linear probe, DINOv2-style grid of lrs x (last 1/4 blocks) x avgpool   preset: eval_linear
+  seg     DINOv2 "linear" segmentation probe (BN + 1x1 conv, sliding-window eval)
+          presets: eval_seg_voc, eval_seg_ade20k, eval_seg_cityscapes
+
+Run `sparsedino eval PROTOCOL --help` for the options of one protocol."""
 
 
 def _parser(protocol: str) -> argparse.ArgumentParser:
@@ -116,7 +124,7 @@ def main(argv: Sequence[str]) -> int:
             print(f"sparsedino eval: unknown protocol {argv[0]!r}", file=stream)
         print(
             "usage: sparsedino eval {knn,linear,seg} --checkpoint FILE --data ROOT [--config YAML] "
-            "[key=value ...]",
+            "[key=value ...]" + _HELP,
             file=stream,
         )
         return 0 if stream is sys.stdout else 2
@@ -133,11 +141,11 @@ def main(argv: Sequence[str]) -> int:
     from sparsedino.eval.report import write_results
     from sparsedino.models import load_backbone
 
-    model, info = load_backbone(
-        args.checkpoint, normalizer=_normalizer(args.normalizer), arch=args.arch, which=args.which
-    )
     out = Path(args.out or f"runs/eval/{protocol}")
-    try:
+    try:  # CheckpointError is a ValueError: a bad file is reported like bad data, without a traceback
+        model, info = load_backbone(
+            args.checkpoint, normalizer=_normalizer(args.normalizer), arch=args.arch, which=args.which
+        )
         result = run_protocol(protocol, model, cfg)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"sparsedino eval {protocol}: {err}", file=sys.stderr)

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as st_load
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -39,7 +40,7 @@ class FeatureSet:
         cls: (N, L, C) [CLS] token of each requested block (mean of patch tokens if the model has no [CLS]).
         patches: (N, L, h, w, C) patch tokens, or None when not requested.
         pooled: (N, L, C) average of the patch tokens of each block (DINO's "avgpool" input).
-        labels: (N,) class ids, (N, H, W) masks, or None (whatever the loader yields second).
+        labels: (N,) class ids, (N, H, W) uint8 masks (255 = ignore), or None (what the loader yields second).
         layers: absolute block indices (0-based), in the order of dimension L.
         norm: whether the final LayerNorm was applied to every block's tokens.
         meta: extraction details (model fingerprint, timing, cache status, cls source).
@@ -175,7 +176,10 @@ def _extract(model, loader, layers, norm, with_patches, device, dtype, progress,
         if with_patches:
             patch_parts.append(patches.to("cpu", dtype))
         if rest:
-            label_parts.append(torch.as_tensor(rest[0]))
+            target = torch.as_tensor(rest[0])
+            if target.dim() > 1 and target.min() >= 0 and target.max() <= 255:
+                target = target.to(torch.uint8)  # masks: 8x smaller than int64 in memory and cache
+            label_parts.append(target)
         seen += images.shape[0]
     seconds = time.perf_counter() - start
     labels = None
@@ -201,14 +205,13 @@ def _extract(model, loader, layers, norm, with_patches, device, dtype, progress,
 def _load_cache(path: Path, key: dict) -> FeatureSet | None:
     if not path.is_file():
         return None
-    data = path.read_bytes()
     try:
-        n_header = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8 : 8 + n_header]).get("__metadata__", {})
+        with safe_open(str(path), framework="pt") as handle:  # reads the header only
+            metadata = handle.metadata() or {}
         if metadata.get("format") != CACHE_FORMAT or json.loads(metadata.get("key", "null")) != key:
             return None
-        tensors = st_load(data)
-    except (ValueError, json.JSONDecodeError, UnicodeDecodeError):
+        tensors = load_file(str(path))
+    except (OSError, ValueError, json.JSONDecodeError, SafetensorError):
         return None  # unreadable or foreign file: treat as a miss and overwrite it
     meta = json.loads(metadata["meta"])
     meta["cache"] = {"status": "hit", "path": str(path)}

@@ -137,7 +137,7 @@ def train_seg_probe(
 
     Args:
         train_feats: (N, h, w, D) float features (from :func:`probe_inputs`), or None with ``batch_fn``.
-        train_masks: (N, H, W) int64 masks (255 = ignore) aligned with ``train_feats``.
+        train_masks: (N, H, W) integer masks (255 = ignore; uint8 or int64) aligned with ``train_feats``.
         val_feats: (M, h', w', D) features or None (then ``eval_fn``, or no evaluation).
         val_masks: (M, H', W') masks.
         num_classes: number of labels.
@@ -191,7 +191,7 @@ def train_seg_probe(
     for step in bar:
         head.train()
         x, target = batch_fn(step)
-        x, target = x.to(device), target.to(device)
+        x, target = x.to(device), target.to(device).long()
         if not (target != IGNORE_INDEX).any():  # nothing to learn from (CE would be NaN)
             scheduler.step()
             continue

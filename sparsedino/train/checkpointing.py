@@ -190,4 +190,5 @@ def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_si
         "epoch": int(obj["epoch"]),
         "iteration": int(obj["iteration"]),
         "global_step": int(obj["global_step"]),
+        "skipped_images": int(obj.get("skipped_images", 0)),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -55,5 +56,6 @@ def main(argv: Sequence[str]) -> int:
     except NonFiniteLossError as err:
         print(f"sparsedino train: {err}", file=sys.stderr)
         return 1
-    print(f"training finished; outputs in {out}")
+    if os.environ.get("RANK", "0") == "0":
+        print(f"training finished; outputs in {out}")
     return 0

@@ -1,4 +1,4 @@
-"""The torch.compile path (the rest of the suite runs eagerly) and the compile switch."""
+"""The fast paths the eager test-suite does not take: native CPU kernels, torch.compile, the switch."""
 
 import shutil
 
@@ -6,14 +6,24 @@ import entmax as ref
 import pytest
 import torch
 
-from sparsedino.attention import attention, compile_mode, compiled, entmax15, set_compile
+from sparsedino.attention import attention, compile_mode, compiled, entmax15, native, set_compile
+from sparsedino.attention import entmax as entmax_module
+
+HAS_CC = any(shutil.which(c) for c in ("cc", "gcc", "clang"))
+
+
+@pytest.fixture
+def fast_paths():
+    set_compile(True)
+    yield
+    set_compile(None)
 
 
 def test_compile_switch_and_env(monkeypatch):
     monkeypatch.setenv("SPARSEDINO_COMPILE", "auto")
     assert compile_mode() == "auto"
     monkeypatch.setenv("SPARSEDINO_COMPILE", "0")
-    assert compile_mode() == "0"
+    assert compile_mode() == "0" and not compiled.native_allowed()
     try:
         set_compile(True)
         assert compile_mode() == "1"
@@ -37,27 +47,64 @@ def test_auto_mode_falls_back_to_eager_with_one_warning(monkeypatch):
     monkeypatch.setattr(compiled, "_broken", None)
     monkeypatch.setenv("SPARSEDINO_COMPILE", "auto")
     x = torch.randn(4, 10)
+    args = ("entmax15_newton", entmax_module._entmax15_newton, x, -1, 4)
     with pytest.warns(RuntimeWarning, match="torch.compile unavailable"):
-        p = entmax15(x)
-    assert torch.allclose(p, ref.entmax15(x), atol=1e-6)
-    entmax15(x)  # no second warning: the failure is remembered
+        p, _ok, all_ok = compiled.call(*args)
+    assert torch.allclose(p, ref.entmax15(x), atol=1e-6) and bool(all_ok)
+    compiled.call(*args)  # no second warning: the failure is remembered
     monkeypatch.setattr(compiled, "_broken", None)
     monkeypatch.setenv("SPARSEDINO_COMPILE", "1")
     with pytest.raises(RuntimeError, match="SPARSEDINO_COMPILE=1"):
-        entmax15(x)
+        compiled.call(*args)
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_cpu_kernels_are_exact(fast_paths, dtype):
+    assert native.available(), native.build_error()
+    for scale in (1e-4, 0.5, 3.0, 1e4):
+        x = (torch.randn(64, 300, dtype=dtype) * scale).requires_grad_()
+        x.data[:8, 50:] = float("-inf")
+        xr = x.detach().clone().requires_grad_()
+        p, pr = entmax15(x), ref.entmax15(xr)
+        assert (p - pr).abs().max() <= 1e-5
+        g = torch.randn_like(p)
+        p.backward(g)
+        pr.backward(g)
+        assert (x.grad - xr.grad).abs().max() <= 1e-5
+    # every row through the exact sort fallback (no Newton steps), ties, fully masked and NaN rows
+    x = torch.randint(-3, 3, (40, 30)).to(dtype) * 0.5
+    x[3] = float("-inf")
+    x[5, 2] = float("nan")
+    p = native.entmax15_rows(x.clone(), 1.0, 0)
+    rows = [i for i in range(40) if i not in (3, 5)]
+    assert (p[rows] - ref.entmax15(x[rows])).abs().max() <= 1e-6
+    assert (p[3] == 0).all() and p[5].isnan().all()
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_native_attention_matches_eager(fast_paths):
+    q, k, v = (torch.randn(2, 3, 17, 8, requires_grad=True) for _ in range(3))
+    mask = torch.rand(17, 17) > 0.2
+    mask[:, 0] = True
+    out = attention(q, k, v, attn_mask=mask, scale=0.7)
+    grads = torch.autograd.grad(out.sum(), (q, k, v))
+    set_compile(False)
+    out_e = attention(q, k, v, attn_mask=mask, scale=0.7)
+    grads_e = torch.autograd.grad(out_e.sum(), (q, k, v))
+    assert (out - out_e).abs().max() <= 1e-5
+    assert all((a - b).abs().max() <= 1e-5 for a, b in zip(grads, grads_e))
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C++ compiler")
-def test_compiled_entmax_attention_matches_reference():
-    try:
-        set_compile(True)
-        q, k, v = (torch.randn(1, 2, 9, 4, requires_grad=True) for _ in range(3))
-        out = attention(q, k, v, scale=1.0)
-        expected = ref.entmax15(q @ k.transpose(-2, -1), dim=-1) @ v
-        assert (out - expected).abs().max() <= 1e-5
-        g = torch.autograd.grad(out.sum(), (q, k, v))
-        ge = torch.autograd.grad(expected.sum(), (q, k, v))
-        assert all((a - b).abs().max() <= 1e-5 for a, b in zip(g, ge))
-    finally:
-        set_compile(None)
+@pytest.mark.skipif(not HAS_CC, reason="no C++ compiler")
+def test_torch_compiled_kernels_match_reference(fast_paths):
+    # The torch.compile path (used off-CPU, e.g. CUDA without adasplash), exercised on a tiny CPU shape.
+    x = torch.randn(6, 9) * 2
+    p, _ok, all_ok = compiled.call("entmax15_newton", entmax_module._entmax15_newton, x, -1, 4, 1.0, None)
+    assert bool(all_ok) and (p - ref.entmax15(x)).abs().max() <= 1e-6
+    g = torch.randn(6, 9)
+    ds = compiled.call("entmax15_grad", entmax_module._entmax15_grad, p, g, -1, 1.0)
+    xr = x.clone().requires_grad_()
+    ref.entmax15(xr).backward(g)
+    assert (ds - xr.grad).abs().max() <= 1e-5

@@ -97,3 +97,12 @@ def test_cli_writes_and_refuses_to_clobber(tmp_path, capsys):
     assert data_main(["synth", "--out", str(out), "--n-train", "3", "--n-val", "2"]) == 2
     assert "not empty" in capsys.readouterr().err
     assert data_main(["nope"]) == 2
+
+
+def test_difficulty_knobs():
+    for index in range(10):
+        scene = make_scene(scene_rng(1, "val", index), size=32, num_classes=4, max_objects=1, clutter=0.0)
+        objects = set(np.unique(scene.mask).tolist()) - {0, 255}
+        assert objects == {scene.label + 1}  # a single object, and it carries the image label
+    with pytest.raises(ValueError, match="max_objects"):
+        write_synthetic_dataset("unused", n_train=1, n_val=1, max_objects=0)

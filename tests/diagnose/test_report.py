@@ -51,7 +51,7 @@ def check_report(folder: Path) -> _Collector:
 
 
 def _run(normalizer: str, squares, tmp: Path, probe: bool = False) -> Path:
-    overrides = ["img_size=32", "batch_size=16", "n_images=24", "n_figure_images=2", "label_probe_iterations=30",
+    overrides = ["img_size=32", "batch_size=16", "n_images=12", "n_figure_images=2", "label_probe_iterations=30",
                  f"dense_probe.enabled={str(probe).lower()}", "dense_probe.iterations=15"]  # fmt: skip
     cfg = load_config(DiagnoseConfig, None, overrides)
     result = run_diagnostics(make_vit(normalizer), squares, None, cfg, progress=False)
@@ -142,14 +142,16 @@ def test_cli_bad_inputs_are_named_before_work(tmp_path, synthetic_root, capsys):
     data = str(synthetic_root)
     base = ["--data", data, "--out", str(tmp_path / "o"), "--no-progress"]
     assert main(["--checkpoint", str(tmp_path / "missing.pth"), *base]) == 2
-    assert "missing.pth" in capsys.readouterr().out
+    assert "missing.pth" in capsys.readouterr().err
     assert main(["--checkpoint", str(ckpt), *base, "n_imagez=3"]) == 2
-    assert "n_imagez" in capsys.readouterr().out
+    assert "n_imagez" in capsys.readouterr().err
     assert main(["--checkpoint", str(ckpt), *base, "--layers", "9"]) == 2
-    assert "layer index 9" in capsys.readouterr().out
+    assert "layer index 9" in capsys.readouterr().err
+    assert main(["--checkpoint", str(ckpt), *base, "img_size=30"]) == 2
+    assert "img_size=30" in capsys.readouterr().err
     assert (
         main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")])
         == 2
     )
-    assert "nodata" in capsys.readouterr().out
+    assert "nodata" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -79,11 +79,10 @@ def sharpen(model, factor: float):
 
 
 def test_softmax_has_no_zeros_entmax_has_some(squares):
-    soft = run_diagnostics(sharpen(make_vit("softmax"), 8), squares, [-1], config(), progress=False)[
-        "blocks"
-    ]["1"]
-    sparse = run_diagnostics(sharpen(make_vit("entmax15"), 8), squares, [-1], config(), progress=False)
-    sparse = sparse["blocks"]["1"]
+    fast = config("n_images=16", "label_probe_iterations=5")
+    soft = run_diagnostics(sharpen(make_vit("softmax"), 8), squares, [-1], fast, progress=False)["blocks"]
+    sparse = run_diagnostics(sharpen(make_vit("entmax15"), 8), squares, [-1], fast, progress=False)["blocks"]
+    soft, sparse = soft["1"], sparse["1"]
     assert soft["attn.zero_share"] == 0.0 and soft["attn.support"] == N
     assert sparse["attn.zero_share"] > 0.0 and sparse["attn.support"] < N
     assert 0 <= sparse["attn.entropy"] < soft["attn.entropy"] <= math.log(N)
@@ -121,3 +120,24 @@ def test_injected_huge_norm_token_is_found_as_background_outlier(squares):
         "0"
     ]
     assert clean["norm.outlier_share"] == 0.0 and clean["norm.outlier_on_background"] is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "has_cls"), [({"reg_tokens": 2}, True), ({"class_token": False, "global_pool": "avg"}, False)]
+)
+def test_registers_and_models_without_cls(squares, kwargs, has_cls):
+    from timm.models.vision_transformer import VisionTransformer
+
+    from sparsedino.attention import sparsify
+
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=0,
+                              dynamic_img_size=True, **kwargs)  # fmt: skip
+    result = run_diagnostics(
+        sparsify(model, "entmax15").eval(), squares, [-1], config("n_images=12"), progress=False
+    )
+    block = result["blocks"]["1"]
+    assert result["data"]["num_prefix_tokens"] == model.num_prefix_tokens
+    assert block["attn.distance_px"] > 0 and block["align.pca_iou"] is not None
+    assert (block["align.cls_attn_iou"] is not None) == has_cls
+    assert (block["diffusion.acc_cls"] is not None) == has_cls and block["diffusion.acc_bg"] is not None

@@ -34,10 +34,16 @@ def test_injected_huge_norm_token_is_the_only_outlier():
     assert torch.equal(norms.outlier_mask(norms.token_norms(tokens * 1000), 4.0), out)
     fg = torch.zeros(3, 16, dtype=torch.bool)
     fg[:, :4] = True  # token 5 is on background
-    s = norms.norm_summary(n, out, fg, torch.ones_like(fg))
-    assert s["outlier_on_background"] == 1.0
-    assert s["outlier_share"] == pytest.approx(1 / 48)
-    assert s["max_over_median"] > 10
+    scores = norms.per_image_norm_scores(n, fg, torch.ones_like(fg))
+    assert scores["max_over_median"][1] > 20 and scores["max_over_median"][[0, 2]].max() < 4
+    assert scores["fg_over_bg"][1] < scores["fg_over_bg"][0]  # the artifact inflates the background mean
+
+
+def test_norm_ratio_of_foreground_to_background():
+    n = torch.tensor([[2.0, 2.0, 1.0, 1.0], [3.0, 3.0, 3.0, 3.0]])
+    fg = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    ratio = norms.per_image_norm_scores(n, fg, torch.ones_like(fg))["fg_over_bg"]
+    assert ratio[0].item() == 2.0 and math.isnan(ratio[1].item())  # second image has no background
 
 
 def _grid_attention(grid, rule):

@@ -74,4 +74,8 @@ def test_bad_arguments_are_reported(tmp_path, checkpoint, capsys):
     assert "missing.pth" in capsys.readouterr().err
     assert main(["seg", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "nowhere")]) == 2
     assert "JPEGImages" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    assert main(["knn", "--checkpoint", str(garbage), "--data", str(tmp_path)]) == 2
+    assert "garbage.pth" in capsys.readouterr().err
     assert main(["bogus"]) == 2

@@ -95,3 +95,12 @@ def test_model_without_class_token_uses_mean_of_patches():
     fs = extract_features(model, _loader(), layers=(-1,), progress=False)
     assert fs.meta["cls_source"] == "mean_of_patches"
     assert torch.allclose(fs.cls[:, 0], fs.patches[:, 0].mean((1, 2)), atol=1e-5)
+
+
+def test_corrupt_cache_file_is_a_miss_and_is_replaced(tiny_vit, tmp_path):
+    path = tmp_path / "feats.safetensors"
+    path.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    fs = extract_features(tiny_vit, _loader(), layers=(-1,), cache_path=path, progress=False)
+    assert fs.meta["cache"]["status"] == "miss"
+    again = extract_features(tiny_vit, _loader(), layers=(-1,), cache_path=path, progress=False)
+    assert again.meta["cache"]["status"] == "hit" and torch.equal(again.patches, fs.patches)
