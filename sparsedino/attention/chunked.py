@@ -53,6 +53,9 @@ class SparseAttentionFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, bias, name, scale, chunk_size):  # type: ignore[override]
         if bias is not None and bias.dim() < 4:
             bias = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))
+        # One copy each now instead of one per matmul (timm's q/k/v are strided views of the qkv output);
+        # saving them costs what keeping the views alive would.
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         blocks = _blocks(q.shape[2], chunk_size)
         probs = None
         if len(blocks) == 1:

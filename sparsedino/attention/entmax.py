@@ -51,7 +51,7 @@ def _entmax15_newton(
     """
     z = x * (0.5 * scale) if bias is None else (x * scale + bias) * 0.5
     m = z.amax(dim, keepdim=True)
-    finite = m > float("-inf")  # False for fully masked rows (and NaN rows, which stay NaN below)
+    finite = m != float("-inf")  # False only for fully masked rows (NaN rows stay NaN)
     z = z - torch.where(finite, m, torch.zeros_like(m))  # row max is now 0, so tau* lies in [-1, -1/sqrt(n)]
     tau = torch.full_like(m, -1.0)
     for _ in range(steps):
@@ -74,7 +74,7 @@ def _entmax15_newton(
     p = torch.where(finite, d * d, torch.zeros_like(d))
     # KKT check: the closed-form tau must keep exactly the support it was computed on.
     same_support = (z > tau).sum(dim, keepdim=True, dtype=z.dtype) == cnt
-    ok = (same_support & (delta >= 0.0)) | ~finite
+    ok = (same_support & (delta >= 0.0)) | ~finite | m.isnan()
     return p, ok, ok.all()
 
 

@@ -121,6 +121,9 @@ def bench_shape(shape, repeats: int, warmup: int, device: torch.device, memory: 
     base = [torch.randn(shape, device=device) * 1.2 for _ in range(3)]
     impls = implementations(shape)
     tensors = {name: [t.clone().requires_grad_() for t in base] for name in impls}
+    # a dense upstream gradient like a real loss gives (``out.sum()`` would give a stride-0 one, which makes
+    # some matmul backward paths copy per batch)
+    grad_out = torch.randn(shape, device=device)
 
     def forward(name):
         with torch.no_grad():
@@ -128,7 +131,7 @@ def bench_shape(shape, repeats: int, warmup: int, device: torch.device, memory: 
 
     def train_step(name):
         q, k, v = tensors[name]
-        impls[name](q, k, v).sum().backward()
+        impls[name](q, k, v).backward(grad_out)
         q.grad = k.grad = v.grad = None
 
     def timed(fn, name) -> float:

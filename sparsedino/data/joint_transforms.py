@@ -48,6 +48,10 @@ class RandomShortSideScale(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         return self._call_kernel(F.resize, inpt, size=params["size"], antialias=True)
 
+    # torchvision < 0.21 calls the private names
+    _get_params = make_params
+    _transform = transform
+
 
 class ResizeImageOnly(v2.Transform):
     """Resize the image so its short side is ``short_side``; the mask keeps its original resolution.
@@ -65,6 +69,8 @@ class ResizeImageOnly(v2.Transform):
             return inpt
         height, width = inpt.shape[-2:]
         return F.resize(inpt, list(_short_side_size(height, width, self.short_side)), antialias=True)
+
+    _transform = transform  # torchvision < 0.21 calls the private name
 
 
 def _to_float_normalised(mean: Sequence[float], std: Sequence[float]) -> list[v2.Transform]:

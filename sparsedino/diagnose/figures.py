@@ -105,6 +105,30 @@ def plot_norm_histograms(runs: dict[str, dict], path: str | Path) -> Path:
     return save_figure(fig, path)
 
 
+def plot_head_distances(runs: dict[str, dict], path: str | Path) -> Path | None:
+    """Mean attention distance of every head against the block (the ViT paper's Figure 7), one colour per run."""
+    fig = Figure(figsize=(5.0, 3.4))
+    ax = fig.add_subplot(1, 1, 1)
+    drawn = False
+    for i, (label, m) in enumerate(runs.items()):
+        pts = [(int(b), d) for b, v in m["blocks"].items() for d in v.get("attn.distance_px_per_head") or []]
+        if pts:
+            x, y = zip(*pts)
+            ax.scatter(np.asarray(x) + 0.12 * (i - (len(runs) - 1) / 2), y, s=12, alpha=0.7, label=label)
+            drawn = True
+    if not drawn:
+        return None
+    ax.set_xlabel("block")
+    ax.set_ylabel("mean attention distance (px)")
+    ax.set_title("attention distance per head", fontsize=10)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if len(runs) > 1:
+        ax.legend(fontsize=8)
+    fig.subplots_adjust(left=0.15, right=0.97, bottom=0.15, top=0.9)
+    return save_figure(fig, path)
+
+
 def display_image(image: torch.Tensor) -> np.ndarray:
     """(3, H, W) ImageNet-normalised tensor (the readers' default) -> (H, W, 3) in [0, 1] for display."""
     mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
@@ -186,6 +210,7 @@ def plot_over_epochs(
 __all__ = [
     "GROUPS",
     "plot_group_curves",
+    "plot_head_distances",
     "plot_maps",
     "plot_norm_histograms",
     "plot_over_epochs",

@@ -150,6 +150,9 @@ def write_run(result: dict, out_dir: str | Path, model_info: dict | None = None)
             figs.append((f"figures/{p.name}", f"{group} per block"))
     p = figures.plot_norm_histograms({"run": metrics}, out / "figures" / "norm_histograms.png")
     figs.append((f"figures/{p.name}", "patch-norm distribution per block"))
+    p = figures.plot_head_distances({"run": metrics}, out / "figures" / "head_distances.png")
+    if p:
+        figs.append((f"figures/{p.name}", "mean attention distance of every head"))
     for kind, title in MAP_KINDS.items():
         p = figures.plot_maps(
             result.get("examples", {"maps": {}}), kind, out / "figures" / f"maps_{kind}.png", title
@@ -216,6 +219,9 @@ def write_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> 
             figs.append((f"figures/{p.name}", f"{group} per block: {la} vs {lb}"))
     p = figures.plot_norm_histograms(runs, out / "figures" / "compare_norm_histograms.png")
     figs.append((f"figures/{p.name}", "patch-norm distribution per block"))
+    p = figures.plot_head_distances(runs, out / "figures" / "compare_head_distances.png")
+    if p:
+        figs.append((f"figures/{p.name}", "mean attention distance of every head"))
     common = sorted(set(ma["blocks"]) & set(mb["blocks"]), key=int)
     table: dict[str, dict[str, list]] = {}
     doc: Doc = [
