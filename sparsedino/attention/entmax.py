@@ -31,6 +31,8 @@ __all__ = ["entmax15", "entmax15_backward", "entmax15_forward", "entmax_bisect",
 # rest are fixed by the exact fallback); each step is one pass over the scores.
 NEWTON_STEPS = 4
 _TINY = 1e-30
+# Elements per row block in the eager CPU path (fits in L2 cache and below malloc's mmap threshold).
+_EAGER_BLOCK = 1 << 15
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -76,6 +78,33 @@ def _entmax15_newton(
     same_support = (z > tau).sum(dim, keepdim=True, dtype=z.dtype) == cnt
     ok = (same_support & (delta >= 0.0)) | ~finite | m.isnan()
     return p, ok, ok.all()
+
+
+def _rowwise_blocks(fn, x: Tensor, dim: int, *others: Tensor) -> Tensor:
+    """Apply a row-wise ``fn(x_rows, *other_rows)`` to blocks of about ``_EAGER_BLOCK`` elements.
+
+    Used by the eager CPU path: there every op of the solver allocates a full-size temporary; on blocks small
+    enough for the cache (and below malloc's mmap threshold) they stay cached and are recycled.
+    """
+    x2 = x.movedim(dim, -1)
+    shape = x2.shape
+    x2 = x2.reshape(-1, shape[-1])
+    o2 = [o.movedim(dim, -1).reshape(-1, shape[-1]) for o in others]
+    out = torch.empty_like(x2)
+    step = max(1, _EAGER_BLOCK // max(1, shape[-1]))
+    for r in range(0, x2.shape[0], step):
+        out[r : r + step] = fn(x2[r : r + step], *(o[r : r + step] for o in o2))
+    return out.reshape(shape).movedim(-1, dim)
+
+
+def _eager_blocks(x: Tensor, dim: int) -> bool:
+    """Whether the tensor-op CPU path should process ``x`` in row blocks (large, several rows, no C kernels)."""
+    return (
+        x.device.type == "cpu"
+        and x.numel() > 2 * _EAGER_BLOCK
+        and x.numel() > x.shape[dim]
+        and not (compiled.native_allowed() and native.available())
+    )
 
 
 def _use_native(x: Tensor, scale: float) -> bool:
@@ -124,6 +153,10 @@ def entmax15_forward(
         return native.entmax15_rows(x_last.contiguous(), scale, NEWTON_STEPS, inplace=inplace).movedim(
             -1, dim
         )
+    if _eager_blocks(x, dim):
+        if bias is not None:
+            x, scale = torch.add(x * scale, bias), 1.0
+        return _rowwise_blocks(lambda xb: entmax15_forward(xb, -1, scale), x, dim)
     p, ok, all_ok = compiled.call("entmax15_newton", _entmax15_newton, x, dim, NEWTON_STEPS, scale, bias)
     if not bool(all_ok):
         # Rare rows (near-ties at the threshold): solve exactly by sorting, only those rows.
@@ -156,6 +189,8 @@ def entmax15_backward(
     if _use_native(p, 1.0) and dim in (-1, p.dim() - 1):
         inplace = inplace and grad_c.is_contiguous() and grad_c.data_ptr() == grad.data_ptr()
         out = native.entmax15_grad_rows(p.contiguous(), grad_c.contiguous(), float(scale), inplace=inplace)
+    elif _eager_blocks(p, dim):
+        out = _rowwise_blocks(lambda gb, pb: _entmax15_grad(pb, gb, -1, float(scale)), grad_c, dim, p)
     else:
         out = compiled.call("entmax15_grad", _entmax15_grad, p, grad_c, dim, float(scale))
     return out.to(grad.dtype)

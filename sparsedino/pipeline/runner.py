@@ -31,7 +31,8 @@ def data_stages(plan: RunPlan) -> list[Stage]:
 
         meta = write_synthetic_dataset(
             plan.data_root, n_train=synth.n_train, n_val=synth.n_val, size=synth.size,
-            seed=synth.seed, num_classes=synth.num_classes, overwrite=True,
+            seed=synth.seed, num_classes=synth.num_classes, max_objects=synth.max_objects,
+            clutter=synth.clutter, overwrite=True,
         )  # fmt: skip
         return {"root": str(plan.data_root), "meta": meta}
 

@@ -29,6 +29,8 @@ class SynthSettings:
     size: int = 64
     seed: int = 0
     num_classes: int = 10
+    max_objects: int = 3  # objects per image: 1..max_objects
+    clutter: float = 1.0  # background clutter density (0 = plain background)
 
 
 @dataclass

@@ -157,3 +157,22 @@ def test_gradcheck_float64():
 def test_entmax_bisect_rejects_alpha_le_one():
     with pytest.raises(ValueError, match="alpha"):
         entmax_bisect(torch.randn(3, 4), 1.0)
+
+
+def test_large_inputs_processed_in_row_blocks_match_reference():
+    # > 2 * _EAGER_BLOCK elements: the eager CPU path solves blocks of rows (results must not change)
+    assert 2 * entmax_module._EAGER_BLOCK < 300 * 500
+    x = (torch.randn(2, 150, 500) * 2).masked_fill(torch.rand(2, 150, 500) < 0.2, float("-inf"))
+    x[0, 3] = float("-inf")
+    x.requires_grad_()
+    p = entmax15(x)
+    keep = torch.ones(2, 150, dtype=torch.bool)
+    keep[0, 3] = False
+    assert (p[keep] - ref.entmax15(x.detach()[keep])).abs().max() <= 1e-5 and (p[0, 3] == 0).all()
+    g = torch.randn_like(p)
+    p.backward(g)
+    xr = x.detach()[keep].clone().requires_grad_()
+    ref.entmax15(xr).backward(g[keep])
+    assert (x.grad[keep] - xr.grad).abs().max() <= 1e-5
+    y = torch.randn(40, 3000)
+    assert (entmax15(y, dim=0) - ref.entmax15(y, dim=0)).abs().max() <= 1e-5  # blocks along another dim
