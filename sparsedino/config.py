@@ -40,7 +40,9 @@ def resolve_config_path(path_or_preset: str | Path) -> Path:
     if preset.is_file() and candidate.suffix in ("", ".yaml", ".yml"):
         return preset
     known = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
-    raise ConfigError(f"config file {str(path_or_preset)!r} does not exist and is not a preset (known: {known})")
+    raise ConfigError(
+        f"config file {str(path_or_preset)!r} does not exist and is not a preset (known: {known})"
+    )
 
 
 def _explain(err: OmegaConfBaseException, source: str) -> str:

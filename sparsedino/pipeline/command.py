@@ -44,7 +44,13 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
     """
     from sparsedino.pipeline.plan import build_plan, describe, load_reproduce_config
     from sparsedino.pipeline.report import write_report
-    from sparsedino.pipeline.runner import curve_stages, data_stages, diagnose_stages, eval_stages, train_stages
+    from sparsedino.pipeline.runner import (
+        curve_stages,
+        data_stages,
+        diagnose_stages,
+        eval_stages,
+        train_stages,
+    )
     from sparsedino.pipeline.stages import StageRunner
 
     cfg = load_reproduce_config(preset, list(overrides))

@@ -56,7 +56,9 @@ def load_reproduce_config(preset: str, overrides: list[str]) -> ReproduceConfig:
     try:
         path = resolve_config_path(name)
     except ConfigError as err:
-        raise ConfigError(f"--preset {preset!r}: not one of {', '.join(PRESETS)} nor a YAML file ({err})") from err
+        raise ConfigError(
+            f"--preset {preset!r}: not one of {', '.join(PRESETS)} nor a YAML file ({err})"
+        ) from err
     cfg = load_config(ReproduceConfig, path, overrides)
     validate(cfg)
     return cfg
@@ -76,26 +78,33 @@ def build_plan(cfg: ReproduceConfig, out: Path) -> RunPlan:
     else:
         data_root = None
         imagenet_root = _existing_dir(cfg.data.imagenet, "data.imagenet")
-        seg_roots = {name: _existing_dir(getattr(cfg.data, name), f"data.{name}") for name in cfg.seg_datasets}
+        seg_roots = {
+            name: _existing_dir(getattr(cfg.data, name), f"data.{name}") for name in cfg.seg_datasets
+        }
     plan = RunPlan(cfg=cfg, out=out, data_root=data_root, imagenet_root=imagenet_root, seg_roots=seg_roots)
     for arm in cfg.arms:
         for seed in cfg.seeds:
             rid = run_id(arm, seed)
-            plan.train[rid] = load_train_config(
-                cfg.train_preset,
-                [
-                    *cfg.train_overrides,
-                    f"model.normalizer={normalizer_name(arm)}",
-                    f"run.seed={seed}",
-                    f"data.path={imagenet_root}",
-                    f"run.output_dir={out / 'train' / rid}",
-                ],
-            )
+            try:
+                plan.train[rid] = load_train_config(
+                    cfg.train_preset,
+                    [
+                        *cfg.train_overrides,
+                        f"model.normalizer={normalizer_name(arm)}",
+                        f"run.seed={seed}",
+                        f"data.path={imagenet_root}",
+                        f"run.output_dir={out / 'train' / rid}",
+                    ],
+                )
+            except ConfigError as err:
+                raise ConfigError(f"train_preset {cfg.train_preset!r} with train_overrides: {err}") from err
     root = f"data_root={imagenet_root}"
     plan.knn = load_config(KnnConfig, "eval_knn", [root, *cfg.knn_overrides])
     plan.linear = load_config(LinearConfig, "eval_linear", [root, *cfg.linear_overrides])
     for name in cfg.seg_datasets:
-        plan.seg[name] = load_config(SegConfig, f"eval_seg_{name}", [f"data_root={seg_roots[name]}", *cfg.seg_overrides])
+        plan.seg[name] = load_config(
+            SegConfig, f"eval_seg_{name}", [f"data_root={seg_roots[name]}", *cfg.seg_overrides]
+        )
     first = cfg.seg_datasets[0]
     plan.curve_seg = load_config(
         SegConfig,

@@ -15,13 +15,13 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from sparsedino.atomic import atomic_write_json  # noqa: E402
-from sparsedino.diagnose.figures import save_figure  # noqa: E402
-from sparsedino.diagnose.report import Doc, fmt, write_documents  # noqa: E402
-from sparsedino.diagnose.scores import SCORES  # noqa: E402
-from sparsedino.pipeline.plan import RunPlan, describe  # noqa: E402
+from sparsedino.atomic import atomic_write_json
+from sparsedino.diagnose.figures import save_figure
+from sparsedino.diagnose.report import Doc, fmt, write_documents
+from sparsedino.diagnose.scores import SCORES
+from sparsedino.pipeline.plan import RunPlan, describe
 
 # The paper's DINO ViT-S/16 (200 epochs, ImageNet-1k) linear-probe numbers, for orientation only.
 PAPER_TABLE = {
@@ -86,7 +86,9 @@ def _curve_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | 
             continue
         epochs = [p["epoch"] for p in points]
         axes[0].plot(epochs, [p["knn_top1"] for p in points], "o-", color=colours[_arm_of(rid)], label=rid)
-        axes[1].plot(epochs, [100 * p["seg_miou"] for p in points], "o-", color=colours[_arm_of(rid)], label=rid)
+        axes[1].plot(
+            epochs, [100 * p["seg_miou"] for p in points], "o-", color=colours[_arm_of(rid)], label=rid
+        )
     axes[0].set(title="k-NN top-1 vs epoch", xlabel="epoch", ylabel="%")
     axes[1].set(title="linear seg mIoU vs epoch", xlabel="epoch", ylabel="%")
     for ax in axes:
@@ -158,7 +160,10 @@ def write_report(plan: RunPlan, results: dict[str, dict], out: Path, elapsed_s: 
             a, b = arms[names[0]]["metrics"].get(m), arms[names[1]]["metrics"].get(m)
             if a and b and a["mean"] is not None and b["mean"] is not None:
                 deltas.append([m, f"{b['mean'] - a['mean']:+.2f}"])
-        doc += [("p", f"Difference {names[1]} - {names[0]} (means):"), ("table", ["metric", "difference"], deltas)]
+        doc += [
+            ("p", f"Difference {names[1]} - {names[0]} (means):"),
+            ("table", ["metric", "difference"], deltas),
+        ]
     doc += [
         ("h", 2, "The paper's numbers (DINO ViT-S/16, 200 epochs, ImageNet-1k; not measured here)"),
         ("table", ["arm", *next(iter(PAPER_TABLE.values()))],
@@ -172,7 +177,11 @@ def write_report(plan: RunPlan, results: dict[str, dict], out: Path, elapsed_s: 
     report = {
         "preset": plan.cfg.name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"node": platform.node(), "machine": platform.machine(), "python": platform.python_version()},
+        "machine": {
+            "node": platform.node(),
+            "machine": platform.machine(),
+            "python": platform.python_version(),
+        },
         "elapsed_s": elapsed_s,
         "arms": arms,
         "runs": {key: value for key, value in results.items()},

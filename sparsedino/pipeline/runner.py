@@ -54,7 +54,9 @@ def train_stages(plan: RunPlan) -> list[Stage]:
         settings = {k: v for k, v in config_to_dict(train_cfg).items() if k != "run"}
         settings["seed"] = train_cfg.run.seed
         epochs = train_cfg.optim.epochs
-        stages.append(Stage(f"train/{rid}", run, settings, estimate_s=25.0 * epochs, depends_on=_data_dep(plan)))
+        stages.append(
+            Stage(f"train/{rid}", run, settings, estimate_s=25.0 * epochs, depends_on=_data_dep(plan))
+        )
     return stages
 
 
@@ -148,7 +150,11 @@ def _load_final(plan: RunPlan, rid: str):
 
 def _epoch_checkpoints(plan: RunPlan, rid: str) -> list[tuple[int, Path]]:
     folder = Path(plan.train[rid].run.output_dir)
-    found = sorted((int(m.group(1)), p) for p in folder.glob("checkpoint_epoch*.pth") if (m := _EPOCH_FILE.search(p.name)))
+    found = sorted(
+        (int(m.group(1)), p)
+        for p in folder.glob("checkpoint_epoch*.pth")
+        if (m := _EPOCH_FILE.search(p.name))
+    )
     every = max(1, plan.cfg.curve.every_epochs)
     return [(e, p) for i, (e, p) in enumerate(found) if i % every == every - 1 or i == len(found) - 1]
 
@@ -170,7 +176,11 @@ def _knn_top1(knn: dict) -> float:
 
 
 def _eval_summary(result: dict) -> dict:
-    summary = {"knn_top1": _knn_top1(result["knn"]), "linear_top1": result["linear"]["best"]["top1"], "seg": {}}
+    summary = {
+        "knn_top1": _knn_top1(result["knn"]),
+        "linear_top1": result["linear"]["best"]["top1"],
+        "seg": {},
+    }
     for key, seg in result["seg"].items():
         summary["seg"][key] = {"miou": seg["miou"], "per_class_iou": seg.get("per_class_iou")}
     return summary
@@ -179,7 +189,9 @@ def _eval_summary(result: dict) -> dict:
 def _training_summary(out: Path) -> dict:
     """Per-epoch mean loss and throughput read back from the run's ``metrics.jsonl``."""
     path = out / "metrics.jsonl"
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    records = (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    )
     by_epoch: dict[int, list[dict]] = {}
     for record in records:
         if "loss" in record and "epoch" in record:

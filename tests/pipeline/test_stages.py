@@ -41,7 +41,9 @@ def test_a_failed_stage_leaves_no_marker_and_runs_again(tmp_path):
         )
     assert (tmp_path / "a" / MARKER).is_file()
     assert not (tmp_path / "b" / MARKER).exists()
-    StageRunner(tmp_path, log=lambda _: None).run_all([_counting_stage("a", calls), _counting_stage("b", calls)])
+    StageRunner(tmp_path, log=lambda _: None).run_all(
+        [_counting_stage("a", calls), _counting_stage("b", calls)]
+    )
     assert calls == ["a", "b", "b"]
     marker = json.loads((tmp_path / "b" / MARKER).read_text())
     assert marker["stage"] == "b" and marker["result"] == {"value": 3}
