@@ -27,6 +27,7 @@ __all__ = [
     "attention",
     "attention_probs",
     "auto_chunk_size",
+    "batch_per_tile",
     "block_rows",
     "mask_to_bias",
 ]
@@ -78,11 +79,17 @@ def auto_chunk_size(q: Tensor, k: Tensor) -> int:
 
 
 def block_rows(q: Tensor, k: Tensor) -> int:
-    """Query rows per block so one block's float32 scores take about ``BLOCK_BYTES``."""
-    b, h, n, _ = q.shape
-    rows = max(16, BLOCK_BYTES // (b * h * k.shape[2] * 4))
+    """Query rows per tile so that one batch element's float32 scores take at most about ``BLOCK_BYTES``."""
+    _, h, n, _ = q.shape
+    rows = max(16, BLOCK_BYTES // (h * k.shape[2] * 4))
     blocks = math.ceil(n / rows)
     return math.ceil(n / blocks)  # near-equal blocks: at most two block shapes
+
+
+def batch_per_tile(q: Tensor, k: Tensor, rows: int) -> int:
+    """Batch elements per tile of ``rows`` query rows, so one tile's float32 scores fit ``BLOCK_BYTES``."""
+    h, m = q.shape[1], k.shape[2]
+    return max(1, BLOCK_BYTES // (h * max(rows, 1) * m * 4))
 
 
 def attention_probs(
@@ -126,8 +133,9 @@ def attention(
             Fully masked rows give zero output with sparse normalisers (NaN-free), as SDPA's softmax does not.
         dropout_p: Dropout on the probabilities; pass 0 at eval time (like SDPA, this function has no
             training flag).
-        chunk_size: Query block size of the memory-bounded path (probabilities recomputed in backward).
-            ``None``: automatic (chunk only when the probabilities exceed ``AUTO_CHUNK_BYTES``); ``0``: never.
+        chunk_size: Query rows per tile of the memory-bounded path (probabilities recomputed in backward;
+            a tile also spans as many batch elements as fit ``BLOCK_BYTES``). ``None``: automatic (tile
+            only when the probabilities exceed ``AUTO_CHUNK_BYTES``); ``0``: never.
 
     Returns:
         Output (B, H, N, Dv).
@@ -152,4 +160,5 @@ def attention(
     if chunk_size is None:
         chunk_size = auto_chunk_size(q, k)
     bias = mask_to_bias(attn_mask, torch.float32 if q.dtype != torch.float64 else q.dtype)
-    return SparseAttentionFunction.apply(q, k, v, bias, name, scale, chunk_size)
+    batch = batch_per_tile(q, k, chunk_size) if chunk_size else 0
+    return SparseAttentionFunction.apply(q, k, v, bias, name, scale, chunk_size, batch)

@@ -108,3 +108,23 @@ def test_torch_compiled_kernels_match_reference(fast_paths):
     xr = x.clone().requires_grad_()
     ref.entmax15(xr).backward(g)
     assert (ds - xr.grad).abs().max() <= 1e-5
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+@pytest.mark.parametrize("openmp", [True, False])
+def test_native_kernels_split_rows_over_threads_exactly(fast_paths, monkeypatch, openmp):
+    """Large inputs are spread over threads (OpenMP, or the thread pool of a build without it)."""
+    assert native.available(), native.build_error()
+    if openmp and not native._openmp:
+        pytest.skip("the C compiler has no OpenMP")
+    monkeypatch.setattr(native, "_openmp", openmp)
+    monkeypatch.setattr(native, "MAX_THREADS", 2)
+    x = torch.randn(600, 512) * 3.0  # 600 * 512 elements: enough work for two threads
+    assert native._threads(600, 512) == 2
+    p = native.entmax15_rows(x.clone(), 1.0, 4)
+    assert (p - ref.entmax15(x)).abs().max() <= 1e-5
+    g = torch.randn_like(p)
+    ds = native.entmax15_grad_rows(p, g, 1.0)
+    xr = x.clone().requires_grad_()
+    (ref.entmax15(xr) * g).sum().backward()
+    assert (ds - xr.grad).abs().max() <= 1e-5

@@ -53,8 +53,21 @@ def test_auto_chunking_above_threshold(monkeypatch):
     q, k, v = _qkv(n=40)
     monkeypatch.setattr(ops, "AUTO_CHUNK_BYTES", 1000)
     monkeypatch.setattr(ops, "BLOCK_BYTES", 2 * 3 * 40 * 4 * 16)
-    assert ops.auto_chunk_size(q, k) == 14  # 40 rows in 3 near-equal blocks of <= 16
+    # one batch element's scores (3 heads x 40 x 40 floats) exceed the budget of 32 rows: 2 blocks of 20
+    assert ops.auto_chunk_size(q, k) == 20
     assert (attention(q, k, v) - attention(q, k, v, chunk_size=0)).abs().max() <= 1e-6
+
+
+def test_tiles_spanning_batch_elements_match_unchunked_with_a_per_sample_mask(monkeypatch):
+    q, k, v = _qkv(b=5, n=12, scale=2.0)
+    mask = torch.rand(5, 1, 12, 12) > 0.3  # bool, one mask per sample, broadcast over heads
+    monkeypatch.setattr(ops, "BLOCK_BYTES", 2 * q.shape[1] * 6 * 12 * 4)  # tiles of 2 samples x 6 rows
+    assert ops.batch_per_tile(q, k, 6) == 2
+    full = attention(q, k, v, attn_mask=mask, chunk_size=0)
+    part = attention(q, k, v, attn_mask=mask, chunk_size=6)
+    assert (full - part).abs().max() <= 1e-5
+    for a, b in zip(_grads(full, (q, k, v)), _grads(part, (q, k, v))):
+        assert (a - b).abs().max() <= 1e-5
 
 
 def test_gradcheck_chunked_and_unchunked_float64():
