@@ -25,6 +25,8 @@ probabilities exceed the tile budget (long sequences).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -55,9 +57,42 @@ def _bias_tile(bias: Tensor | None, b0: int, b1: int, r0: int, r1: int) -> Tenso
     return bias
 
 
-def _block_probs(q_i: Tensor, k: Tensor, bias_i: Tensor | None, name: str, scale: float) -> Tensor:
+class _Scratch:
+    """Reusable buffers for the tiles of one call.
+
+    Why: a fresh multi-megabyte tensor per tile is a fresh mapping whose pages fault on first touch; on the
+    virtual machines measured here that made every tile's matmul and copy about twice as slow. Tiles of one
+    call reuse one buffer per role instead.
+    """
+
+    def __init__(self) -> None:
+        self._flat: dict[str, Tensor] = {}
+
+    def get(self, role: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        numel = math.prod(shape)
+        flat = self._flat.get(role)
+        if flat is None or flat.numel() < numel:
+            flat = self._flat[role] = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return flat[:numel].view(shape)
+
+
+def _matmul_into(a: Tensor, b: Tensor, dst: Tensor) -> None:
+    """``dst[...] = a @ b``, written in place when ``dst`` is contiguous (no temporary)."""
+    if dst.is_contiguous():
+        torch.matmul(a, b, out=dst)
+    else:
+        dst.copy_(torch.matmul(a, b))
+
+
+def _block_probs(
+    q_i: Tensor, k: Tensor, bias_i: Tensor | None, name: str, scale: float, scratch: _Scratch | None = None
+) -> Tensor:
     """Probabilities of one query block, float32 (float64 for float64 inputs)."""
     compute = torch.float64 if q_i.dtype == torch.float64 else torch.float32
+    if scratch is not None and q_i.dtype == compute:
+        scores = scratch.get("scores", (*q_i.shape[:3], k.shape[-2]), q_i)  # (B_t, H, C, M)
+        torch.matmul(q_i, k.transpose(-2, -1), out=scores)
+        return normalize_scores(scores, name, scale, bias_i)
     scores = torch.matmul(q_i, k.transpose(-2, -1)).to(compute)  # (B, H, C, M); scale and bias fused below
     return normalize_scores(scores, name, scale, bias_i)
 
@@ -82,9 +117,11 @@ class SparseAttentionFunction(torch.autograd.Function):
             out = torch.matmul(probs, v)
         else:
             out = q.new_empty(q.shape[:3] + v.shape[-1:])
+            scratch = _Scratch()
             for b0, b1, r0, r1 in tiles:
-                p = _block_probs(q[b0:b1, :, r0:r1], k[b0:b1], _bias_tile(bias, b0, b1, r0, r1), name, scale)
-                out[b0:b1, :, r0:r1] = torch.matmul(p.to(v.dtype), v[b0:b1])
+                bias_t = _bias_tile(bias, b0, b1, r0, r1)
+                p = _block_probs(q[b0:b1, :, r0:r1], k[b0:b1], bias_t, name, scale, scratch)
+                _matmul_into(p.to(v.dtype), v[b0:b1], out[b0:b1, :, r0:r1])
         ctx.name, ctx.scale, ctx.tiles = name, scale, tiles
         ctx.save_for_backward(q, k, v, bias, probs)
         return out
@@ -100,21 +137,23 @@ class SparseAttentionFunction(torch.autograd.Function):
         dq = torch.empty_like(q) if need_q else None
         dk = torch.zeros_like(k) if need_k else None
         dv = torch.zeros_like(v) if need_v else None
+        scratch = _Scratch()
         for b0, b1, r0, r1 in ctx.tiles:  # chunked: recompute each tile's probabilities
             q_t, k_t, v_t = q[b0:b1, :, r0:r1], k[b0:b1], v[b0:b1]
             do_t = grad_out[b0:b1, :, r0:r1]
-            p = _block_probs(q_t, k_t, _bias_tile(bias, b0, b1, r0, r1), ctx.name, ctx.scale).to(v.dtype)
+            bias_t = _bias_tile(bias, b0, b1, r0, r1)
+            p = _block_probs(q_t, k_t, bias_t, ctx.name, ctx.scale, scratch).to(v.dtype)
             if need_v:  # dV += P_t^T dO_t
                 dv[b0:b1].add_(torch.matmul(p.transpose(-2, -1), do_t))
             if not (need_q or need_k):
                 continue
-            ds = normalizer_backward(
-                p, torch.matmul(do_t, v_t.transpose(-2, -1)), ctx.name, scale=ctx.scale, inplace=True
-            )
+            dp = scratch.get("dp", p.shape, p) if p.dtype == v.dtype else None
+            dp = torch.matmul(do_t, v_t.transpose(-2, -1), out=dp)
+            ds = normalizer_backward(p, dp, ctx.name, scale=ctx.scale, inplace=True)
             del p
             ds = ds.to(q.dtype)
             if need_q:
-                dq[b0:b1, :, r0:r1] = torch.matmul(ds, k_t)
+                _matmul_into(ds, k_t, dq[b0:b1, :, r0:r1])
             if need_k:  # dK += dS_t^T Q_t
                 dk[b0:b1].add_(torch.matmul(ds.transpose(-2, -1), q_t))
         return dq, dk, dv, None, None, None, None, None
