@@ -92,14 +92,3 @@ def writers():
     from types import SimpleNamespace
 
     return SimpleNamespace(save_mask=save_mask, save_rgb=save_rgb)
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on shared CI cores."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)

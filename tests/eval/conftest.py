@@ -39,14 +39,3 @@ def synth_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_eval") / "data"
     write_synthetic_dataset(root, n_train=40, n_val=16, size=32, seed=5, num_classes=4)
     return root
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to oversubscription on shared CI cores."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
