@@ -94,6 +94,7 @@ def _curve_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | 
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
     return save_figure(fig, out / "figures" / "curves_over_training.png")
 
 
@@ -111,6 +112,7 @@ def _loss_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | N
     ax.set(title="DINO training loss (epoch mean)", xlabel="epoch", ylabel="loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    fig.tight_layout()
     return save_figure(fig, out / "figures" / "training_loss.png")
 
 

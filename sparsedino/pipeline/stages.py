@@ -91,7 +91,8 @@ class StageRunner:
                 self.results[stage.name] = self.load_result(stage)
                 self.log(f"{prefix}: done earlier, skipped")
                 continue
-            speed = spent / estimated if estimated > 0 else 1.0
+            # measured/estimated ratio so far, damped by a 2-minute prior so one short stage cannot skew it
+            speed = (spent + 120.0) / (estimated + 120.0)
             self.log(f"{prefix}: running (about {_fmt_seconds(remaining * speed)} of work left)")
             start = time.perf_counter()
             stage_dir = self.root / stage.name
