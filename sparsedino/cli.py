@@ -52,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"sparsedino: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from sparsedino.allocator import keep_freed_memory
+
+    keep_freed_memory()  # large CPU temporaries are reused instead of re-faulted (see allocator.py)
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 
