@@ -36,6 +36,17 @@ def _grid(n: int, ncols: int = 3) -> tuple[int, int]:
     return max(1, math.ceil(n / ncols)), min(n, ncols) or 1
 
 
+def _panels(n: int, width: float, height: float, ncols: int = 3) -> tuple[Figure, list, int]:
+    """A figure with ``n`` axes laid out ``ncols`` wide, each panel ``width`` x ``height`` inches.
+
+    Returns:
+        ``(figure, axes in reading order, number of rows)``.
+    """
+    rows, cols = _grid(n, ncols)
+    fig = Figure(figsize=(width * cols, height * rows))
+    return fig, [fig.add_subplot(rows, cols, i + 1) for i in range(n)], rows
+
+
 def plot_group_curves(
     runs: dict[str, dict], group: str, path: str | Path, x_label: str = "block"
 ) -> Path | None:
@@ -57,10 +68,8 @@ def plot_group_curves(
     ]
     if not keys:
         return None
-    rows, cols = _grid(len(keys))
-    fig = Figure(figsize=(4.2 * cols, 3.0 * rows))
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(rows, cols, i + 1)
+    fig, axes, rows = _panels(len(keys), 4.2, 3.0)
+    for ax, key in zip(axes, keys):
         for label, m in runs.items():
             pts = [(int(b), v[key]) for b, v in m["blocks"].items() if isinstance(v.get(key), (int, float))]
             if pts:
@@ -81,10 +90,8 @@ def plot_group_curves(
 def plot_norm_histograms(runs: dict[str, dict], path: str | Path) -> Path:
     """Histogram of log10(patch norm / image median) per block (outliers sit far right), one line per run."""
     blocks = sorted({int(b) for m in runs.values() for b in m["blocks"]})
-    rows, cols = _grid(len(blocks), 4)
-    fig = Figure(figsize=(3.4 * cols, 2.6 * rows))
-    for i, b in enumerate(blocks):
-        ax = fig.add_subplot(rows, cols, i + 1)
+    fig, axes, rows = _panels(len(blocks), 3.4, 2.6, 4)
+    for ax, b in zip(axes, blocks):
         for label, m in runs.items():
             hist = m.get("histograms", {})
             if str(b) not in hist:
@@ -186,10 +193,8 @@ def plot_over_epochs(
     keys = [k for k, (g, _, _) in SCORES.items() if g == group and k in series]
     if not keys:
         return None
-    rows, cols = _grid(len(keys))
-    fig = Figure(figsize=(4.2 * cols, 3.0 * rows))
-    for i, key in enumerate(keys):
-        ax = fig.add_subplot(rows, cols, i + 1)
+    fig, axes, rows = _panels(len(keys), 4.2, 3.0)
+    for ax, key in zip(axes, keys):
         blocks = sorted(series[key], key=int)
         for j, b in enumerate(blocks):
             pts = sorted(series[key][b])
@@ -200,7 +205,7 @@ def plot_over_epochs(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.grid(alpha=0.3)
-        if i == 0:
+        if ax is axes[0]:
             ax.legend(fontsize=7, ncol=2)
     fig.suptitle(f"{group} over training")
     _adjust(fig, rows)
