@@ -24,6 +24,12 @@ def _synth_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--clutter", type=float, default=1.0, help="background clutter multiplier (default 1)"
     )
+    parser.add_argument(
+        "--colours",
+        choices=("random", "class"),
+        default="random",
+        help="object colours: random (no class cue, default) or class (a hue pair per class, grey clutter)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     return parser
 
@@ -54,6 +60,7 @@ def main(argv: Sequence[str]) -> int:
             num_classes=args.num_classes,
             max_objects=args.max_objects,
             clutter=args.clutter,
+            colours=args.colours,
             overwrite=args.overwrite,
         )
     except (ValueError, FileExistsError) as err:

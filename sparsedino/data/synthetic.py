@@ -7,6 +7,12 @@ lines of random colours) that is drawn independently of the class, so the backgr
 information by construction. That makes "a background patch knows the image class" (semantic diffusion)
 measurable: any class information found in background patches came from token interaction.
 
+Object colours come in two modes. ``colours="random"`` (the default) draws both colours of every object
+at random, so colour carries no class information and a model has to recognise shape and texture.
+``colours="class"`` gives every class its own hue pair (jittered per object) over grey clutter: colour
+then identifies the class while the background still carries none. It is the easier dataset that tiny
+models trained for minutes on a CPU can learn (the ``cpu-demo`` and ``cpu-long`` reproduce presets).
+
 Generation is deterministic per ``(seed, split, index)`` (each image has its own random stream), so the
 result does not depend on the order or the number of worker processes.
 
@@ -36,6 +42,7 @@ SHAPES = ("disc", "square", "triangle", "cross", "ring", "star")
 TEXTURES = ("stripes", "checker", "dots", "solid")
 MAX_CLASSES = len(SHAPES) * len(TEXTURES)
 IGNORE_INDEX = 255
+COLOUR_MODES = ("random", "class")
 
 
 def class_pairs(num_classes: int) -> list[tuple[str, str]]:
@@ -128,12 +135,51 @@ def _distinct_colours(rng: np.random.Generator, min_dist: float = 110.0) -> tupl
     return first, second
 
 
+def _hsv_to_rgb(hue: float, saturation: float, value: float) -> np.ndarray:
+    """One HSV colour (all in [0, 1]) as RGB in [0, 255]."""
+    channel = np.array([5.0, 3.0, 1.0])  # the standard closed form: k = (n + 6 h) mod 6 for n = 5, 3, 1
+    k = (channel + hue * 6.0) % 6.0
+    return 255.0 * value * (1.0 - saturation * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
+
+
+def class_colours(num_classes: int) -> np.ndarray:
+    """The fixed colour pair of each class in ``colours="class"`` mode: ``(num_classes, 2, 3)`` RGB.
+
+    Hues are evenly spaced; the second colour of class ``k`` is the hue half-way to the next class at a
+    lower brightness, so every pair is unique and both colours are saturated (the clutter is grey).
+    """
+    pairs = np.empty((num_classes, 2, 3), np.float32)
+    for k in range(num_classes):
+        hue = k / num_classes
+        pairs[k, 0] = _hsv_to_rgb(hue, 0.9, 0.95)
+        pairs[k, 1] = _hsv_to_rgb((hue + 0.5 / num_classes) % 1.0, 0.8, 0.45)
+    return pairs
+
+
+def _jittered_class_colours(rng: np.random.Generator, cls: int, num_classes: int) -> tuple[np.ndarray, ...]:
+    """The class's colour pair with a small per-object jitter (so colours are a cue, not a constant)."""
+    first, second = class_colours(num_classes)[cls] + rng.normal(0.0, 10.0, (2, 3))
+    return first, second
+
+
 def _draw_background(
-    rng: np.random.Generator, size: int, yy: np.ndarray, xx: np.ndarray, clutter: float = 1.0
+    rng: np.random.Generator,
+    size: int,
+    yy: np.ndarray,
+    xx: np.ndarray,
+    clutter: float = 1.0,
+    grey: bool = False,
 ) -> np.ndarray:
-    """Clutter independent of the class: a base colour, noise, random ellipses and thick lines."""
+    """Clutter independent of the class: a base colour, noise, random ellipses and thick lines.
+
+    With ``grey`` every clutter colour is a grey level (``colours="class"`` mode, where hue is the class cue).
+    """
+
+    def colour() -> np.ndarray:
+        return np.full(3, rng.uniform(0, 255)) if grey else rng.uniform(0, 255, 3)
+
     canvas = np.empty((size, size, 3), np.float32)
-    canvas[:] = rng.uniform(0, 255, 3)
+    canvas[:] = colour()
     num_ellipses = round(clutter * float(rng.integers(3, 8)))
     for _ in range(num_ellipses):  # ellipses: smaller than objects, solid random colours
         cy, cx = rng.uniform(0, size, 2)
@@ -142,13 +188,13 @@ def _draw_background(
         du, dv = xx - cx, yy - cy
         u = du * np.cos(theta) + dv * np.sin(theta)
         v = -du * np.sin(theta) + dv * np.cos(theta)
-        canvas[(u / rx) ** 2 + (v / ry) ** 2 <= 1.0] = rng.uniform(0, 255, 3)
+        canvas[(u / rx) ** 2 + (v / ry) ** 2 <= 1.0] = colour()
     num_lines = round(clutter * float(rng.integers(1, 4)))
     for _ in range(num_lines):  # lines: distance to a random line below a random half-width
         cy, cx = rng.uniform(0, size, 2)
         theta = rng.uniform(0, np.pi)
         dist = np.abs((xx - cx) * np.sin(theta) - (yy - cy) * np.cos(theta))
-        canvas[dist <= rng.uniform(0.5, 1.5) * size / 64] = rng.uniform(0, 255, 3)
+        canvas[dist <= rng.uniform(0.5, 1.5) * size / 64] = colour()
     canvas += rng.normal(0, 6, canvas.shape).astype(np.float32)
     return canvas
 
@@ -177,6 +223,7 @@ def make_scene(
     border: int | None = None,
     max_objects: int = 3,
     clutter: float = 1.0,
+    colours: str = "random",
 ) -> Scene:
     """Draw one scene: 1-3 textured objects over class-independent clutter.
 
@@ -187,15 +234,19 @@ def make_scene(
         border: width of the ignore band in pixels (default ``max(1, size // 64)``).
         max_objects: objects per image are drawn uniformly from 1..max_objects.
         clutter: multiplier of the number of background ellipses and lines (0 = plain noisy background).
+        colours: ``"random"`` (object colours carry no class information) or ``"class"`` (a fixed,
+            jittered hue pair per class over grey clutter); see the module docstring.
 
     Returns:
         The image, its mask (0 background, k+1 object class k, 255 ignore band) and the image-level label
         (the class, 0-based, of the object with the most visible pixels).
     """
+    if colours not in COLOUR_MODES:
+        raise ValueError(f"colours must be one of {', '.join(COLOUR_MODES)}, got {colours!r}")
     pairs = class_pairs(num_classes)
     border = max(1, size // 64) if border is None else border
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    image = _draw_background(rng, size, yy, xx, clutter)
+    image = _draw_background(rng, size, yy, xx, clutter, grey=colours == "class")
     mask = np.zeros((size, size), np.uint8)
     num_objects = int(rng.integers(1, max_objects + 1))
     classes = rng.integers(0, num_classes, num_objects)
@@ -208,7 +259,10 @@ def make_scene(
         u = du * np.cos(theta) + dv * np.sin(theta)  # object-local coordinates, pixels
         v = -du * np.sin(theta) + dv * np.cos(theta)
         inside = _shape_mask(shape, u / radius, v / radius)
-        first, second = _distinct_colours(rng)
+        if colours == "class":
+            first, second = _jittered_class_colours(rng, int(cls), num_classes)
+        else:
+            first, second = _distinct_colours(rng)
         period = rng.uniform(4.0, 7.0) * size / 64
         alt = _texture_mask(texture, u, v, period, rng.uniform(0, 1))
         image[inside] = first
@@ -254,6 +308,7 @@ def write_synthetic_dataset(
     border: int | None = None,
     max_objects: int = 3,
     clutter: float = 1.0,
+    colours: str = "random",
     overwrite: bool = False,
 ) -> dict:
     """Generate the embedded dataset and write it under ``out`` (see the module docstring for the layout).
@@ -271,6 +326,7 @@ def write_synthetic_dataset(
         border: ignore-band width in pixels (default ``max(1, size // 64)``).
         max_objects: at most this many objects per image (at least 1).
         clutter: background clutter multiplier (1 = default, 0 = none): a difficulty knob.
+        colours: ``"random"`` (default) or ``"class"`` (colour identifies the class; see the module docstring).
         overwrite: replace an existing non-empty ``out``.
 
     Returns:
@@ -283,7 +339,15 @@ def write_synthetic_dataset(
         raise ValueError(f"size must be >= 16 pixels, got {size}")
     if max_objects < 1 or clutter < 0:
         raise ValueError(f"max_objects must be >= 1 and clutter >= 0, got {max_objects} and {clutter}")
-    scene_kwargs = {"size": size, "border": border, "max_objects": max_objects, "clutter": clutter}
+    if colours not in COLOUR_MODES:
+        raise ValueError(f"colours must be one of {', '.join(COLOUR_MODES)}, got {colours!r}")
+    scene_kwargs = {
+        "size": size,
+        "border": border,
+        "max_objects": max_objects,
+        "clutter": clutter,
+        "colours": colours,
+    }
     names = class_names(num_classes)  # validates num_classes
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(
@@ -326,6 +390,7 @@ def write_synthetic_dataset(
             "border": max(1, size // 64) if border is None else border,
             "max_objects": max_objects,
             "clutter": clutter,
+            "colours": colours,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():  # empty, or overwrite: move the old tree aside, swap in the new one, drop the old

@@ -89,8 +89,8 @@ def _curve_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | 
         axes[1].plot(
             epochs, [100 * p["seg_miou"] for p in points], "o-", color=colours[_arm_of(rid)], label=rid
         )
-    axes[0].set(title="k-NN top-1 vs epoch", xlabel="epoch", ylabel="%")
-    axes[1].set(title="linear seg mIoU vs epoch", xlabel="epoch", ylabel="%")
+    axes[0].set(title="k-NN top-1 vs epoch", xlabel="epoch (0 = initialisation)", ylabel="%")
+    axes[1].set(title="linear seg mIoU vs epoch", xlabel="epoch (0 = initialisation)", ylabel="%")
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

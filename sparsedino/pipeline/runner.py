@@ -32,7 +32,7 @@ def data_stages(plan: RunPlan) -> list[Stage]:
         meta = write_synthetic_dataset(
             plan.data_root, n_train=synth.n_train, n_val=synth.n_val, size=synth.size,
             seed=synth.seed, num_classes=synth.num_classes, max_objects=synth.max_objects,
-            clutter=synth.clutter, overwrite=True,
+            clutter=synth.clutter, colours=synth.colours, overwrite=True,
         )  # fmt: skip
         return {"root": str(plan.data_root), "meta": meta}
 
@@ -156,7 +156,11 @@ def _epoch_checkpoints(plan: RunPlan, rid: str) -> list[tuple[int, Path]]:
         if (m := _EPOCH_FILE.search(p.name))
     )
     every = max(1, plan.cfg.curve.every_epochs)
-    return [(e, p) for i, (e, p) in enumerate(found) if i % every == every - 1 or i == len(found) - 1]
+    init = [(e, p) for e, p in found if e == 0]  # the initialisation: where every curve starts
+    trained = [(e, p) for e, p in found if e > 0]
+    return init + [
+        (e, p) for i, (e, p) in enumerate(trained) if i % every == every - 1 or i == len(trained) - 1
+    ]
 
 
 def _with(cfg, **changes):

@@ -31,6 +31,7 @@ class SynthSettings:
     num_classes: int = 10
     max_objects: int = 3  # objects per image: 1..max_objects
     clutter: float = 1.0  # background clutter density (0 = plain background)
+    colours: str = "random"  # random (colour carries no class cue) | class (hue pair per class, grey clutter)
 
 
 @dataclass
@@ -99,5 +100,7 @@ def validate(cfg: ReproduceConfig) -> None:
         for name in cfg.seg_datasets:
             if not getattr(cfg.data, name):
                 raise ConfigError(f"key 'data.{name}': required because seg_datasets lists {name!r}")
+    elif cfg.synth.colours not in ("random", "class"):
+        raise ConfigError(f"key 'synth.colours': {cfg.synth.colours!r} is not one of random, class")
     elif any(name != "voc" for name in cfg.seg_datasets):
         raise ConfigError("key 'seg_datasets': the embedded dataset provides only the VOC layout ('voc')")

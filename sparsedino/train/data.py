@@ -94,6 +94,10 @@ def build_dataset(cfg: TrainConfig) -> MultiCropDataset:
         local_scale=tuple(d.local_crops_scale),
         n_local=d.local_crops_number,
         n_global=d.global_crops_number,
+        color_jitter=d.color_jitter,
+        grayscale_p=d.grayscale_prob,
+        blur_radius=tuple(d.blur_radius),
+        solarize_p=d.solarize_prob,
     )
     return MultiCropDataset(folder, augment, cfg.run.seed)
 

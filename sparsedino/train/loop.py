@@ -256,12 +256,15 @@ class Trainer:
 
     def fit(self) -> Path:
         cfg = self.cfg
+        every = cfg.run.checkpoint_every_epochs
+        if self.dist.is_main and every > 0 and self.global_step == 0:
+            # epoch 0 = the initialisation: the baseline point of every quality-over-training curve
+            save_snapshot(self.out / epoch_snapshot_name(0), self.state, cfg, 0)
         for epoch in range(self.epoch, cfg.optim.epochs):
             self.epoch = epoch
             mean_loss = self.train_epoch(epoch)
             self.iteration = 0
             self.save(epoch + 1, 0)
-            every = cfg.run.checkpoint_every_epochs
             if self.dist.is_main and every > 0 and (epoch + 1) % every == 0:
                 save_snapshot(self.out / epoch_snapshot_name(epoch + 1), self.state, cfg, epoch + 1)
             self.logger.log(

@@ -48,6 +48,11 @@ class DataSettings:
     local_crops_number: int = 8
     local_crop_size: int = 96
     local_crops_scale: list[float] = field(default_factory=lambda: [0.05, 0.4])
+    # photometric augmentation (DINO's values; gentler ones suit tiny crops of small datasets)
+    color_jitter: float = 1.0  # multiplier of jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1)
+    grayscale_prob: float = 0.2
+    blur_radius: list[float] = field(default_factory=lambda: [0.1, 2.0])  # (min, max) px
+    solarize_prob: float = 0.2  # second global crop only
 
 
 @dataclass
@@ -82,7 +87,9 @@ class RunSettings:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16/fp16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     checkpoint_every_iters: int = 0  # 0 = only at epoch ends
-    checkpoint_every_epochs: int = 0  # also keep checkpoint_epoch{E:04d}.pth (weights only); 0 = off
+    checkpoint_every_epochs: int = (
+        0  # also keep checkpoint_epoch{E:04d}.pth (weights only, E=0: init); 0 = off
+    )
     log_every: int = 10
     max_iters_per_epoch: int = 0  # > 0 caps iterations per epoch (smoke runs)
     resume: bool = True  # continue from output_dir/checkpoint.pth when it exists
@@ -130,6 +137,7 @@ _NON_NEGATIVE = (
     "model.num_registers",
     "data.num_workers",
     "data.local_crops_number",
+    "data.color_jitter",
     "optim.warmup_epochs",
     "optim.clip_grad",
     "optim.freeze_last_layer",
@@ -173,9 +181,17 @@ def validate(cfg: TrainConfig) -> None:
         lo_hi = list(_get(cfg, key))
         if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
             raise ConfigError(f"key {key!r} must be [min, max] with 0 < min <= max <= 1, got {lo_hi}")
-    for key in ("optim.momentum_teacher", "optim.center_momentum"):
+    for key in (
+        "optim.momentum_teacher",
+        "optim.center_momentum",
+        "data.grayscale_prob",
+        "data.solarize_prob",
+    ):
         if not 0.0 <= _get(cfg, key) <= 1.0:
             raise ConfigError(f"key {key!r} must be in [0, 1], got {_get(cfg, key)}")
+    blur = list(cfg.data.blur_radius)
+    if len(blur) != 2 or not 0 < blur[0] <= blur[1]:
+        raise ConfigError(f"key 'data.blur_radius' must be [min, max] with 0 < min <= max, got {blur}")
     for key in ("optim.teacher_temp", "optim.warmup_teacher_temp", "optim.student_temp", "optim.lr"):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"key {key!r} must be > 0, got {_get(cfg, key)}")

@@ -106,3 +106,33 @@ def test_difficulty_knobs():
         assert objects == {scene.label + 1}  # a single object, and it carries the image label
     with pytest.raises(ValueError, match="max_objects"):
         write_synthetic_dataset("unused", n_train=1, n_val=1, max_objects=0)
+
+
+def test_class_colour_mode_ties_colour_to_class_and_keeps_clutter_grey():
+    palette = synthetic.class_colours(6)
+    assert len({tuple(np.round(c).astype(int)) for pair in palette for c in pair}) == 12  # all distinct
+    for index in range(12):
+        scene = make_scene(scene_rng(2, "train", index), size=48, num_classes=6, colours="class")
+        image = scene.image.astype(np.float32)
+        for label in set(np.unique(scene.mask).tolist()) - {0, 255}:
+            pixels = image[scene.mask == label]
+            # every object pixel is one of its class's two colours, up to jitter (+ rare overlap borders)
+            dist = np.linalg.norm(pixels[:, None, :] - palette[label - 1][None], axis=-1).min(axis=1)
+            assert np.median(dist) < 40, (index, label)
+        background = image[scene.mask == 0]
+        assert np.median(background.std(axis=1)) < 12  # grey clutter: channels agree up to pixel noise
+    random_scene = make_scene(scene_rng(2, "train", 0), size=48, num_classes=6)
+    assert np.median(random_scene.image[random_scene.mask == 0].astype(np.float32).std(axis=1)) > 12
+
+
+def test_colour_mode_is_validated_and_recorded(tmp_path):
+    with pytest.raises(ValueError, match="colours"):
+        make_scene(scene_rng(0, "train", 0), colours="rainbow")
+    with pytest.raises(ValueError, match="colours"):
+        write_synthetic_dataset(tmp_path / "x", n_train=1, n_val=1, colours="rainbow")
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "cls"
+    assert (
+        data_main(["synth", "--out", str(out), "--n-train", "2", "--n-val", "1", "--colours", "class"]) == 0
+    )
+    assert json.loads((out / "meta.json").read_text())["colours"] == "class"

@@ -42,7 +42,7 @@ def test_micro_report_holds_both_arms_every_metric_and_figure(micro_run):
             assert metrics[name]["n"] == 1
             assert 0.0 <= metrics[name]["mean"] <= 100.0
         curve = results["runs"][f"curve/{arm}-s0"]["points"]
-        assert [p["epoch"] for p in curve] == [1, 2]  # one point per epoch checkpoint
+        assert [p["epoch"] for p in curve] == [0, 1, 2]  # the initialisation, then every epoch checkpoint
         assert results["diagnostics_last_block"][f"{arm}-s0"]["probe.miou"] is not None
     for rel in results["figures"]:
         assert (out / rel).is_file()
@@ -78,7 +78,9 @@ def test_unknown_key_and_bad_arm_fail_before_any_work(tmp_path):
         run_reproduce("micro", tmp_path / "b", ["arms=[softmx,entmax15]"])
     with pytest.raises(ConfigError, match=r"optim\.epochz"):
         run_reproduce("micro", tmp_path / "c", ["train_overrides=[optim.epochz=3]"])
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match=r"synth\.colours"):
+        run_reproduce("micro", tmp_path / "d", ["synth.colours=rainbow"])
+    assert not any((tmp_path / name).exists() for name in "abcd")
 
 
 def test_paper_preset_needs_data_paths_and_dry_run_prints_the_plan(tmp_path, capsys):

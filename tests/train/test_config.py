@@ -45,6 +45,19 @@ def test_bad_choice_is_rejected_naming_it():
         load_train_config("dino_cpu_tiny", ["model.normalizer=entmax0.5"])
 
 
+def test_augmentation_knobs_are_range_checked_naming_the_key():
+    cfg = load_train_config("dino_cpu_tiny", ["data.color_jitter=0.3", "data.blur_radius=[0.1,0.5]"])
+    assert cfg.data.color_jitter == 0.3 and list(cfg.data.blur_radius) == [0.1, 0.5]
+    for override, key in (
+        ("data.grayscale_prob=1.2", r"data\.grayscale_prob"),
+        ("data.solarize_prob=-0.5", r"data\.solarize_prob"),
+        ("data.color_jitter=-1", r"data\.color_jitter"),
+        ("data.blur_radius=[2.0,0.5]", r"data\.blur_radius"),
+    ):
+        with pytest.raises(ConfigError, match=key):
+            load_train_config("dino_cpu_tiny", [override])
+
+
 def test_unknown_key_in_yaml_file_is_rejected(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  arch: vit_pico\n  depthh: 3\n")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sparsedino.data.imagenet import BadImageError, ImageNetFolder
-from sparsedino.data.multicrop import MultiCropAugmentation
+from sparsedino.data.multicrop import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
 from sparsedino.train.data import MultiCropDataset, ResumableDistributedSampler
 
 
@@ -61,6 +61,32 @@ def test_multicrop_shapes_and_seeded_reproducibility(image_root):
 def test_multicrop_rejects_bad_scales():
     with pytest.raises(ValueError, match="local_scale"):
         MultiCropAugmentation(local_scale=(0.5, 0.1))
+
+
+def test_photometric_knobs_switch_the_augmentations_off_and_on():
+    from PIL import Image
+
+    red = Image.new("RGB", (40, 40), (200, 30, 30))
+    expected = (torch.tensor([200, 30, 30]) / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    gentle = MultiCropAugmentation(
+        global_size=16, local_size=8, n_local=2, color_jitter=0.0, grayscale_p=0.0, solarize_p=0.0
+    )
+    dino = MultiCropAugmentation(global_size=16, local_size=8, n_local=2)
+    torch.manual_seed(0)
+    for _ in range(5):  # a uniform image survives crops, flips and blur unchanged when jitter is off
+        for crop in gentle(red):
+            assert torch.allclose(crop, expected[:, None, None].expand_as(crop), atol=1e-2)
+    torch.manual_seed(0)
+    changed = [not torch.allclose(c, expected[:, None, None].expand_as(c), atol=1e-2) for c in dino(red)]
+    assert sum(changed) >= 2  # DINO's defaults jitter / gray / solarise most crops
+    for kwargs, name in (
+        ({"grayscale_p": 1.5}, "grayscale_p"),
+        ({"solarize_p": -0.1}, "solarize_p"),
+        ({"color_jitter": -1.0}, "color_jitter"),
+        ({"blur_radius": (2.0, 1.0)}, "blur_radius"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            MultiCropAugmentation(**kwargs)
 
 
 def test_sampler_is_rank_disjoint_and_resumes_mid_epoch(image_root):

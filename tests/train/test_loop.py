@@ -77,6 +77,7 @@ def test_tiny_run_writes_outputs_and_loadable_checkpoints(image_root, tmp_path, 
     assert (out / "config.yaml").is_file() and (out / "train_summary.json").is_file()
     assert any((out / "tensorboard").iterdir())
     assert sorted(p.name for p in out.glob("checkpoint_epoch*.pth")) == [
+        "checkpoint_epoch0000.pth",  # the initialisation, where curves over training start
         "checkpoint_epoch0001.pth",
         "checkpoint_epoch0002.pth",
     ]
@@ -92,6 +93,10 @@ def test_tiny_run_writes_outputs_and_loadable_checkpoints(image_root, tmp_path, 
     model, info = load_backbone(out / "checkpoint_epoch0001.pth")
     assert (info.source, info.arch, info.normalizer, info.epoch) == ("sparsedino", "vit_pico", "entmax15", 1)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 48)
+    init = torch.load(out / "checkpoint_epoch0000.pth", weights_only=True)
+    assert init["epoch"] == 0 and torch.equal(
+        init["teacher"]["backbone.pos_embed"], init["student"]["backbone.pos_embed"]
+    )
 
 
 def test_non_finite_loss_stops_with_clear_error_and_keeps_checkpoint(
