@@ -1,7 +1,8 @@
 """The ``sparsedino`` command line.
 
 Each sub-command lives in the package folder that owns its concern and exposes ``main(argv) -> int``;
-this file only dispatches, so ``sparsedino --help`` stays fast (no torch import until a command runs).
+this file only dispatches, so a command's own modules load only when it runs. (Importing the package
+itself loads torch and timm, because ``import sparsedino`` registers the sparse timm model names.)
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
 * :func:`collect_attention` records the probability maps of every layer during a forward pass.
 
 When probabilities are materialised they go through the ``attn_drop`` module, so forward hooks on it (e.g.
-``timm.utils.AttentionExtract(model, method="hook")``) see the entmax maps. They are materialised whenever
+``timm.utils.AttentionExtract(model, method="hook")``) see the entmax maps; for torch.fx extraction they are
+the graph node ``*attn.attention_map`` (see :func:`attention_map`). They are materialised whenever
 such a hook is registered, inside :func:`collect_attention`, when attention dropout is active, or when
 ``fused_attn`` is False; otherwise the fast path runs (SDPA for softmax, the fused sparse op otherwise).
 """
@@ -19,7 +20,7 @@ from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention, use_fused_attn
+from timm.layers import Attention, register_notrace_function, use_fused_attn
 from torch import Tensor, nn
 
 from sparsedino.attention.normalizers import normalizer_name
@@ -145,12 +146,10 @@ class SparseAttention(nn.Module):
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, D) each
         q, k = self.q_norm(q), self.k_norm(k)
-        if is_causal:
-            causal = torch.ones(n, n, dtype=torch.bool, device=x.device).tril()
-            attn_mask = causal if attn_mask is None else _combine_masks(attn_mask, causal)
+        attn_mask = _self_attn_mask(q, attn_mask, is_causal)
 
         if self._materialise():
-            probs = attention_probs(q, k, self.normalizer, self.scale, attn_mask)  # (B, H, N, N)
+            probs = attention_map(q, k, self.normalizer, self.scale, attn_mask)  # (B, H, N, N)
             if self._recorder is not None:
                 self._recorder.append(probs.detach().float())
             x = self.attn_drop(probs) @ v
@@ -187,6 +186,31 @@ def make_attn_layer(
 
     _Configured.__name__ = _Configured.__qualname__ = f"SparseAttention_{name.replace('.', '_')}"
     return _Configured
+
+
+@torch.fx.wrap
+@register_notrace_function
+def attention_map(
+    q: Tensor, k: Tensor, normalizer: str, scale: float, attn_mask: Tensor | None = None
+) -> Tensor:
+    """The materialised probabilities (B, H, N, N) of :class:`SparseAttention`.
+
+    A leaf for torch.fx, so the map is one graph node named ``<module path>.attention_map``: use
+    ``timm.utils.AttentionExtract(model, names=["*attn.attention_map"])`` on a model whose attention is
+    materialised (``fused_attn=False``, as timm's own ``Attention`` needs for fx extraction).
+    """
+    return attention_probs(q, k, normalizer, scale, attn_mask)
+
+
+@torch.fx.wrap
+@register_notrace_function
+def _self_attn_mask(q: Tensor, attn_mask: Tensor | None, is_causal: bool) -> Tensor | None:
+    """``attn_mask`` combined with a causal mask when ``is_causal`` (an fx leaf: it branches on inputs)."""
+    if not is_causal:
+        return attn_mask
+    n = q.shape[-2]
+    causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+    return causal if attn_mask is None else _combine_masks(attn_mask, causal)
 
 
 def _combine_masks(attn_mask: Tensor, causal: Tensor) -> Tensor:

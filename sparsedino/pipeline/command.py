@@ -67,8 +67,10 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
         *diagnose_stages(plan),
     ]
     start = time.perf_counter()
-    results = StageRunner(out, log=lambda line: print(f"[reproduce] {line}", flush=True)).run_all(stages)
-    return write_report(plan, results, out, elapsed_s=round(time.perf_counter() - start, 1))
+    runner = StageRunner(out, log=lambda line: print(f"[reproduce] {line}", flush=True))
+    results = runner.run_all(stages)
+    elapsed_s = round(time.perf_counter() - start, 1)
+    return write_report(plan, results, out, elapsed_s=elapsed_s, stage_seconds=runner.seconds)
 
 
 def main(argv: Sequence[str]) -> int:

@@ -141,16 +141,34 @@ def _diagnostics(plan: RunPlan, results: dict[str, dict], out: Path) -> tuple[Do
     return doc, {rid: last[rid] for rid in dirs}
 
 
-def write_report(plan: RunPlan, results: dict[str, dict], out: Path, elapsed_s: float | None = None) -> dict:
-    """Render ``results.json``, ``report.md`` and ``report.html`` under ``out`` and return the results dict."""
+def write_report(
+    plan: RunPlan,
+    results: dict[str, dict],
+    out: Path,
+    elapsed_s: float | None = None,
+    stage_seconds: dict[str, float] | None = None,
+) -> dict:
+    """Render ``results.json``, ``report.md`` and ``report.html`` under ``out`` and return the results dict.
+
+    Args:
+        plan: the resolved run plan.
+        results: each stage's result by stage name.
+        out: the run folder.
+        elapsed_s: wall time of this invocation (small when earlier runs did most stages).
+        stage_seconds: wall time of each stage when it ran, whichever invocation ran it; their sum is what
+            the results cost end to end.
+    """
     out = Path(out)
+    stage_seconds = dict(stage_seconds or {})
+    total_s = round(sum(stage_seconds.values()), 1) if stage_seconds else None
     arms = aggregate(plan, results)
     metric_names = list(dict.fromkeys(m for arm in arms.values() for m in arm["metrics"]))
     doc: Doc = [
         ("h", 1, f"sparsedino reproduce: {' vs '.join(arms) or 'no finished runs'} ({plan.cfg.name})"),
         ("p", plan.cfg.description or ""),
         ("p", f"Measured on {platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'}), "
-              f"{time.strftime('%Y-%m-%d')}; seeds {list(plan.cfg.seeds)}; mean ± std over seeds."),
+              f"{time.strftime('%Y-%m-%d')}; seeds {list(plan.cfg.seeds)}; mean ± std over seeds."
+              + (f" Stages took {total_s / 60:.1f} min in total." if total_s is not None else "")),
         ("h", 2, "Results"),
         ("table", ["arm", *metric_names],
          [[arm, *(_fmt_ms(a["metrics"].get(m, _mean_std([]))) for m in metric_names)] for arm, a in arms.items()]),
@@ -185,6 +203,8 @@ def write_report(plan: RunPlan, results: dict[str, dict], out: Path, elapsed_s: 
             "python": platform.python_version(),
         },
         "elapsed_s": elapsed_s,
+        "stages_total_s": total_s,
+        "stage_seconds": stage_seconds,
         "arms": arms,
         "runs": {key: value for key, value in results.items()},
         "diagnostics_last_block": diag_last,

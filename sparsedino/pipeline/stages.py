@@ -57,6 +57,7 @@ class StageRunner:
         self.root = Path(root)
         self.log = log
         self.results: dict[str, dict] = {}
+        self.seconds: dict[str, float] = {}  # wall time each stage took when it ran (earlier runs included)
 
     def marker_path(self, stage: Stage) -> Path:
         return self.root / stage.name / MARKER
@@ -73,7 +74,9 @@ class StageRunner:
         return marker.get("fingerprint") == fingerprint(stage.settings)
 
     def load_result(self, stage: Stage) -> dict:
-        return json.loads(self.marker_path(stage).read_text())["result"]
+        marker = json.loads(self.marker_path(stage).read_text())
+        self.seconds[stage.name] = float(marker.get("seconds", float("nan")))
+        return marker["result"]
 
     def run_all(self, stages: list[Stage]) -> dict[str, dict]:
         """Run (or skip) every stage in order and return their results by name."""
@@ -110,6 +113,7 @@ class StageRunner:
                 },
             )
             self.results[stage.name] = result
+            self.seconds[stage.name] = round(elapsed, 2)
             remaining = max(0.0, remaining - stage.estimate_s)
             spent, estimated = spent + elapsed, estimated + stage.estimate_s
             self.log(f"{prefix}: finished in {_fmt_seconds(elapsed)}")

@@ -93,6 +93,21 @@ def test_attention_extract_sees_entmax_maps():
     assert any((m == 0).any() for m in out.values())
 
 
+def test_attention_extract_fx_finds_the_map_nodes():
+    model = _sharpen(_vit(attn_layer=SparseAttention))
+    x = torch.randn(2, 3, 32, 32)
+    hooked = AttentionExtract(model, method="hook")(x)
+    for m in model.modules():
+        if isinstance(m, SparseAttention):
+            m.fused_attn = False  # as for timm's Attention: fx extraction needs materialised maps
+    extract = AttentionExtract(model, names=["*attn.attention_map"])  # default method: torch.fx
+    assert extract.names == [f"blocks.{i}.attn.attention_map" for i in range(3)]
+    traced = extract(x)
+    for (name, fx_map), hook_map in zip(traced.items(), hooked.values()):
+        assert torch.allclose(fx_map, hook_map, atol=1e-6), name
+    assert any((m == 0).any() for m in traced.values())
+
+
 def test_attn_dropout_applies_in_training():
     model = _vit(attn_layer=SparseAttention, attn_drop_rate=0.5).train()
     x = torch.randn(2, 3, 32, 32)

@@ -69,6 +69,10 @@ def test_rerun_skips_every_finished_stage(micro_run, capsys):
     assert "running" not in log
     assert log.count("done earlier, skipped") == 9
     assert again["arms"] == json.loads(json.dumps(report["arms"]))
+    # the cost of the results is remembered from the run that produced them, not this quick re-run
+    assert len(report["stage_seconds"]) == 9 and all(s > 0 for s in report["stage_seconds"].values())
+    assert again["stage_seconds"] == report["stage_seconds"]
+    assert again["stages_total_s"] == report["stages_total_s"] > again["elapsed_s"]
 
 
 def test_unknown_key_and_bad_arm_fail_before_any_work(tmp_path):
