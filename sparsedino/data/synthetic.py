@@ -38,6 +38,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from sparsedino.data.palettes import class_colours, distinct_colours, jittered_class_colours, voc_palette
+
+__all__ = ["class_colours", "class_names", "class_pairs", "make_scene", "scene_rng", "voc_palette",
+           "write_synthetic_dataset"]  # fmt: skip
+
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "star")
 TEXTURES = ("stripes", "checker", "dots", "solid")
 MAX_CLASSES = len(SHAPES) * len(TEXTURES)
@@ -63,21 +68,6 @@ def class_pairs(num_classes: int) -> list[tuple[str, str]]:
 def class_names(num_classes: int) -> list[str]:
     """Folder-friendly class names ``NN_shape_texture``; sorting them keeps the class order."""
     return [f"{k:02d}_{shape}_{texture}" for k, (shape, texture) in enumerate(class_pairs(num_classes))]
-
-
-def voc_palette() -> list[int]:
-    """The PASCAL VOC colour map (768 ints): label i -> RGB, 255 -> (224, 224, 192)."""
-    palette = []
-    for label in range(256):
-        r = g = b = 0
-        c = label
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 @dataclass(frozen=True)
@@ -123,43 +113,6 @@ def _texture_mask(texture: str, u: np.ndarray, v: np.ndarray, period: float, pha
     if texture == "solid":
         return np.zeros_like(u, dtype=bool)
     raise ValueError(f"unknown texture {texture!r}")
-
-
-def _distinct_colours(rng: np.random.Generator, min_dist: float = 110.0) -> tuple[np.ndarray, np.ndarray]:
-    """Two random RGB colours far enough apart for a texture to be visible."""
-    first = rng.uniform(0, 255, 3)
-    for _ in range(20):
-        second = rng.uniform(0, 255, 3)
-        if np.linalg.norm(first - second) >= min_dist:
-            break
-    return first, second
-
-
-def _hsv_to_rgb(hue: float, saturation: float, value: float) -> np.ndarray:
-    """One HSV colour (all in [0, 1]) as RGB in [0, 255]."""
-    channel = np.array([5.0, 3.0, 1.0])  # the standard closed form: k = (n + 6 h) mod 6 for n = 5, 3, 1
-    k = (channel + hue * 6.0) % 6.0
-    return 255.0 * value * (1.0 - saturation * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0))
-
-
-def class_colours(num_classes: int) -> np.ndarray:
-    """The fixed colour pair of each class in ``colours="class"`` mode: ``(num_classes, 2, 3)`` RGB.
-
-    Hues are evenly spaced; the second colour of class ``k`` is the hue half-way to the next class at a
-    lower brightness, so every pair is unique and both colours are saturated (the clutter is grey).
-    """
-    pairs = np.empty((num_classes, 2, 3), np.float32)
-    for k in range(num_classes):
-        hue = k / num_classes
-        pairs[k, 0] = _hsv_to_rgb(hue, 0.9, 0.95)
-        pairs[k, 1] = _hsv_to_rgb((hue + 0.5 / num_classes) % 1.0, 0.8, 0.45)
-    return pairs
-
-
-def _jittered_class_colours(rng: np.random.Generator, cls: int, num_classes: int) -> tuple[np.ndarray, ...]:
-    """The class's colour pair with a small per-object jitter (so colours are a cue, not a constant)."""
-    first, second = class_colours(num_classes)[cls] + rng.normal(0.0, 10.0, (2, 3))
-    return first, second
 
 
 def _draw_background(
@@ -260,9 +213,9 @@ def make_scene(
         v = -du * np.sin(theta) + dv * np.cos(theta)
         inside = _shape_mask(shape, u / radius, v / radius)
         if colours == "class":
-            first, second = _jittered_class_colours(rng, int(cls), num_classes)
+            first, second = jittered_class_colours(rng, int(cls), num_classes)
         else:
-            first, second = _distinct_colours(rng)
+            first, second = distinct_colours(rng)
         period = rng.uniform(4.0, 7.0) * size / 64
         alt = _texture_mask(texture, u, v, period, rng.uniform(0, 1))
         image[inside] = first

@@ -7,25 +7,10 @@ import os
 import pickle
 
 import pytest
-import timm
 import torch
 from safetensors.torch import save_file
 
 from sparsedino.models import CheckpointError, DINOHead, MultiCropWrapper, build_vit, load_backbone
-
-
-def _pico_timm(seed=0, **kw):
-    torch.manual_seed(seed)
-    return timm.create_model(
-        "vit_small_patch16_224",
-        num_classes=0,
-        img_size=32,
-        patch_size=8,
-        embed_dim=48,
-        depth=3,
-        num_heads=3,
-        **kw,
-    ).eval()
 
 
 def _same_outputs(a, b, size=32):
@@ -34,8 +19,8 @@ def _same_outputs(a, b, size=32):
         torch.testing.assert_close(a(x), b(x), atol=1e-5, rtol=1e-5)
 
 
-def test_official_dino_backbone_file_loads_as_softmax_timm_vit(tmp_path):
-    ref = _pico_timm()
+def test_official_dino_backbone_file_loads_as_softmax_timm_vit(tmp_path, pico_timm):
+    ref = pico_timm()
     state = ref.state_dict()
     assert state["pos_embed"].shape == (1, 17, 48)  # DINO layout: [CLS] has a position embedding
     torch.save(state, tmp_path / "dino_backbone.pth")
@@ -91,13 +76,13 @@ def test_timm_safetensors_with_registers_loads(tmp_path):
     _same_outputs(model, ref)
 
 
-def test_truncated_checkpoint_error_names_file(tmp_path):
-    torch.save(_pico_timm().state_dict(), tmp_path / "full.pth")
+def test_truncated_checkpoint_error_names_file(tmp_path, pico_timm):
+    torch.save(pico_timm().state_dict(), tmp_path / "full.pth")
     data = (tmp_path / "full.pth").read_bytes()
     (tmp_path / "cut.pth").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"cut\.pth.*truncated"):
         load_backbone(tmp_path / "cut.pth")
-    save_file(_pico_timm().state_dict(), tmp_path / "full.safetensors")
+    save_file(pico_timm().state_dict(), tmp_path / "full.safetensors")
     data = (tmp_path / "full.safetensors").read_bytes()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"cut\.safetensors"):
@@ -112,8 +97,8 @@ def test_missing_and_non_vit_files_are_named(tmp_path):
         load_backbone(tmp_path / "linear.pth")
 
 
-def test_requested_arch_mismatch_is_an_error(tmp_path):
-    torch.save(_pico_timm().state_dict(), tmp_path / "pico.pth")
+def test_requested_arch_mismatch_is_an_error(tmp_path, pico_timm):
+    torch.save(pico_timm().state_dict(), tmp_path / "pico.pth")
     with pytest.raises(CheckpointError, match="shape mismatch"):
         load_backbone(tmp_path / "pico.pth", arch="vit_small")
 
@@ -126,9 +111,9 @@ class _Exploit:
         return (os.system, (f"touch {self.marker}",))
 
 
-def test_malicious_pickle_is_refused_and_not_executed(tmp_path):
+def test_malicious_pickle_is_refused_and_not_executed(tmp_path, pico_timm):
     marker = tmp_path / "pwned"
-    state = _pico_timm().state_dict()
+    state = pico_timm().state_dict()
     state["evil"] = _Exploit(marker)
     with open(tmp_path / "evil.pth", "wb") as handle:
         torch.save(state, handle, pickle_module=pickle)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import timm
 import torch
 from safetensors.torch import load_file
 
@@ -30,7 +29,7 @@ def training_checkpoint(tmp_path):
 
 @pytest.mark.parametrize("fmt", ["timm", "dino"])
 @pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
-def test_export_round_trip(training_checkpoint, tmp_path, fmt, suffix, capsys):
+def test_export_round_trip(training_checkpoint, tmp_path, fmt, suffix, capsys, pico_timm):
     ckpt, teacher = training_checkpoint
     out = tmp_path / f"backbone{suffix}"
     assert main([str(ckpt), "--format", fmt, "--out", str(out)]) == 0
@@ -41,15 +40,7 @@ def test_export_round_trip(training_checkpoint, tmp_path, fmt, suffix, capsys):
     with torch.no_grad():
         expected = teacher(x)
         # Stock timm (softmax) gets the same weights ...
-        ref = timm.create_model(
-            "vit_small_patch16_224",
-            num_classes=0,
-            img_size=32,
-            patch_size=8,
-            embed_dim=48,
-            depth=3,
-            num_heads=3,
-        ).eval()
+        ref = pico_timm()
         ref.load_state_dict(state)
         for block in ref.blocks:  # ... and with our attention swapped in gives the teacher's outputs
             from sparsedino.attention import SparseAttention
