@@ -47,7 +47,7 @@ SHAPES = ("disc", "square", "triangle", "cross", "ring", "star")
 TEXTURES = ("stripes", "checker", "dots", "solid")
 MAX_CLASSES = len(SHAPES) * len(TEXTURES)
 IGNORE_INDEX = 255
-COLOUR_MODES = ("random", "class")
+COLOUR_MODES = ("random", "class", "shared", "marker")
 
 
 def class_pairs(num_classes: int) -> list[tuple[str, str]]:
@@ -177,6 +177,9 @@ def make_scene(
     max_objects: int = 3,
     clutter: float = 1.0,
     colours: str = "random",
+    colour_groups: int = 5,
+    same_group: float = 0.0,
+    marker_share: float = 0.3,
 ) -> Scene:
     """Draw one scene: 1-3 textured objects over class-independent clutter.
 
@@ -199,10 +202,12 @@ def make_scene(
     pairs = class_pairs(num_classes)
     border = max(1, size // 64) if border is None else border
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
-    image = _draw_background(rng, size, yy, xx, clutter, grey=colours == "class")
+    image = _draw_background(rng, size, yy, xx, clutter, grey=colours != "random")
     mask = np.zeros((size, size), np.uint8)
     num_objects = int(rng.integers(1, max_objects + 1))
-    classes = rng.integers(0, num_classes, num_objects)
+    classes = _draw_classes(
+        rng, num_objects, num_classes, colour_groups if colours == "shared" else 0, same_group
+    )
     for cls in classes:
         shape, texture = pairs[int(cls)]
         radius = rng.uniform(0.14, 0.3) * size
@@ -214,17 +219,36 @@ def make_scene(
         inside = _shape_mask(shape, u / radius, v / radius)
         if colours == "class":
             first, second = jittered_class_colours(rng, int(cls), num_classes)
+        elif colours == "shared":
+            first, second = jittered_class_colours(rng, int(cls) % colour_groups, colour_groups)
         else:
             first, second = distinct_colours(rng)
         period = rng.uniform(4.0, 7.0) * size / 64
         alt = _texture_mask(texture, u, v, period, rng.uniform(0, 1))
         image[inside] = first
         image[inside & alt] = second
+        if colours == "marker" and inside.any():  # the class colour only near the object's centre
+            dist = np.hypot(du, dv)
+            marker = inside & (dist <= np.quantile(dist[inside], marker_share))
+            core, rim = jittered_class_colours(rng, int(cls), num_classes)
+            image[marker] = core
+            image[marker & alt] = rim
         mask[inside] = cls + 1
     areas = np.bincount(mask.ravel(), minlength=num_classes + 1)[1:]
     label = int(np.argmax(areas))
     mask[_ignore_band(mask, border)] = IGNORE_INDEX
     return Scene(np.clip(image, 0, 255).astype(np.uint8), mask, label)
+
+
+def _draw_classes(
+    rng: np.random.Generator, count: int, num_classes: int, colour_groups: int, same_group: float
+) -> np.ndarray:
+    """Object classes of one scene; with probability ``same_group`` all from one colour group."""
+    if colour_groups and count > 1 and rng.uniform() < same_group:
+        group = int(rng.integers(0, colour_groups))
+        members = np.arange(group, num_classes, colour_groups)
+        return rng.choice(members, count)
+    return rng.integers(0, num_classes, count)
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -262,6 +286,9 @@ def write_synthetic_dataset(
     max_objects: int = 3,
     clutter: float = 1.0,
     colours: str = "random",
+    colour_groups: int = 5,
+    same_group: float = 0.0,
+    marker_share: float = 0.3,
     overwrite: bool = False,
 ) -> dict:
     """Generate the embedded dataset and write it under ``out`` (see the module docstring for the layout).
@@ -300,6 +327,9 @@ def write_synthetic_dataset(
         "max_objects": max_objects,
         "clutter": clutter,
         "colours": colours,
+        "colour_groups": colour_groups,
+        "same_group": same_group,
+        "marker_share": marker_share,
     }
     names = class_names(num_classes)  # validates num_classes
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -344,6 +374,9 @@ def write_synthetic_dataset(
             "max_objects": max_objects,
             "clutter": clutter,
             "colours": colours,
+            "colour_groups": colour_groups,
+            "same_group": same_group,
+            "marker_share": marker_share,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if out.exists():  # empty, or overwrite: move the old tree aside, swap in the new one, drop the old

@@ -29,6 +29,9 @@ from tqdm import tqdm
 from sparsedino.atomic import atomic_write_bytes
 
 CACHE_FORMAT = "sparsedino-features-v1"
+# An attribute that evaluation-time edits of a model's features set (e.g. diagnose/injection.py): part of the
+# cache key, so edited features never collide with clean ones.
+FEATURE_EDIT_ATTR = "sparsedino_feature_edit"
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -82,6 +85,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     digest.update(type(model).__name__.encode())
+    edit = getattr(model, FEATURE_EDIT_ATTR, None)
+    if edit:
+        digest.update(f"edit:{edit}".encode())
     return digest.hexdigest()
 
 

@@ -42,6 +42,7 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
     Returns:
         The report dict (also written to ``OUT/results.json``), or the plan description for ``dry_run``.
     """
+    from sparsedino.pipeline.controls import control_stages
     from sparsedino.pipeline.plan import build_plan, describe, load_reproduce_config
     from sparsedino.pipeline.report import write_report
     from sparsedino.pipeline.runner import (
@@ -65,6 +66,7 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
         *eval_stages(plan),
         *curve_stages(plan),
         *diagnose_stages(plan),
+        *control_stages(plan),
     ]
     start = time.perf_counter()
     runner = StageRunner(out, log=lambda line: print(f"[reproduce] {line}", flush=True))

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsedino.attention import normalizer_name
 from sparsedino.config import ConfigError, config_to_dict, load_config, resolve_config_path
-from sparsedino.pipeline.settings import PRESETS, ReproduceConfig, validate
+from sparsedino.pipeline.settings import PRESETS, ReproduceConfig, resolve_arm, validate
 
 
 @dataclass
@@ -34,6 +33,8 @@ class RunPlan:
     imagenet_root: Path
     seg_roots: dict[str, Path]
     train: dict[str, Any] = field(default_factory=dict)  # run id -> TrainConfig
+    arm_of: dict[str, str] = field(default_factory=dict)  # run id -> canonical arm name
+    seed_of: dict[str, int] = field(default_factory=dict)  # run id -> training seed
     knn: Any = None
     linear: Any = None
     seg: dict[str, Any] = field(default_factory=dict)  # dataset -> SegConfig (with_cls set per probe)
@@ -47,7 +48,12 @@ class RunPlan:
 
 def run_id(arm: str, seed: int) -> str:
     """``entmax15-s0``: the folder name of one training run."""
-    return f"{normalizer_name(arm)}-s{seed}"
+    return f"{resolve_arm(arm)[0]}-s{seed}"
+
+
+def arm_of_run(plan: RunPlan, rid: str) -> str:
+    """The canonical arm name of a run id."""
+    return plan.arm_of[rid]
 
 
 def load_reproduce_config(preset: str, overrides: list[str]) -> ReproduceConfig:
@@ -83,14 +89,16 @@ def build_plan(cfg: ReproduceConfig, out: Path) -> RunPlan:
         }
     plan = RunPlan(cfg=cfg, out=out, data_root=data_root, imagenet_root=imagenet_root, seg_roots=seg_roots)
     for arm in cfg.arms:
+        name, arm_overrides = resolve_arm(arm)
         for seed in cfg.seeds:
-            rid = run_id(arm, seed)
+            rid = f"{name}-s{seed}"
+            plan.arm_of[rid], plan.seed_of[rid] = name, seed
             try:
                 plan.train[rid] = load_train_config(
                     cfg.train_preset,
                     [
                         *cfg.train_overrides,
-                        f"model.normalizer={normalizer_name(arm)}",
+                        *arm_overrides,
                         f"run.seed={seed}",
                         f"data.path={imagenet_root}",
                         f"run.output_dir={out / 'train' / rid}",

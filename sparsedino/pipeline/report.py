@@ -21,6 +21,7 @@ from sparsedino.atomic import atomic_write_json
 from sparsedino.diagnose.figures import save_figure
 from sparsedino.diagnose.report import Doc, fmt, write_documents
 from sparsedino.diagnose.scores import SCORES
+from sparsedino.pipeline.evidence import instrument_doc, paired_doc, summarise
 from sparsedino.pipeline.plan import RunPlan, describe
 
 # The paper's DINO ViT-S/16 (200 epochs, ImageNet-1k) linear-probe numbers, for orientation only.
@@ -32,10 +33,6 @@ SEG_TITLES = {"voc": "VOC 2012", "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
 DIAG_KEYS = ["probe.miou", "probe.miou_with_cls", "diffusion.acc_bg", "diffusion.acc_fg", "diffusion.chance_bg",
              "diffusion.cos_bg", "diffusion.cos_fg", "attn.zero_share", "attn.support", "attn.distance_px",
              "align.cls_attn_iou", "align.pca_iou", "norm.outlier_share"]  # fmt: skip
-
-
-def _arm_of(rid: str) -> str:
-    return rid.rsplit("-s", 1)[0]
 
 
 def _mean_std(values: list[float]) -> dict:
@@ -55,6 +52,15 @@ def _fmt_ms(stat: dict, scale: float = 1.0) -> str:
     return text + (f" (n={stat['n']})" if stat["n"] > 1 else "")
 
 
+def run_metrics(ev: dict) -> dict[str, float]:
+    """The headline metrics of one run's final evaluation (percentages)."""
+    values = {"k-NN top-1 (%)": ev["knn_top1"], "linear top-1 (%)": ev["linear_top1"]}
+    for key, seg in ev["seg"].items():
+        name, plus = key.split("+")[0], "+cls" in key
+        values[f"{SEG_TITLES[name]} mIoU{' + [CLS]' if plus else ''} (%)"] = 100.0 * seg["miou"]
+    return values
+
+
 def aggregate(plan: RunPlan, results: dict[str, dict]) -> dict:
     """Per-arm mean/std over seeds of every headline metric (percentages for accuracies and mIoU)."""
     arms: dict[str, dict] = {}
@@ -62,13 +68,9 @@ def aggregate(plan: RunPlan, results: dict[str, dict]) -> dict:
         ev = results.get(f"eval/{rid}")
         if ev is None:
             continue
-        arm = arms.setdefault(_arm_of(rid), {"runs": [], "metrics": {}})
+        arm = arms.setdefault(plan.arm_of[rid], {"runs": [], "metrics": {}})
         arm["runs"].append(rid)
-        values = {"k-NN top-1 (%)": ev["knn_top1"], "linear top-1 (%)": ev["linear_top1"]}
-        for key, seg in ev["seg"].items():
-            name, plus = key.split("+")[0], "+cls" in key
-            values[f"{SEG_TITLES[name]} mIoU{' + [CLS]' if plus else ''} (%)"] = 100.0 * seg["miou"]
-        for metric, value in values.items():
+        for metric, value in run_metrics(ev).items():
             arm["metrics"].setdefault(metric, []).append(value)
     for arm in arms.values():
         arm["metrics"] = {m: _mean_std(v) for m, v in arm["metrics"].items()}
@@ -80,14 +82,16 @@ def _curve_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | 
     if not any(series.values()):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    colours = {arm: f"C{i}" for i, arm in enumerate(dict.fromkeys(_arm_of(r) for r in plan.run_ids))}
+    colours = {arm: f"C{i}" for i, arm in enumerate(dict.fromkeys(plan.arm_of.values()))}
     for rid, points in series.items():
         if not points:
             continue
         epochs = [p["epoch"] for p in points]
-        axes[0].plot(epochs, [p["knn_top1"] for p in points], "o-", color=colours[_arm_of(rid)], label=rid)
+        axes[0].plot(
+            epochs, [p["knn_top1"] for p in points], "o-", color=colours[plan.arm_of[rid]], label=rid
+        )
         axes[1].plot(
-            epochs, [100 * p["seg_miou"] for p in points], "o-", color=colours[_arm_of(rid)], label=rid
+            epochs, [100 * p["seg_miou"] for p in points], "o-", color=colours[plan.arm_of[rid]], label=rid
         )
     axes[0].set(title="k-NN top-1 vs epoch", xlabel="epoch (0 = initialisation)", ylabel="%")
     axes[1].set(title="linear seg mIoU vs epoch", xlabel="epoch (0 = initialisation)", ylabel="%")
@@ -130,7 +134,7 @@ def _diagnostics(plan: RunPlan, results: dict[str, dict], out: Path) -> tuple[Do
     firsts = list(dict.fromkeys(dirs))  # one run per arm: the first seed
     by_arm: dict[str, str] = {}
     for rid in firsts:
-        by_arm.setdefault(_arm_of(rid), rid)
+        by_arm.setdefault(plan.arm_of[rid], rid)
     if len(by_arm) >= 2:
         a, b = list(by_arm.values())[:2]
         compare_dir = out / "diagnose_compare"
@@ -173,17 +177,11 @@ def write_report(
         ("table", ["arm", *metric_names],
          [[arm, *(_fmt_ms(a["metrics"].get(m, _mean_std([]))) for m in metric_names)] for arm, a in arms.items()]),
     ]  # fmt: skip
-    if len(arms) >= 2:
-        names = list(arms)
-        deltas = []
-        for m in metric_names:
-            a, b = arms[names[0]]["metrics"].get(m), arms[names[1]]["metrics"].get(m)
-            if a and b and a["mean"] is not None and b["mean"] is not None:
-                deltas.append([m, f"{b['mean'] - a['mean']:+.2f}"])
-        doc += [
-            ("p", f"Difference {names[1]} - {names[0]} (means):"),
-            ("table", ["metric", "difference"], deltas),
-        ]
+    evidence = summarise(plan, results)
+    calibrated = any(f["n"] for f in evidence["floor"].values()) or evidence["oracle_miou"] is not None
+    doc += instrument_doc(evidence) if calibrated or evidence["controls"] else []
+    if evidence["paired"]:
+        doc += paired_doc(evidence, plan.cfg.statistics.confidence, plan.cfg.statistics.power)
     doc += [
         ("h", 2, "The paper's numbers (DINO ViT-S/16, 200 epochs, ImageNet-1k; not measured here)"),
         ("table", ["arm", *next(iter(PAPER_TABLE.values()))],
@@ -206,6 +204,7 @@ def write_report(
         "stages_total_s": total_s,
         "stage_seconds": stage_seconds,
         "arms": arms,
+        "evidence": evidence,
         "runs": {key: value for key, value in results.items()},
         "diagnostics_last_block": diag_last,
         "plan": describe(plan),

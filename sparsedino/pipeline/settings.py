@@ -31,7 +31,9 @@ class SynthSettings:
     num_classes: int = 10
     max_objects: int = 3  # objects per image: 1..max_objects
     clutter: float = 1.0  # background clutter density (0 = plain background)
-    colours: str = "random"  # random (colour carries no class cue) | class (hue pair per class, grey clutter)
+    colours: str = "random"  # random (no class cue) | class (hue pair per class) | shared (per colour group)
+    colour_groups: int = 5  # colours="shared": classes k and k + colour_groups share a colour pair
+    same_group: float = 0.0  # colours="shared": chance that all objects of an image share one colour group
 
 
 @dataclass
@@ -54,6 +56,28 @@ class CurveSettings:
 
 
 @dataclass
+class ControlSettings:
+    """Calibration of the dense benchmark: floor, ceiling, positive and negative controls (controls.py)."""
+
+    enabled: bool = True
+    floor: bool = True  # the final seg probe on each run's epoch-0 (random) weights
+    oracle: bool = True  # the same probe on ground-truth patch features (the ceiling)
+    arm: str = ""  # arm whose trained teacher gets the injection and probe-noise controls ("" = first arm)
+    seeds: list[int] = field(default_factory=list)  # seeds of that arm to control ([] = the first seed)
+    inject: list[float] = field(default_factory=lambda: [0.25, 0.5])  # diffusion amounts l (0 is added)
+    inject_source: str = "cls"  # cls | mean: the global token mixed into every patch token
+    probe_seeds: list[int] = field(default_factory=lambda: [1])  # extra seg-probe seeds (probe noise)
+
+
+@dataclass
+class StatisticsSettings:
+    """Paired comparison over seeds (``statistics.py``)."""
+
+    confidence: float = 0.95  # two-sided confidence interval of the mean paired difference
+    power: float = 0.8  # power of the minimum detectable difference
+
+
+@dataclass
 class ReproduceConfig:
     """Everything ``sparsedino reproduce`` reads."""
 
@@ -72,23 +96,49 @@ class ReproduceConfig:
     diagnose: bool = True
     diagnose_overrides: list[str] = field(default_factory=list)
     curve: CurveSettings = field(default_factory=CurveSettings)
+    controls: ControlSettings = field(default_factory=ControlSettings)
+    statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
     budget_minutes: float = 0.0  # what the preset is tuned to finish within on its target machine (0 = n/a)
     target_machine: str = ""
 
 
+# Arms beyond "one attention normaliser": name -> (normaliser, training overrides). Any other arm name is an
+# attention normaliser spelling (softmax, entmax15, entmax-1.5, 1.5, sparsemax, entmax1.25, ...).
+ARM_VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "softmax-reg4": ("softmax", ["model.num_registers=4"]),  # Darcet et al.'s fix for attention artifacts
+    "entmax15-reg4": ("entmax15", ["model.num_registers=4"]),
+}
+
+
+def resolve_arm(arm: str) -> tuple[str, list[str]]:
+    """The canonical name of an arm and the training overrides that define it.
+
+    Raises:
+        ConfigError: naming the arm when it is neither a variant nor a valid normaliser.
+    """
+    from sparsedino.attention import normalizer_name
+
+    if arm in ARM_VARIANTS:
+        normalizer, extra = ARM_VARIANTS[arm]
+        return arm, [f"model.normalizer={normalizer}", *extra]
+    try:
+        name = normalizer_name(arm)
+    except ValueError as err:
+        raise ConfigError(
+            f"key 'arms': {arm!r} is neither an attention normaliser ({err}) nor one of the arm variants "
+            f"{', '.join(ARM_VARIANTS)}"
+        ) from err
+    return name, [f"model.normalizer={name}"]
+
+
 def validate(cfg: ReproduceConfig) -> None:
     """Check cross-field rules; raise :class:`ConfigError` naming the key."""
-    from sparsedino.attention import validate_normalizer
-
     if len(cfg.arms) < 1:
-        raise ConfigError("key 'arms': give at least one attention normaliser")
-    for arm in cfg.arms:
-        try:
-            validate_normalizer(arm)
-        except ValueError as err:
-            raise ConfigError(f"key 'arms': {err}") from err
-    if len(set(cfg.arms)) != len(cfg.arms):
+        raise ConfigError("key 'arms': give at least one arm (an attention normaliser or a variant)")
+    names = [resolve_arm(arm)[0] for arm in cfg.arms]
+    if len(set(names)) != len(names):
         raise ConfigError(f"key 'arms': duplicate entries in {list(cfg.arms)}")
+    _validate_controls(cfg, names)
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"key 'seeds': give distinct seeds, got {list(cfg.seeds)}")
     for name in cfg.seg_datasets:
@@ -100,7 +150,25 @@ def validate(cfg: ReproduceConfig) -> None:
         for name in cfg.seg_datasets:
             if not getattr(cfg.data, name):
                 raise ConfigError(f"key 'data.{name}': required because seg_datasets lists {name!r}")
-    elif cfg.synth.colours not in ("random", "class"):
-        raise ConfigError(f"key 'synth.colours': {cfg.synth.colours!r} is not one of random, class")
+    elif cfg.synth.colours not in ("random", "class", "shared"):
+        raise ConfigError(f"key 'synth.colours': {cfg.synth.colours!r} is not one of random, class, shared")
     elif any(name != "voc" for name in cfg.seg_datasets):
         raise ConfigError("key 'seg_datasets': the embedded dataset provides only the VOC layout ('voc')")
+
+
+def _validate_controls(cfg: ReproduceConfig, arm_names: list[str]) -> None:
+    controls, stats = cfg.controls, cfg.statistics
+    if controls.arm and resolve_arm(controls.arm)[0] not in arm_names:
+        raise ConfigError(f"key 'controls.arm': {controls.arm!r} is not one of the arms {list(cfg.arms)}")
+    for seed in controls.seeds:
+        if seed not in cfg.seeds:
+            raise ConfigError(f"key 'controls.seeds': seed {seed} is not one of the seeds {list(cfg.seeds)}")
+    for amount in controls.inject:
+        if not 0.0 < amount <= 1.0:
+            raise ConfigError(f"key 'controls.inject': amounts must be in (0, 1], got {amount}")
+    if controls.inject_source not in ("cls", "mean"):
+        raise ConfigError(f"key 'controls.inject_source': {controls.inject_source!r} is not one of cls, mean")
+    if not 0.5 < stats.confidence < 1.0:
+        raise ConfigError(f"key 'statistics.confidence': must be in (0.5, 1), got {stats.confidence}")
+    if not 0.5 <= stats.power < 1.0:
+        raise ConfigError(f"key 'statistics.power': must be in [0.5, 1), got {stats.power}")

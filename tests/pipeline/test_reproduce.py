@@ -61,16 +61,40 @@ def test_micro_report_holds_both_arms_every_metric_and_figure(micro_run):
 
 
 @pytest.mark.slow
+def test_micro_report_calibrates_the_instrument(micro_run):
+    out, _ = micro_run
+    evidence = json.loads((out / "results.json").read_text())["evidence"]
+    assert 0.0 < evidence["oracle_miou"] <= 100.0
+    for arm in ARMS:
+        assert evidence["floor"][arm]["n"] == 1 and evidence["trained"][arm]["n"] == 1
+    control = evidence["controls"]["softmax-s0"]
+    assert [p["amount"] for p in control["injection"]] == [0.0, 0.25, 0.5]
+    assert len(control["probe_noise"]["values"]) == 2
+    assert set(control) >= {"responds", "miou_falls", "acc_bg_rises", "miou_drop_per_index"}
+    paired = evidence["paired"]["VOC 2012 mIoU (%)"]["entmax15"]
+    assert paired["baseline"] == "softmax" and paired["seeds"] == [0] and paired["ci_low"] is None
+    markdown = (out / "report.md").read_text()
+    for heading in (
+        "The instrument",
+        "Positive control on softmax-s0",
+        "Negative control",
+        "Paired comparison",
+    ):
+        assert heading in markdown
+
+
+@pytest.mark.slow
 def test_rerun_skips_every_finished_stage(micro_run, capsys):
     out, report = micro_run
     capsys.readouterr()
     again = run_reproduce("micro", out)
     log = capsys.readouterr().out
     assert "running" not in log
-    assert log.count("done earlier, skipped") == 9
+    stages = 13  # data, 2 x (train, eval, curve, diagnose, floor), oracle, control
+    assert log.count("done earlier, skipped") == stages
     assert again["arms"] == json.loads(json.dumps(report["arms"]))
     # the cost of the results is remembered from the run that produced them, not this quick re-run
-    assert len(report["stage_seconds"]) == 9 and all(s > 0 for s in report["stage_seconds"].values())
+    assert len(report["stage_seconds"]) == stages and all(s > 0 for s in report["stage_seconds"].values())
     assert again["stage_seconds"] == report["stage_seconds"]
     assert again["stages_total_s"] == report["stages_total_s"] > again["elapsed_s"]
 
@@ -84,7 +108,11 @@ def test_unknown_key_and_bad_arm_fail_before_any_work(tmp_path):
         run_reproduce("micro", tmp_path / "c", ["train_overrides=[optim.epochz=3]"])
     with pytest.raises(ConfigError, match=r"synth\.colours"):
         run_reproduce("micro", tmp_path / "d", ["synth.colours=rainbow"])
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    with pytest.raises(ConfigError, match=r"controls\.arm"):
+        run_reproduce("micro", tmp_path / "e", ["controls.arm=sparsemax"])
+    with pytest.raises(ConfigError, match=r"controls\.inject"):
+        run_reproduce("micro", tmp_path / "f", ["controls.inject=[0.5,2.0]"])
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 def test_paper_preset_needs_data_paths_and_dry_run_prints_the_plan(tmp_path, capsys):

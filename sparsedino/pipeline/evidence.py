@@ -1,0 +1,210 @@
+"""What the comparison could have seen: the instrument's calibration and the paired statistics over seeds.
+
+Reads the results of the control stages (``controls.py``) and of the final evaluations, and returns
+(a) a JSON-ready dict for ``results.json`` and (b) report sections. All mIoU values here are in percent.
+
+* **Instrument**: the dense probe's floor (epoch-0 weights), the trained score and the ceiling (oracle
+  features) per arm; the positive control (diffusion injected into a trained teacher: does mIoU fall and
+  background-patch label accuracy rise with the amount, and how many mIoU points does one unit of the
+  diffusion index cost?); the negative control (the same checkpoint under other probe seeds).
+* **Paired comparison**: every arm against the first (baseline) arm, seed by seed, with the mean
+  difference, its confidence interval and the minimum detectable difference (``statistics.py``).
+"""
+
+from __future__ import annotations
+
+from sparsedino.diagnose.report import Doc
+from sparsedino.pipeline.plan import RunPlan
+from sparsedino.pipeline.statistics import mean_std, paired_comparison
+
+DENSE_METRIC_SUFFIX = " mIoU (%)"
+
+
+def _mean_std_dict(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    mean, std = mean_std(values)
+    return {"mean": mean, "std": std, "n": len(values), "values": values}
+
+
+def _fmt(stat: dict) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    text = f"{stat['mean']:.2f}"
+    return text + (f" ± {stat['std']:.2f}" if stat["std"] is not None else "")
+
+
+def _fit_slope(xs: list[float], ys: list[float]) -> float | None:
+    """Least-squares slope of ys on xs (None with fewer than 2 distinct xs)."""
+    if len(xs) < 2 or len(set(xs)) < 2:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def positive_control_summary(points: list[dict]) -> dict:
+    """Whether the injection moved the scores the expected way, and the mIoU cost per unit of diffusion.
+
+    Args:
+        points: ``{"amount", "miou" (0-1), "acc_bg", "diffusion_index"}`` per injected amount, amount 0 first.
+
+    Returns:
+        ``miou_falls`` / ``acc_bg_rises`` (strictly monotone in the amount), ``responds`` (both), and
+        ``miou_drop_per_index``: minus the least-squares slope of mIoU (points) on the diffusion index.
+    """
+    ordered = sorted(points, key=lambda p: p["amount"])
+    miou = [100.0 * p["miou"] for p in ordered]
+    acc = [p.get("acc_bg") for p in ordered]
+    index = [p.get("diffusion_index") for p in ordered]
+    falls = all(b < a for a, b in zip(miou, miou[1:]))
+    rises = None not in acc and all(b > a for a, b in zip(acc, acc[1:]))
+    slope = None
+    if None not in index:
+        slope = _fit_slope([float(i) for i in index], miou)
+    return {
+        "miou_falls": falls,
+        "acc_bg_rises": rises,
+        "responds": bool(falls and rises),
+        "miou_drop_per_index": -slope if slope is not None else None,
+    }
+
+
+def _first_seg_key(plan: RunPlan) -> str:
+    return plan.cfg.seg_datasets[0]
+
+
+def summarise(plan: RunPlan, results: dict[str, dict]) -> dict:
+    """The instrument and paired-comparison numbers of a reproduce run (JSON-ready)."""
+    seg_key = _first_seg_key(plan)
+    arms = list(dict.fromkeys(plan.arm_of.values()))
+    floor, trained = {}, {}
+    for arm in arms:
+        rids = [r for r in plan.run_ids if plan.arm_of[r] == arm]
+        floor[arm] = _mean_std_dict(
+            [100.0 * results[f"floor/{r}"]["miou"] for r in rids if f"floor/{r}" in results]
+        )
+        trained[arm] = _mean_std_dict(
+            [100.0 * results[f"eval/{r}"]["seg"][seg_key]["miou"] for r in rids if f"eval/{r}" in results]
+        )
+    oracle = results.get("oracle", {}).get("miou")
+    controls = {}
+    for name, value in results.items():
+        if name.startswith("control/"):
+            rid = name.split("/", 1)[1]
+            noise = [100.0 * p["miou"] for p in value["probe_noise"]]
+            controls[rid] = {
+                "source": value["source"],
+                "injection": value["injection"],
+                **positive_control_summary(value["injection"]),
+                "probe_noise": {"values": noise, "range": max(noise) - min(noise), **_mean_std_dict(noise)},
+            }
+    return {
+        "dataset": seg_key,
+        "oracle_miou": 100.0 * oracle if oracle is not None else None,
+        "floor": floor,
+        "trained": trained,
+        "controls": controls,
+        "paired": paired_differences(plan, results),
+    }
+
+
+def _per_seed_metrics(plan: RunPlan, results: dict[str, dict]) -> dict[str, dict[str, dict[int, float]]]:
+    """metric -> arm -> seed -> value (percent) for the final evaluations and the floors."""
+    from sparsedino.pipeline.report import run_metrics
+
+    table: dict[str, dict[str, dict[int, float]]] = {}
+    for rid in plan.run_ids:
+        arm, seed = plan.arm_of[rid], plan.seed_of[rid]
+        values = run_metrics(results[f"eval/{rid}"]) if f"eval/{rid}" in results else {}
+        if f"floor/{rid}" in results:
+            values["epoch-0 floor" + DENSE_METRIC_SUFFIX] = 100.0 * results[f"floor/{rid}"]["miou"]
+        for metric, value in values.items():
+            table.setdefault(metric, {}).setdefault(arm, {})[seed] = value
+    return table
+
+
+def paired_differences(plan: RunPlan, results: dict[str, dict]) -> dict:
+    """metric -> arm -> :func:`paired_comparison` against the first arm, over the seeds both have."""
+    stats = plan.cfg.statistics
+    baseline = next(iter(dict.fromkeys(plan.arm_of.values())))
+    out: dict[str, dict] = {}
+    for metric, by_arm in _per_seed_metrics(plan, results).items():
+        base = by_arm.get(baseline, {})
+        for arm, values in by_arm.items():
+            seeds = sorted(set(base) & set(values))
+            if arm == baseline or not seeds:
+                continue
+            comparison = paired_comparison(
+                [base[s] for s in seeds], [values[s] for s in seeds], stats.confidence, stats.power
+            )
+            out.setdefault(metric, {})[arm] = {"baseline": baseline, "seeds": seeds, **comparison}
+    return out
+
+
+def instrument_doc(summary: dict) -> Doc:
+    """Report section: floor, trained, ceiling, and the positive and negative controls."""
+    oracle = summary["oracle_miou"]
+    rows = []
+    for arm, floor in summary["floor"].items():
+        trained = summary["trained"].get(arm, {"mean": None})
+        gain = (
+            f"{trained['mean'] - floor['mean']:+.2f}"
+            if trained["mean"] is not None and floor["mean"] is not None
+            else "n/a"
+        )
+        rows.append([arm, _fmt(floor), _fmt(trained), gain])
+    doc: Doc = [
+        ("h", 2, "The instrument: can the dense probe see a difference?"),
+        ("p", f"Linear segmentation probe on {summary['dataset']}, mIoU (%), mean ± std over seeds. Floor: "
+              "the same probe on the epoch-0 (random) weights; ceiling: the same probe on ground-truth "
+              "patch features (per-patch class histograms)."
+              + (f" Ceiling (oracle): {oracle:.2f}." if oracle is not None else "")),
+        ("table", ["arm", "floor (epoch 0)", "trained", "trained - floor"], rows),
+    ]  # fmt: skip
+    for rid, control in summary["controls"].items():
+        source = "[CLS] token" if control["source"] == "cls" else "mean patch token"
+        doc.append(("p", f"Positive control on {rid}: every last-block patch token mixed with the {source}, "
+                         "x <- (1 - l) x + l g, at evaluation time."))  # fmt: skip
+        doc.append((
+            "table",
+            ["l", "mIoU (%)", "background-patch label acc.", "chance", "diffusion index"],
+            [[f"{p['amount']:g}", f"{100 * p['miou']:.2f}", _num(p.get("acc_bg")), _num(p.get("chance_bg")),
+              _num(p.get("diffusion_index"))] for p in control["injection"]],
+        ))  # fmt: skip
+        drop = control["miou_drop_per_index"]
+        verdict = "responds as expected" if control["responds"] else "does NOT respond as expected"
+        doc.append(("p", f"The instrument {verdict}: mIoU {'falls' if control['miou_falls'] else 'does not fall'} "
+                         f"and background-patch label accuracy {'rises' if control['acc_bg_rises'] else 'does not rise'} "
+                         f"monotonically with l"
+                         + (f"; one unit of diffusion index costs {drop:.1f} mIoU points." if drop is not None else ".")))  # fmt: skip
+        noise = control["probe_noise"]
+        doc.append(("p", f"Negative control (probe noise) on {rid}: probe seeds give mIoU "
+                         f"{', '.join(f'{v:.2f}' for v in noise['values'])} (range {noise['range']:.2f})."))  # fmt: skip
+    return doc
+
+
+def paired_doc(summary: dict, confidence: float, power: float) -> Doc:
+    """Report section: per-seed paired differences, their interval and the detection limit."""
+    rows = []
+    for metric, by_arm in summary["paired"].items():
+        for arm, c in by_arm.items():
+            ci = f"[{c['ci_low']:+.2f}, {c['ci_high']:+.2f}]" if c["ci_low"] is not None else "n/a (1 seed)"
+            rows.append([
+                metric, f"{arm} - {c['baseline']}", ", ".join(f"{d:+.2f}" for d in c["differences"]),
+                f"{c['mean']:+.2f}", ci, _num(c["mdd"], ".2f"),
+                "n/a" if c["significant"] is None else ("yes" if c["significant"] else "no"),
+            ])  # fmt: skip
+    doc: Doc = [
+        ("h", 2, "Paired comparison over seeds"),
+        ("p", f"Each seed trains every arm from the same initialisation; differences are per seed. "
+              f"{int(100 * confidence)}% confidence interval of the mean difference (Student t) and minimum "
+              f"detectable difference (MDD: the smallest true difference found with {int(100 * power)}% power "
+              f"at the {100 - int(100 * confidence)}% level)."),
+        ("table", ["metric", "arms", "per-seed differences", "mean", f"{int(100 * confidence)}% CI", "MDD",
+                   "CI excludes 0"], rows),
+    ]  # fmt: skip
+    return doc
+
+
+def _num(value, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
