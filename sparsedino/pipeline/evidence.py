@@ -13,6 +13,8 @@ Reads the results of the control stages (``controls.py``) and of the final evalu
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from sparsedino.diagnose.report import Doc
 from sparsedino.pipeline.plan import RunPlan
 from sparsedino.pipeline.statistics import mean_std, paired_comparison
@@ -56,8 +58,8 @@ def positive_control_summary(points: list[dict]) -> dict:
     miou = [100.0 * p["miou"] for p in ordered]
     acc = [p.get("acc_bg") for p in ordered]
     index = [p.get("diffusion_index") for p in ordered]
-    falls = all(b < a for a, b in zip(miou, miou[1:]))
-    rises = None not in acc and all(b > a for a, b in zip(acc, acc[1:]))
+    falls = all(b < a for a, b in pairwise(miou))
+    rises = None not in acc and all(b > a for a, b in pairwise(acc))
     slope = None
     if None not in index:
         slope = _fit_slope([float(i) for i in index], miou)

@@ -50,7 +50,7 @@ def test_injection_changes_the_feature_cache_key_and_restores_it():
     "bad", [{"amount": 1.5}, {"amount": 0.5, "source": "max"}, {"amount": 0.5, "block": 7}]
 )
 def test_bad_arguments_raise_naming_the_value(bad):
-    with pytest.raises(ValueError, match="amount|source|block"), inject_diffusion(make_vit(), **bad):
+    with pytest.raises(ValueError, match=r"amount|source|block"), inject_diffusion(make_vit(), **bad):
         pass
 
 
