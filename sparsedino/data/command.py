@@ -7,6 +7,8 @@ import sys
 import time
 from collections.abc import Sequence
 
+from sparsedino.data.synthetic import COLOUR_MODES
+
 
 def _synth_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -26,9 +28,23 @@ def _synth_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--colours",
-        choices=("random", "class"),
+        choices=COLOUR_MODES,
         default="random",
-        help="object colours: random (no class cue, default) or class (a hue pair per class, grey clutter)",
+        help="object colours: random (no class cue, default), class (a hue pair per class), shared (a pair "
+        "per group of classes), marker (class colour near the centre only) or metamer (pairs of classes "
+        "whose colour pairs have the same mean); all but random keep the clutter grey",
+    )
+    parser.add_argument(
+        "--colour-groups", type=int, default=5, help="colours=shared: number of colour pairs (default 5)"
+    )
+    parser.add_argument(
+        "--same-group",
+        type=float,
+        default=0.0,
+        help="shared/metamer: chance that all objects of an image come from one colour group (default 0)",
+    )
+    parser.add_argument(
+        "--marker-share", type=float, default=0.3, help="colours=marker: class-coloured share of an object"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     return parser
@@ -61,6 +77,9 @@ def main(argv: Sequence[str]) -> int:
             max_objects=args.max_objects,
             clutter=args.clutter,
             colours=args.colours,
+            colour_groups=args.colour_groups,
+            same_group=args.same_group,
+            marker_share=args.marker_share,
             overwrite=args.overwrite,
         )
     except (ValueError, FileExistsError) as err:

@@ -2,16 +2,29 @@
 
 Every class is a (shape, texture) pair, and shapes and textures are each shared by several classes, so
 neither cue alone identifies a class: a probe has to combine them. Objects (1-3 per image) are placed at
-random positions, scales and rotations with random colours over a cluttered background (random blobs and
-lines of random colours) that is drawn independently of the class, so the background carries no label
+random positions, scales and rotations over a cluttered background (random blobs and lines) that is
+drawn independently of the class, so the background carries no label
 information by construction. That makes "a background patch knows the image class" (semantic diffusion)
 measurable: any class information found in background patches came from token interaction.
 
-Object colours come in two modes. ``colours="random"`` (the default) draws both colours of every object
-at random, so colour carries no class information and a model has to recognise shape and texture.
-``colours="class"`` gives every class its own hue pair (jittered per object) over grey clutter: colour
-then identifies the class while the background still carries none. It is the easier dataset that tiny
-models trained for minutes on a CPU can learn (the ``cpu-demo`` and ``cpu-long`` reproduce presets).
+Object colours come in five modes (all but ``random`` keep the clutter grey, so hue is never a
+background cue):
+
+* ``random`` (default): both colours of every object drawn at random; a model has to recognise shape and
+  texture. Tiny CPU runs learn nothing from it.
+* ``class``: every class has its own hue pair (jittered per object). Colour identifies the class in every
+  patch, so even random-weight features read it: a dense probe is saturated at initialisation.
+* ``marker`` (the ``cpu-demo`` / ``cpu-long`` data): the object's body is textured in two random grey
+  levels (its class's texture and shape), and only the ``marker_share`` of its pixels nearest its centre
+  carry the class's hue pair. A patch of the body can only be labelled from context (its object's marker,
+  its shape and texture), which is what training adds to the features; the marker makes the class easy
+  for DINO to learn at image level.
+* ``shared``: classes ``k`` and ``k + colour_groups`` share a hue pair; shape and texture separate them.
+* ``metamer``: pairs of classes whose colour pairs have the same mean (a light/dark shade of a hue vs two
+  hues around it), so only the composition of a patch's colours separates them.
+
+``same_group`` (shared, metamer) draws all objects of an image from one colour group with that
+probability. The measured floors, ceilings and learning speed of each mode are in docs/embedded_data.md.
 
 Generation is deterministic per ``(seed, split, index)`` (each image has its own random stream), so the
 result does not depend on the order or the number of worker processes.
@@ -38,7 +51,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from sparsedino.data.palettes import class_colours, distinct_colours, jittered_class_colours, voc_palette
+from sparsedino.data.palettes import class_colours, jittered_class_colours, object_colours, voc_palette
 
 __all__ = ["class_colours", "class_names", "class_pairs", "make_scene", "scene_rng", "voc_palette",
            "write_synthetic_dataset"]  # fmt: skip
@@ -47,27 +60,38 @@ SHAPES = ("disc", "square", "triangle", "cross", "ring", "star")
 TEXTURES = ("stripes", "checker", "dots", "solid")
 MAX_CLASSES = len(SHAPES) * len(TEXTURES)
 IGNORE_INDEX = 255
-COLOUR_MODES = ("random", "class", "shared", "marker")
+COLOUR_MODES = ("random", "class", "shared", "marker", "metamer")
+METAMER_TEXTURES = ("stripes", "checker")  # the 50/50 patterns that keep a metamer pair's mean colour
 
 
-def class_pairs(num_classes: int) -> list[tuple[str, str]]:
+def class_pairs(num_classes: int, colours: str = "random") -> list[tuple[str, str]]:
     """The (shape, texture) pair of each object class.
 
     Class ``k`` gets shape ``k % 6`` and texture ``(k + k // 6) % 4``: consecutive classes differ in both,
     and once ``num_classes > 6`` every shape comes with at least two textures (and textures repeat across
-    shapes), so shape alone or texture alone cannot separate the classes.
+    shapes), so shape alone or texture alone cannot separate the classes. With ``colours="metamer"`` the
+    textures are the two 50/50 patterns: the first half of the classes (one per metamer group) stripes,
+    the second half checker.
     """
     if not 2 <= num_classes <= MAX_CLASSES:
         raise ValueError(f"num_classes must be in [2, {MAX_CLASSES}], got {num_classes}")
+    if colours == "metamer":
+        if num_classes % 2:
+            raise ValueError(
+                f"colours='metamer' pairs the classes: num_classes must be even, got {num_classes}"
+            )
+        half = num_classes // 2
+        return [(SHAPES[k % len(SHAPES)], METAMER_TEXTURES[k // half]) for k in range(num_classes)]
     return [
         (SHAPES[k % len(SHAPES)], TEXTURES[(k + k // len(SHAPES)) % len(TEXTURES)])
         for k in range(num_classes)
     ]
 
 
-def class_names(num_classes: int) -> list[str]:
+def class_names(num_classes: int, colours: str = "random") -> list[str]:
     """Folder-friendly class names ``NN_shape_texture``; sorting them keeps the class order."""
-    return [f"{k:02d}_{shape}_{texture}" for k, (shape, texture) in enumerate(class_pairs(num_classes))]
+    pairs = class_pairs(num_classes, colours)
+    return [f"{k:02d}_{shape}_{texture}" for k, (shape, texture) in enumerate(pairs)]
 
 
 @dataclass(frozen=True)
@@ -199,7 +223,9 @@ def make_scene(
     """
     if colours not in COLOUR_MODES:
         raise ValueError(f"colours must be one of {', '.join(COLOUR_MODES)}, got {colours!r}")
-    pairs = class_pairs(num_classes)
+    pairs = class_pairs(num_classes, colours)
+    if colours == "metamer":
+        colour_groups = num_classes // 2  # class k and k + groups share a mean colour
     border = max(1, size // 64) if border is None else border
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     image = _draw_background(rng, size, yy, xx, clutter, grey=colours != "random")
@@ -217,12 +243,7 @@ def make_scene(
         u = du * np.cos(theta) + dv * np.sin(theta)  # object-local coordinates, pixels
         v = -du * np.sin(theta) + dv * np.cos(theta)
         inside = _shape_mask(shape, u / radius, v / radius)
-        if colours == "class":
-            first, second = jittered_class_colours(rng, int(cls), num_classes)
-        elif colours == "shared":
-            first, second = jittered_class_colours(rng, int(cls) % colour_groups, colour_groups)
-        else:
-            first, second = distinct_colours(rng)
+        first, second = object_colours(rng, int(cls), num_classes, colours, colour_groups)
         period = rng.uniform(4.0, 7.0) * size / 64
         alt = _texture_mask(texture, u, v, period, rng.uniform(0, 1))
         image[inside] = first
@@ -230,7 +251,7 @@ def make_scene(
         if colours == "marker" and inside.any():  # the class colour only near the object's centre
             dist = np.hypot(du, dv)
             marker = inside & (dist <= np.quantile(dist[inside], marker_share))
-            core, rim = jittered_class_colours(rng, int(cls), num_classes)
+            core, rim = jittered_class_colours(rng, int(cls), num_classes)  # the class's own hue pair
             image[marker] = core
             image[marker & alt] = rim
         mask[inside] = cls + 1
@@ -321,6 +342,12 @@ def write_synthetic_dataset(
         raise ValueError(f"max_objects must be >= 1 and clutter >= 0, got {max_objects} and {clutter}")
     if colours not in COLOUR_MODES:
         raise ValueError(f"colours must be one of {', '.join(COLOUR_MODES)}, got {colours!r}")
+    if colours == "shared" and not 1 <= colour_groups <= num_classes:
+        raise ValueError(f"colour_groups must be in [1, num_classes={num_classes}], got {colour_groups}")
+    if not 0.0 <= same_group <= 1.0 or not 0.0 < marker_share <= 1.0:
+        raise ValueError(
+            f"same_group must be in [0, 1] and marker_share in (0, 1], got {same_group}, {marker_share}"
+        )
     scene_kwargs = {
         "size": size,
         "border": border,
@@ -331,7 +358,7 @@ def write_synthetic_dataset(
         "same_group": same_group,
         "marker_share": marker_share,
     }
-    names = class_names(num_classes)  # validates num_classes
+    names = class_names(num_classes, colours)  # validates num_classes
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(
             f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)"

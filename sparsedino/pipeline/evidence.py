@@ -106,6 +106,8 @@ def summarise(plan: RunPlan, results: dict[str, dict]) -> dict:
         "floor": floor,
         "trained": trained,
         "controls": controls,
+        "runs": [[plan.arm_of[rid], plan.seed_of[rid]] for rid in plan.run_ids],
+        "per_seed": _per_seed_metrics(plan, results),
         "paired": paired_differences(plan, results),
     }
 
@@ -196,7 +198,13 @@ def paired_doc(summary: dict, confidence: float, power: float) -> Doc:
                 f"{c['mean']:+.2f}", ci, _num(c["mdd"], ".2f"),
                 "n/a" if c["significant"] is None else ("yes" if c["significant"] else "no"),
             ])  # fmt: skip
+    per_seed = summary["per_seed"]
+    columns = [tuple(run) for run in summary["runs"]]
+    seed_rows = [[metric, *(_num(by_arm.get(arm, {}).get(seed), ".2f") for arm, seed in columns)]
+                 for metric, by_arm in per_seed.items()]  # fmt: skip
     doc: Doc = [
+        ("h", 2, "Per-seed values"),
+        ("table", ["metric", *(f"{arm} s{seed}" for arm, seed in columns)], seed_rows),
         ("h", 2, "Paired comparison over seeds"),
         ("p", f"Each seed trains every arm from the same initialisation; differences are per seed. "
               f"{int(100 * confidence)}% confidence interval of the mean difference (Student t) and minimum "

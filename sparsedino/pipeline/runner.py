@@ -32,7 +32,8 @@ def data_stages(plan: RunPlan) -> list[Stage]:
         meta = write_synthetic_dataset(
             plan.data_root, n_train=synth.n_train, n_val=synth.n_val, size=synth.size,
             seed=synth.seed, num_classes=synth.num_classes, max_objects=synth.max_objects,
-            clutter=synth.clutter, colours=synth.colours, overwrite=True,
+            clutter=synth.clutter, colours=synth.colours, colour_groups=synth.colour_groups,
+            same_group=synth.same_group, marker_share=synth.marker_share, overwrite=True,
         )  # fmt: skip
         return {"root": str(plan.data_root), "meta": meta}
 

@@ -31,9 +31,10 @@ class SynthSettings:
     num_classes: int = 10
     max_objects: int = 3  # objects per image: 1..max_objects
     clutter: float = 1.0  # background clutter density (0 = plain background)
-    colours: str = "random"  # random (no class cue) | class (hue pair per class) | shared (per colour group)
+    colours: str = "random"  # random | class | shared | marker | metamer (see sparsedino/data/synthetic.py)
     colour_groups: int = 5  # colours="shared": classes k and k + colour_groups share a colour pair
-    same_group: float = 0.0  # colours="shared": chance that all objects of an image share one colour group
+    same_group: float = 0.0  # shared/metamer: chance that all objects of an image come from one colour group
+    marker_share: float = 0.3  # colours="marker": share of each object's pixels in its class colour
 
 
 @dataclass
@@ -150,10 +151,35 @@ def validate(cfg: ReproduceConfig) -> None:
         for name in cfg.seg_datasets:
             if not getattr(cfg.data, name):
                 raise ConfigError(f"key 'data.{name}': required because seg_datasets lists {name!r}")
-    elif cfg.synth.colours not in ("random", "class", "shared"):
-        raise ConfigError(f"key 'synth.colours': {cfg.synth.colours!r} is not one of random, class, shared")
+    elif cfg.synth.enabled and (err := _synth_error(cfg.synth)):
+        raise ConfigError(err)
     elif any(name != "voc" for name in cfg.seg_datasets):
         raise ConfigError("key 'seg_datasets': the embedded dataset provides only the VOC layout ('voc')")
+
+
+def _synth_error(synth: SynthSettings) -> str | None:
+    """The first invalid ``synth.*`` value, named, or None (checked before any stage runs)."""
+    from sparsedino.data.synthetic import COLOUR_MODES, MAX_CLASSES
+
+    if synth.colours not in COLOUR_MODES:
+        return f"key 'synth.colours': {synth.colours!r} is not one of {', '.join(COLOUR_MODES)}"
+    checks = [
+        ("n_train", synth.n_train >= 1, ">= 1"),
+        ("n_val", synth.n_val >= 1, ">= 1"),
+        ("size", synth.size >= 16, ">= 16 pixels"),
+        ("num_classes", 2 <= synth.num_classes <= MAX_CLASSES, f"in [2, {MAX_CLASSES}]"),
+        ("max_objects", synth.max_objects >= 1, ">= 1"),
+        ("clutter", synth.clutter >= 0, ">= 0"),
+        ("colour_groups", 1 <= synth.colour_groups <= synth.num_classes, "in [1, num_classes]"),
+        ("same_group", 0.0 <= synth.same_group <= 1.0, "in [0, 1]"),
+        ("marker_share", 0.0 < synth.marker_share <= 1.0, "in (0, 1]"),
+    ]
+    for key, ok, expected in checks:
+        if not ok:
+            return f"key 'synth.{key}': must be {expected}, got {getattr(synth, key)!r}"
+    if synth.colours == "metamer" and synth.num_classes % 2:
+        return f"key 'synth.num_classes': colours=metamer pairs the classes, so it must be even, got {synth.num_classes}"
+    return None
 
 
 def _validate_controls(cfg: ReproduceConfig, arm_names: list[str]) -> None:

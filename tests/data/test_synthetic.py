@@ -136,3 +136,49 @@ def test_colour_mode_is_validated_and_recorded(tmp_path):
         data_main(["synth", "--out", str(out), "--n-train", "2", "--n-val", "1", "--colours", "class"]) == 0
     )
     assert json.loads((out / "meta.json").read_text())["colours"] == "class"
+
+
+@pytest.mark.parametrize("colours", ["shared", "marker"])
+def test_new_colour_modes_are_deterministic_and_keep_the_background_class_free(colours):
+    for index in range(12):
+        a = make_scene(scene_rng(3, "train", index), size=48, num_classes=6, colours=colours, colour_groups=3)
+        b = make_scene(scene_rng(3, "train", index), size=48, num_classes=6, colours=colours, colour_groups=3)
+        assert np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask)
+        assert a.label + 1 in set(np.unique(a.mask).tolist())
+        background = a.image[a.mask == 0].astype(np.float32)
+        assert np.median(background.std(axis=1)) < 12  # grey clutter: no hue, so no class information
+
+
+def test_shared_colours_tie_a_colour_pair_to_a_group_of_classes():
+    palette = synthetic.class_colours(3)  # 6 classes in 3 colour groups: k and k + 3 share a pair
+    same = 0
+    for index in range(30):
+        scene = make_scene(scene_rng(4, "train", index), size=48, num_classes=6, colours="shared",
+                           colour_groups=3, same_group=1.0, max_objects=3)  # fmt: skip
+        image = scene.image.astype(np.float32)
+        labels = set(np.unique(scene.mask).tolist()) - {0, 255}
+        for label in labels:
+            pixels = image[scene.mask == label]
+            dist = np.linalg.norm(pixels[:, None, :] - palette[(label - 1) % 3][None], axis=-1).min(axis=1)
+            assert np.median(dist) < 40, (index, label)
+        same += len({(label - 1) % 3 for label in labels}) == 1
+    assert same == 30  # same_group=1: every image's objects come from one colour group
+
+
+def test_marker_mode_puts_the_class_colour_only_near_the_object_centre():
+    palette = synthetic.class_colours(6)
+    shares, centre = [], []
+    for index in range(20):
+        scene = make_scene(scene_rng(5, "train", index), size=64, num_classes=6, colours="marker",
+                           max_objects=1, clutter=0.0, marker_share=0.3)  # fmt: skip
+        label = scene.label
+        ys, xs = np.nonzero(scene.mask == label + 1)
+        pixels = scene.image[ys, xs].astype(np.float32)
+        near = np.linalg.norm(pixels[:, None, :] - palette[label][None], axis=-1).min(axis=1) < 40
+        shares.append(near.mean())
+        # class-coloured pixels sit closer to the object's centroid than the object's pixels on average
+        dist = np.hypot(ys - ys.mean(), xs - xs.mean())
+        centre.append(dist[near].mean() < dist.mean())
+    # about marker_share of each object (random body colours rarely fall near a class colour)
+    assert 0.2 < np.median(shares) < 0.45
+    assert np.mean(centre) > 0.8

@@ -136,3 +136,15 @@ def test_missing_data_folder_is_named(tmp_path, capsys):
                      f"data.imagenet={tmp_path / 'nope'}", "data.voc=x", "data.ade20k=y", "data.cityscapes=z"])  # fmt: skip
     assert code == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_arm_variants_and_spellings_resolve_to_canonical_runs(tmp_path):
+    plan = run_reproduce("micro", tmp_path / "v", ["arms=[softmax,entmax-1.5,softmax-reg4]", "seeds=[0,1]"],
+                         dry_run=True)  # fmt: skip
+    runs = plan["runs"]
+    assert set(runs) == {f"{a}-s{s}" for a in ("softmax", "entmax15", "softmax-reg4") for s in (0, 1)}
+    assert runs["softmax-reg4-s1"]["model"]["num_registers"] == 4
+    assert runs["softmax-reg4-s1"]["model"]["normalizer"] == "softmax"
+    assert runs["entmax15-s0"]["model"]["num_registers"] == 0
+    with pytest.raises(ConfigError, match="duplicate"):
+        run_reproduce("micro", tmp_path / "w", ["arms=[entmax15,entmax-1.5]"], dry_run=True)
