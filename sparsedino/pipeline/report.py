@@ -93,6 +93,9 @@ def _curve_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | 
         axes[1].plot(
             epochs, [100 * p["seg_miou"] for p in points], "o-", color=colours[plan.arm_of[rid]], label=rid
         )
+    oracle = results.get("oracle", {}).get("miou")
+    if oracle is not None:  # the ceiling (trained with the final probe's settings)
+        axes[1].axhline(100 * oracle, ls="--", color="k", lw=1, label="oracle features (ceiling)")
     axes[0].set(title="k-NN top-1 vs epoch", xlabel="epoch (0 = initialisation)", ylabel="%")
     axes[1].set(title="linear seg mIoU vs epoch", xlabel="epoch (0 = initialisation)", ylabel="%")
     for ax in axes:

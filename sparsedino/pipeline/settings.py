@@ -170,7 +170,11 @@ def _synth_error(synth: SynthSettings) -> str | None:
         ("num_classes", 2 <= synth.num_classes <= MAX_CLASSES, f"in [2, {MAX_CLASSES}]"),
         ("max_objects", synth.max_objects >= 1, ">= 1"),
         ("clutter", synth.clutter >= 0, ">= 0"),
-        ("colour_groups", 1 <= synth.colour_groups <= synth.num_classes, "in [1, num_classes]"),
+        (
+            "colour_groups",
+            synth.colours != "shared" or 1 <= synth.colour_groups <= synth.num_classes,
+            "in [1, num_classes]",
+        ),
         ("same_group", 0.0 <= synth.same_group <= 1.0, "in [0, 1]"),
         ("marker_share", 0.0 < synth.marker_share <= 1.0, "in (0, 1]"),
     ]
