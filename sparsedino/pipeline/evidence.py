@@ -44,14 +44,16 @@ def _fit_slope(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
-def positive_control_summary(points: list[dict]) -> dict:
+def positive_control_summary(points: list[dict], probe_noise: float | None = None) -> dict:
     """Whether the injection moved the scores the expected way, and the mIoU cost per unit of diffusion.
 
     Args:
         points: ``{"amount", "miou" (0-1), "acc_bg", "diffusion_index"}`` per injected amount, amount 0 first.
+        probe_noise: range of mIoU (points) over probe seeds on the same checkpoint.
 
     Returns:
-        ``miou_falls`` / ``acc_bg_rises`` (strictly monotone in the amount), ``responds`` (both), and
+        ``miou_falls`` / ``acc_bg_rises`` (strictly monotone in the amount), ``responds`` (both),
+        ``largest_drop`` (mIoU at l = 0 minus at the largest l) and whether it exceeds the probe noise, and
         ``miou_drop_per_index``: minus the least-squares slope of mIoU (points) on the diffusion index.
     """
     ordered = sorted(points, key=lambda p: p["amount"])
@@ -63,10 +65,14 @@ def positive_control_summary(points: list[dict]) -> dict:
     slope = None
     if None not in index:
         slope = _fit_slope([float(i) for i in index], miou)
+    noise = probe_noise if probe_noise is not None else 0.0
     return {
         "miou_falls": falls,
         "acc_bg_rises": rises,
         "responds": bool(falls and rises),
+        # the largest injection's drop, against the probe's own noise (range of mIoU over probe seeds)
+        "largest_drop": miou[0] - miou[-1],
+        "drop_exceeds_probe_noise": miou[0] - miou[-1] > noise,
         "miou_drop_per_index": -slope if slope is not None else None,
     }
 
@@ -97,7 +103,7 @@ def summarise(plan: RunPlan, results: dict[str, dict]) -> dict:
             controls[rid] = {
                 "source": value["source"],
                 "injection": value["injection"],
-                **positive_control_summary(value["injection"]),
+                **positive_control_summary(value["injection"], max(noise) - min(noise)),
                 "probe_noise": {"values": noise, "range": max(noise) - min(noise), **_mean_std_dict(noise)},
             }
     return {
@@ -176,12 +182,14 @@ def instrument_doc(summary: dict) -> Doc:
               _num(p.get("diffusion_index"))] for p in control["injection"]],
         ))  # fmt: skip
         drop = control["miou_drop_per_index"]
+        noise = control["probe_noise"]
         verdict = "responds as expected" if control["responds"] else "does NOT respond as expected"
         doc.append(("p", f"The instrument {verdict}: mIoU {'falls' if control['miou_falls'] else 'does not fall'} "
                          f"and background-patch label accuracy {'rises' if control['acc_bg_rises'] else 'does not rise'} "
-                         f"monotonically with l"
-                         + (f"; one unit of diffusion index costs {drop:.1f} mIoU points." if drop is not None else ".")))  # fmt: skip
-        noise = control["probe_noise"]
+                         f"monotonically with l. The largest injection costs {control['largest_drop']:.2f} mIoU points, "
+                         f"{'more' if control['drop_exceeds_probe_noise'] else 'NOT more'} than the probe noise "
+                         f"(range {noise['range']:.2f})"
+                         + (f"; one unit of diffusion index costs {drop:.1f} mIoU points (least-squares slope)." if drop is not None else ".")))  # fmt: skip
         doc.append(("p", f"Negative control (probe noise) on {rid}: probe seeds give mIoU "
                          f"{', '.join(f'{v:.2f}' for v in noise['values'])} (range {noise['range']:.2f})."))  # fmt: skip
     return doc

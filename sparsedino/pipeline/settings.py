@@ -65,8 +65,8 @@ class ControlSettings:
     oracle: bool = True  # the same probe on ground-truth patch features (the ceiling)
     arm: str = ""  # arm whose trained teacher gets the injection and probe-noise controls ("" = first arm)
     seeds: list[int] = field(default_factory=list)  # seeds of that arm to control ([] = the first seed)
-    inject: list[float] = field(default_factory=lambda: [0.25, 0.5])  # diffusion amounts l (0 is added)
-    inject_source: str = "cls"  # cls | mean: the global token mixed into every patch token
+    inject: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75])  # diffusion amounts l (0 is added)
+    inject_source: str = "mean"  # mean | cls: the global token mixed into every patch token (see README)
     probe_seeds: list[int] = field(default_factory=lambda: [1])  # extra seg-probe seeds (probe noise)
 
 

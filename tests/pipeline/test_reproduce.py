@@ -68,9 +68,10 @@ def test_micro_report_calibrates_the_instrument(micro_run):
     for arm in ARMS:
         assert evidence["floor"][arm]["n"] == 1 and evidence["trained"][arm]["n"] == 1
     control = evidence["controls"]["softmax-s0"]
-    assert [p["amount"] for p in control["injection"]] == [0.0, 0.25, 0.5]
+    assert [p["amount"] for p in control["injection"]] == [0.0, 0.25, 0.5, 0.75]
+    assert control["source"] == "mean"
     assert len(control["probe_noise"]["values"]) == 2
-    assert set(control) >= {"responds", "miou_falls", "acc_bg_rises", "miou_drop_per_index"}
+    assert set(control) >= {"responds", "miou_falls", "acc_bg_rises", "miou_drop_per_index", "largest_drop"}
     paired = evidence["paired"]["VOC 2012 mIoU (%)"]["entmax15"]
     assert paired["baseline"] == "softmax" and paired["seeds"] == [0] and paired["ci_low"] is None
     markdown = (out / "report.md").read_text()

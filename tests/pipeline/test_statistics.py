@@ -51,3 +51,17 @@ def test_one_seed_gives_a_difference_but_no_interval_and_mismatches_raise():
     with pytest.raises(ValueError, match="same seeds"):
         paired_comparison([1.0, 2.0], [1.0])
     assert mean_std([2.0, 4.0]) == (3.0, pytest.approx(math.sqrt(2)))
+
+
+def test_positive_control_summary_by_hand():
+    from sparsedino.pipeline.evidence import positive_control_summary
+
+    points = [{"amount": 0.0, "miou": 0.60, "acc_bg": 0.10, "diffusion_index": 0.0},
+              {"amount": 0.5, "miou": 0.50, "acc_bg": 0.20, "diffusion_index": 0.5},
+              {"amount": 0.25, "miou": 0.55, "acc_bg": 0.15, "diffusion_index": 0.25}]  # fmt: skip
+    out = positive_control_summary(points, probe_noise=0.5)
+    assert out["miou_falls"] and out["acc_bg_rises"] and out["responds"]
+    assert out["largest_drop"] == pytest.approx(10.0) and out["drop_exceeds_probe_noise"]
+    assert out["miou_drop_per_index"] == pytest.approx(20.0)  # 10 points per 0.5 of index
+    flat = positive_control_summary([{**p, "miou": 0.6} for p in points], probe_noise=0.5)
+    assert not flat["miou_falls"] and not flat["responds"] and not flat["drop_exceeds_probe_noise"]
