@@ -22,6 +22,7 @@ from sparsedino.diagnose.figures import save_figure
 from sparsedino.diagnose.report import Doc, fmt, write_documents
 from sparsedino.diagnose.scores import SCORES
 from sparsedino.pipeline.plan import RunPlan, describe
+from sparsedino.pipeline.video import video_section
 
 # The paper's DINO ViT-S/16 (200 epochs, ImageNet-1k) linear-probe numbers, for orientation only.
 PAPER_TABLE = {
@@ -194,6 +195,8 @@ def write_report(
     doc += [("img", str(p.relative_to(out)), p.stem.replace("_", " ")) for p in figures if p is not None]
     diag_doc, diag_last = _diagnostics(plan, results, out)
     doc += diag_doc
+    video_doc, video = video_section(plan, results, out)
+    doc += video_doc
     report = {
         "preset": plan.cfg.name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -208,8 +211,9 @@ def write_report(
         "arms": arms,
         "runs": {key: value for key, value in results.items()},
         "diagnostics_last_block": diag_last,
+        "video": video,
         "plan": describe(plan),
-        "figures": [str(p.relative_to(out)) for p in figures if p is not None],
+        "figures": [str(p.relative_to(out)) for p in figures if p is not None] + video.get("figures", []),
     }
     atomic_write_json(out / "results.json", report)
     write_documents(doc, out, f"sparsedino reproduce ({plan.cfg.name})")

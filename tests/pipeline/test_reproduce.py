@@ -46,7 +46,17 @@ def test_micro_report_holds_both_arms_every_metric_and_figure(micro_run):
         assert results["diagnostics_last_block"][f"{arm}-s0"]["probe.miou"] is not None
     for rel in results["figures"]:
         assert (out / rel).is_file()
-    assert {Path(f).name for f in results["figures"]} == {"training_loss.png", "curves_over_training.png"}
+    assert {Path(f).name for f in results["figures"]} == {
+        "training_loss.png",
+        "curves_over_training.png",
+        "video_propagation.png",
+    }
+    video = results["video"]
+    for arm in ARMS:  # J&F of the final teacher and of the initialisation (epoch-0 floor), per arm
+        assert set(video["arms"][arm]) == {"final", "epoch0"}
+        assert 0.0 <= video["arms"][arm]["final"]["J&F-Mean"]["mean"] <= 100.0
+    assert video["oracle"]["J&F-Mean"] > video["constant"]["J&F-Mean"]  # the ceiling above the floor
+    assert "Video label propagation" in (out / "report.md").read_text()
     markdown = (out / "report.md").read_text()
     for name in METRICS:
         assert name in markdown
@@ -67,10 +77,10 @@ def test_rerun_skips_every_finished_stage(micro_run, capsys):
     again = run_reproduce("micro", out)
     log = capsys.readouterr().out
     assert "running" not in log
-    assert log.count("done earlier, skipped") == 9
+    assert log.count("done earlier, skipped") == 13
     assert again["arms"] == json.loads(json.dumps(report["arms"]))
     # the cost of the results is remembered from the run that produced them, not this quick re-run
-    assert len(report["stage_seconds"]) == 9 and all(s > 0 for s in report["stage_seconds"].values())
+    assert len(report["stage_seconds"]) == 13 and all(s > 0 for s in report["stage_seconds"].values())
     assert again["stage_seconds"] == report["stage_seconds"]
     assert again["stages_total_s"] == report["stages_total_s"] > again["elapsed_s"]
 
@@ -84,7 +94,11 @@ def test_unknown_key_and_bad_arm_fail_before_any_work(tmp_path):
         run_reproduce("micro", tmp_path / "c", ["train_overrides=[optim.epochz=3]"])
     with pytest.raises(ConfigError, match=r"synth\.colours"):
         run_reproduce("micro", tmp_path / "d", ["synth.colours=rainbow"])
-    assert not any((tmp_path / name).exists() for name in "abcd")
+    with pytest.raises(ConfigError, match=r"video\.overrides.*topk"):
+        run_reproduce("micro", tmp_path / "e", ["video.overrides=[topk=0]"])
+    with pytest.raises(ConfigError, match=r"video\.overrides.*no_such_key"):
+        run_reproduce("micro", tmp_path / "f", ["video.overrides=[no_such_key=1]"])
+    assert not any((tmp_path / name).exists() for name in "abcdef")
 
 
 def test_paper_preset_needs_data_paths_and_dry_run_prints_the_plan(tmp_path, capsys):
