@@ -56,7 +56,7 @@ def video_stages(plan) -> list[Stage]:
     )
 
     cfg, vcfg = plan.cfg, plan.video
-    settings = config_to_dict(vcfg)
+    settings = {**config_to_dict(vcfg), "clips": None}  # what the clips are is part of every result's key
     stages, deps = [], []
     if cfg.synth.enabled:
         clips = {**config_to_dict(cfg.video), "num_classes": cfg.synth.num_classes,
@@ -72,7 +72,7 @@ def video_stages(plan) -> list[Stage]:
                                           colours=clips["colours"], overwrite=True)  # fmt: skip
 
         stages.append(Stage("video/data", write, clips, estimate_s=0.05 * clips["clips"] * clips["frames"]))
-        deps = ["video/data"]
+        deps, settings["clips"] = ["video/data"], clips
     patch = next(iter(plan.train.values())).model.patch_size
 
     def reference(stage_dir: Path) -> dict:

@@ -158,3 +158,15 @@ def test_cli_end_to_end_and_bad_data(tmp_path, tiny_vit, capsys):
     assert "synth_clip_001" in capsys.readouterr().err
     assert main([*argv, "topk=0"]) == 2
     assert "topk" in capsys.readouterr().err
+
+
+def test_the_preset_holds_dinos_defaults():
+    preset = load_config(VideoConfig, "eval_video_davis")
+    assert preset == load_config(VideoConfig)  # the defaults are the reference script's
+    assert (preset.short_side, preset.size_multiple, preset.temperature, preset.topk) == (480, 64, 0.1, 5)
+    assert (preset.n_last_frames, preset.size_mask_neighborhood, preset.layer, preset.norm) == (
+        7,
+        12,
+        -1,
+        True,
+    )
