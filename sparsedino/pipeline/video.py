@@ -120,14 +120,14 @@ def video_section(plan, results: dict[str, dict], out: Path) -> tuple[list, dict
 
     if plan.video is None or not any(f"video/{rid}" in results for rid in plan.run_ids):
         return [], {}
-    summary: dict = {"settings": config_to_dict(plan.video), "arms": {}}
+    summary: dict = {"settings": config_to_dict(plan.video), "unit": "%", "arms": {}}
     rows = []
     reference = results.get("video/reference", {})
     for key, label in (("oracle", "oracle features (patch-level ground truth): ceiling"),
                        ("constant", "constant features (first-frame spatial prior): floor")):  # fmt: skip
         if key in reference:
             rows.append([label, *(fmt(100 * reference[key][s]) for s in SCORES)])
-            summary[key] = {s: reference[key][s] for s in SCORES}
+            summary[key] = {s: 100 * reference[key][s] for s in SCORES}
     for when in ("final", "epoch0"):
         for arm in dict.fromkeys(_arm_of(r) for r in plan.run_ids):
             runs = [results.get(f"video/{r}", {}).get(when) for r in plan.run_ids if _arm_of(r) == arm]
