@@ -227,10 +227,11 @@ class BackboneFeatures:
 
 
 class OracleFeatures:
-    """The upper bound: one-hot of each patch's majority ground-truth object (uses the target's labels).
+    """A reference: one-hot of each patch's majority ground-truth object (uses the target's labels).
 
-    Propagation with these features is limited only by the patch grid, so its J&F is the best any
-    backbone can reach at that resolution.
+    Propagation then labels every patch right, so its J&F is what perfect patch matching gives at this
+    grid. It is not a strict ceiling: soft features can place object boundaries inside mixed patches
+    after the bilinear upsampling, and a backbone can score slightly above it.
     """
 
     def __init__(self, patch_size: int, max_ids: int = 32) -> None:

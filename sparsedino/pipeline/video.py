@@ -3,8 +3,8 @@
 Stages (when ``video.enabled``)::
 
     video/data                embedded clips in the DAVIS layout (skipped with real data: data.davis)
-    video/reference           oracle features (patch-level ground truth: the ceiling at this patch grid)
-                              and constant features (the first-frame spatial prior: the floor)
+    video/reference           oracle features (hard patch-level ground truth: what perfect patch matching
+                              gives at this grid) and constant features (the first-frame spatial prior: the floor)
     video/<arm>-s<seed>       the final teacher and, as the epoch-0 floor, the initialisation
 
 The report gets a J&F table (mean ± std over seeds per arm) and a figure of the propagated masks of both
@@ -123,7 +123,7 @@ def video_section(plan, results: dict[str, dict], out: Path) -> tuple[list, dict
     summary: dict = {"settings": config_to_dict(plan.video), "unit": "%", "arms": {}}
     rows = []
     reference = results.get("video/reference", {})
-    for key, label in (("oracle", "oracle features (patch-level ground truth): ceiling"),
+    for key, label in (("oracle", "oracle features (hard patch-level ground truth)"),
                        ("constant", "constant features (first-frame spatial prior): floor")):  # fmt: skip
         if key in reference:
             rows.append([label, *(fmt(100 * reference[key][s]) for s in SCORES)])
@@ -193,7 +193,10 @@ def _propagation_figure(plan, results: dict[str, dict], out: Path, columns: int 
             else:
                 ids = dataset.load_mask(seq, int(t)) if folder is None else np.asarray(
                     Image.open(folder / seq.name / f"{seq.frame_id(int(t))}.png"))  # fmt: skip
-                ax.imshow((0.45 * rgb + 0.55 * palette[ids]).astype(np.uint8))
+                shown = np.where(
+                    ids[..., None] > 0, 0.3 * rgb + 0.7 * palette[ids], 0.5 * rgb
+                )  # dim background
+                ax.imshow(shown.astype(np.uint8))
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:
                 ax.set_title(f"t={t}" + (" (given)" if t == 0 else ""), fontsize=8)

@@ -55,7 +55,7 @@ def test_micro_report_holds_both_arms_every_metric_and_figure(micro_run):
     for arm in ARMS:  # J&F of the final teacher and of the initialisation (epoch-0 floor), per arm
         assert set(video["arms"][arm]) == {"final", "epoch0"}
         assert 0.0 <= video["arms"][arm]["final"]["J&F-Mean"]["mean"] <= 100.0
-    assert video["oracle"]["J&F-Mean"] > video["constant"]["J&F-Mean"]  # the ceiling above the floor
+    assert video["oracle"]["J&F-Mean"] > video["constant"]["J&F-Mean"]  # the oracle reference above the floor
     assert "Video label propagation" in (out / "report.md").read_text()
     markdown = (out / "report.md").read_text()
     for name in METRICS:
