@@ -132,6 +132,9 @@ class VideoConfig:
         save_masks: write the predicted masks (DAVIS results layout) under ``OUT/masks``.
         batch_size: frames per forward pass; device: ``auto``, ``cpu``, ``cuda``...
         query_chunk: target patches per affinity block (bounds memory at high resolution).
+        num_threads: CPU threads while propagating (0 = torch's default). Small clips run best on one:
+            their many small operations gain nothing from a second thread, and on a busy machine
+            (more runnable processes than cores) idle-waiting threads made them up to 60x slower.
     """
 
     data_root: str = ""
@@ -151,3 +154,4 @@ class VideoConfig:
     batch_size: int = 8
     device: str = "auto"
     query_chunk: int = 4096
+    num_threads: int = 0

@@ -56,6 +56,7 @@ def validate_video_config(cfg) -> None:
         "size_mask_neighborhood": cfg.size_mask_neighborhood >= 0,
         "batch_size": cfg.batch_size >= 1,
         "query_chunk": cfg.query_chunk >= 1,
+        "num_threads": cfg.num_threads >= 0,
         "max_sequences": cfg.max_sequences >= 0,
     }
     for key, ok in rules.items():
@@ -355,12 +356,18 @@ def run_video(
     """
     start = time.perf_counter()
     per_sequence, frames = {}, 0
-    for seq in tqdm(dataset.sequences, desc="video", unit="seq", disable=not progress):
-        result = segment_sequence(dataset, seq, extractor, cfg)
-        if masks_dir is not None:
-            save_masks(result, seq, Path(masks_dir))
-        per_sequence[seq.name] = evaluate_sequence(result.gt, result.pred, seq.num_objects)
-        frames += len(seq)
+    previous_threads = torch.get_num_threads()
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    try:
+        for seq in tqdm(dataset.sequences, desc="video", unit="seq", disable=not progress):
+            result = segment_sequence(dataset, seq, extractor, cfg)
+            if masks_dir is not None:
+                save_masks(result, seq, Path(masks_dir))
+            per_sequence[seq.name] = evaluate_sequence(result.gt, result.pred, seq.num_objects)
+            frames += len(seq)
+    finally:
+        torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - start
     table = summarize(per_sequence)
     return {
