@@ -65,3 +65,43 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
     with atomic_open(path, "wb") as handle:
         torch.save(obj, handle)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Build a folder under a hidden temporary name next to ``path``, then swap it onto ``path``.
+
+    Args:
+        path: the final folder; it must not exist or be empty unless ``overwrite``.
+        overwrite: replace an existing non-empty ``path`` (its old content is removed after the swap).
+
+    Yields:
+        The temporary folder to fill. If the block raises, it is removed and ``path`` is untouched.
+
+    Raises:
+        FileExistsError: ``path`` holds files and ``overwrite`` is false (raised before any work).
+    """
+    import shutil
+
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{path} exists and is not empty (pass overwrite=True / --overwrite to replace it)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():  # empty, or overwrite: move the old tree aside, swap in the new one, drop the old
+            trash = path.parent / f".{path.name}.old-{os.getpid()}"
+            os.replace(path, trash)
+            os.replace(tmp, path)
+            shutil.rmtree(trash)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -15,11 +15,14 @@ from collections.abc import Sequence
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sparsedino.train.command", "pretrain DINO with softmax or sparse attention (torchrun-ready)"),
     "export": ("sparsedino.models.export", "export a training checkpoint's teacher backbone (timm or DINO)"),
-    "eval": ("sparsedino.eval.command", "frozen-feature protocols: knn, linear, seg"),
+    "eval": ("sparsedino.eval.command", "frozen-feature protocols: knn, linear, seg, video"),
     "diagnose": ("sparsedino.diagnose.command", "semantic-diffusion diagnostics of a ViT"),
     "reproduce": ("sparsedino.pipeline.command", "softmax vs entmax-1.5: train, evaluate, diagnose, report"),
     "bench": ("sparsedino.bench.command", "speed and memory benchmarks: attention, vit, train"),
-    "data": ("sparsedino.data.command", "datasets: `data synth` writes the embedded dataset"),
+    "data": (
+        "sparsedino.data.command",
+        "datasets: `data synth` / `data synth-video` write the embedded data",
+    ),
 }
 
 

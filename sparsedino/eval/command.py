@@ -1,4 +1,4 @@
-"""``sparsedino eval {knn,linear,seg}``: frozen-backbone protocols from the command line.
+"""``sparsedino eval {knn,linear,seg,video}``: frozen-backbone protocols from the command line.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     sparsedino eval seg --checkpoint ckpt.pth --config eval_seg_voc --data /data/VOCdevkit --with-cls
     sparsedino eval seg --checkpoint ckpt.pth --config eval_seg_ade20k --data /data/ADEChallengeData2016 \\
         layers=[-4,-3,-2,-1] features.cache_dir=/tmp/feats
+    sparsedino eval video --checkpoint dino_deitsmall16_pretrain.pth --data /data/DAVIS
 
 ``--checkpoint`` accepts our training checkpoints and exports, official DINO files and timm ViT state dicts
 (see :func:`sparsedino.models.load_backbone`). Results go to ``OUT/<protocol>.json`` and ``.md`` with the
@@ -22,15 +23,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sparsedino.config import ConfigError, load_config, save_config
-from sparsedino.eval.settings import KnnConfig, LinearConfig, SegConfig
+from sparsedino.eval.settings import KnnConfig, LinearConfig, SegConfig, VideoConfig
 
-PROTOCOLS = {"knn": KnnConfig, "linear": LinearConfig, "seg": SegConfig}
+PROTOCOLS = {"knn": KnnConfig, "linear": LinearConfig, "seg": SegConfig, "video": VideoConfig}
 _HELP = """
 protocols:
   knn     DINO weighted k-NN on last-block [CLS] (T=0.07, k=10/20/100/200)      preset: eval_knn
   linear  DINO linear probe, DINOv2-style grid of lrs x (last 1/4 blocks) x avgpool   preset: eval_linear
   seg     DINOv2 "linear" segmentation probe (BN + 1x1 conv, sliding-window eval)
           presets: eval_seg_voc, eval_seg_ade20k, eval_seg_cityscapes
+  video   DINO video label propagation on DAVIS-2017 (480p, T=0.1, top-5, 1+7 context frames,
+          window 12), J&F as the DAVIS benchmark; nothing trained                preset: eval_video_davis
 
 Run `sparsedino eval PROTOCOL --help` for the options of one protocol."""
 
@@ -93,10 +96,22 @@ def _classification_sets(cfg):
     )
 
 
-def run_protocol(protocol: str, model, cfg) -> dict:
-    """Build the datasets named in ``cfg`` (validated before the backbone runs) and run one protocol."""
+def run_protocol(protocol: str, model, cfg, out: Path | None = None) -> dict:
+    """Build the datasets named in ``cfg`` (validated before the backbone runs) and run one protocol.
+
+    ``out`` is where protocols that write more than their result (the video masks) put it.
+    """
     if not cfg.data_root:
         raise ConfigError("data_root is empty: pass --data ROOT or data_root=...")
+    if protocol == "video":
+        from sparsedino.eval.features import resolve_device
+        from sparsedino.eval.video import BackboneFeatures, build_davis, run_video, validate_video_config
+
+        validate_video_config(cfg)
+        dataset = build_davis(cfg)
+        extractor = BackboneFeatures(model, cfg.layer, cfg.norm, resolve_device(cfg.device))
+        masks = out / "masks" if out is not None and cfg.save_masks else None
+        return run_video(dataset, extractor, cfg, masks_dir=masks)
     if protocol == "seg":
         from sparsedino.data.segmentation import build_seg_dataset
         from sparsedino.eval.segmentation import run_seg_probe
@@ -123,7 +138,7 @@ def main(argv: Sequence[str]) -> int:
         if stream is sys.stderr:
             print(f"sparsedino eval: unknown protocol {argv[0]!r}", file=stream)
         print(
-            "usage: sparsedino eval {knn,linear,seg} --checkpoint FILE --data ROOT [--config YAML] "
+            "usage: sparsedino eval {knn,linear,seg,video} --checkpoint FILE --data ROOT [--config YAML] "
             "[key=value ...]" + _HELP,
             file=stream,
         )
@@ -146,7 +161,7 @@ def main(argv: Sequence[str]) -> int:
         model, info = load_backbone(
             args.checkpoint, normalizer=_normalizer(args.normalizer), arch=args.arch, which=args.which
         )
-        result = run_protocol(protocol, model, cfg)
+        result = run_protocol(protocol, model, cfg, out)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"sparsedino eval {protocol}: {err}", file=sys.stderr)
         return 2

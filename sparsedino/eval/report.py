@@ -53,8 +53,26 @@ def seg_markdown(result: dict) -> list[str]:
     return lines
 
 
-_TABLES = {"knn": knn_markdown, "linear": linear_markdown, "linear_seg": seg_markdown}
-_SKIP = {"results", "grid", "best", "per_class_iou", "history", "metrics"}
+def video_markdown(result: dict) -> list[str]:
+    keys = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(_fmt(100 * result[k]) for k in keys) + " |", ""]
+    lines += ["| sequence | J-Mean (%) | F-Mean (%) |", "|---|---|---|"]
+    lines += [
+        f"| {name} | {_fmt(100 * seq['J-Mean'])} | {_fmt(100 * seq['F-Mean'])} |"
+        for name, seq in result["per_sequence"].items()
+    ]
+    return lines
+
+
+_TABLES = {
+    "knn": knn_markdown,
+    "linear": linear_markdown,
+    "linear_seg": seg_markdown,
+    "video": video_markdown,
+}
+_SKIP = {"results", "grid", "best", "per_class_iou", "history", "metrics", "J&F-Mean", "J-Mean", "J-Recall",
+         "J-Decay", "F-Mean", "F-Recall", "F-Decay"}  # fmt: skip
 
 
 def write_results(out_dir: str | Path, name: str, result: dict) -> tuple[Path, Path]:

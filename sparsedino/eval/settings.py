@@ -110,3 +110,48 @@ class SegConfig:
     max_val_images: int = 0
     seed: int = 0
     features: FeatureSettings = field(default_factory=lambda: FeatureSettings(batch_size=16))
+
+
+@dataclass
+class VideoConfig:
+    """DINO's video object segmentation by label propagation on DAVIS-2017 (nothing is trained).
+
+    Defaults are those of facebookresearch/dino ``eval_video_segmentation.py``; see
+    :mod:`sparsedino.eval.video` for the procedure and :mod:`sparsedino.eval.davis_metrics` for J and F.
+
+    Attributes:
+        data_root: DAVIS root holding ``JPEGImages``, ``Annotations`` and ``ImageSets``.
+        split, year, resolution: the list ``ImageSets/<year>/<split>.txt`` and the frame folder name.
+        short_side: frames are resized to this short side (DINO: 480) ...
+        size_multiple: ... and the long side is floored to a multiple of this (DINO: 64).
+        layer: block whose patch tokens are used (-1 = last); norm: apply the final norm (DINO: yes).
+        temperature: affinity ``exp(cos / temperature)``; topk: context patches kept per target patch.
+        n_last_frames: previous frames in the context besides the first frame.
+        size_mask_neighborhood: spatial window radius in patches (0 = no restriction).
+        max_sequences: evaluate only the first n listed sequences (0 = all).
+        save_masks: write the predicted masks (DAVIS results layout) under ``OUT/masks``.
+        batch_size: frames per forward pass; device: ``auto``, ``cpu``, ``cuda``...
+        query_chunk: target patches per affinity block (bounds memory at high resolution).
+        num_threads: CPU threads while propagating (0 = torch's default). Small clips run best on one:
+            their many small operations gain nothing from a second thread, and on a busy machine
+            (more runnable processes than cores) idle-waiting threads made them up to 60x slower.
+    """
+
+    data_root: str = ""
+    split: str = "val"
+    year: str = "2017"
+    resolution: str = "480p"
+    short_side: int = 480
+    size_multiple: int = 64
+    layer: int = -1
+    norm: bool = True
+    temperature: float = 0.1
+    topk: int = 5
+    n_last_frames: int = 7
+    size_mask_neighborhood: int = 12
+    max_sequences: int = 0
+    save_masks: bool = True
+    batch_size: int = 8
+    device: str = "auto"
+    query_chunk: int = 4096
+    num_threads: int = 0

@@ -53,6 +53,7 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
         train_stages,
     )
     from sparsedino.pipeline.stages import StageRunner
+    from sparsedino.pipeline.video import video_stages
 
     cfg = load_reproduce_config(preset, list(overrides))
     out = Path(out)
@@ -66,6 +67,7 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
         *eval_stages(plan),
         *curve_stages(plan),
         *diagnose_stages(plan),
+        *video_stages(plan),
         *control_stages(plan),
     ]
     start = time.perf_counter()

@@ -121,6 +121,7 @@ def _injection_stages(plan: RunPlan) -> list[Stage]:
                 with inject_diffusion(model, amount, source=controls.inject_source):
                     seg = run_protocol("seg", model, seg_cfg)
                     diag = run_diagnostics(model, dataset, cfg=diag_cfg, progress=False)
+                    video = _video_jf(plan, model)
                 last = diag["blocks"][max(diag["blocks"], key=int)]
                 points.append({
                     "amount": amount,
@@ -128,6 +129,7 @@ def _injection_stages(plan: RunPlan) -> list[Stage]:
                     "acc_bg": last.get("diffusion.acc_bg"),
                     "chance_bg": last.get("diffusion.chance_bg"),
                     "diffusion_index": last.get("diffusion.diffusion_index"),
+                    **({"video_jf": video} if video is not None else {}),
                 })  # fmt: skip
             probe_noise = [{"probe_seed": seg_cfg.seed, "miou": points[0]["miou"]}]
             for seed in controls.probe_seeds:
@@ -139,9 +141,22 @@ def _injection_stages(plan: RunPlan) -> list[Stage]:
 
         settings = {"seg": config_to_dict(seg_cfg), "diagnose": config_to_dict(diag_cfg),
                     "amounts": amounts, "source": controls.inject_source,
-                    "probe_seeds": list(controls.probe_seeds)}  # fmt: skip
+                    "probe_seeds": list(controls.probe_seeds),
+                    "video": config_to_dict(plan.video) if plan.video is not None else None}  # fmt: skip
         stages.append(
             Stage(f"control/{rid}", run, settings, estimate_s=30.0 * (len(amounts) + len(controls.probe_seeds)),
-                  depends_on=[f"train/{rid}"])
+                  depends_on=[f"train/{rid}", *(["video/data"] if plan.video is not None and plan.data_root else [])])
         )  # fmt: skip
     return stages
+
+
+def _video_jf(plan: RunPlan, model) -> float | None:
+    """J&F-Mean (0-1) of DINO's video label propagation with ``model`` (None when the video stage is off)."""
+    if plan.video is None:
+        return None
+    from sparsedino.eval.features import resolve_device
+    from sparsedino.eval.video import BackboneFeatures, build_davis, run_video
+
+    vcfg = plan.video
+    extractor = BackboneFeatures(model, vcfg.layer, vcfg.norm, resolve_device(vcfg.device))
+    return run_video(build_davis(vcfg), extractor, vcfg, progress=False)["J&F-Mean"]

@@ -17,23 +17,9 @@ from itertools import pairwise
 
 from sparsedino.diagnose.report import Doc
 from sparsedino.pipeline.plan import RunPlan
-from sparsedino.pipeline.statistics import mean_std, paired_comparison
+from sparsedino.pipeline.statistics import format_mean_std, paired_comparison, summarise_values
 
 DENSE_METRIC_SUFFIX = " mIoU (%)"
-
-
-def _mean_std_dict(values: list[float]) -> dict:
-    if not values:
-        return {"mean": None, "std": None, "n": 0, "values": []}
-    mean, std = mean_std(values)
-    return {"mean": mean, "std": std, "n": len(values), "values": values}
-
-
-def _fmt(stat: dict) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    text = f"{stat['mean']:.2f}"
-    return text + (f" ± {stat['std']:.2f}" if stat["std"] is not None else "")
 
 
 def _fit_slope(xs: list[float], ys: list[float]) -> float | None:
@@ -88,10 +74,10 @@ def summarise(plan: RunPlan, results: dict[str, dict]) -> dict:
     floor, trained = {}, {}
     for arm in arms:
         rids = [r for r in plan.run_ids if plan.arm_of[r] == arm]
-        floor[arm] = _mean_std_dict(
+        floor[arm] = summarise_values(
             [100.0 * results[f"floor/{r}"]["miou"] for r in rids if f"floor/{r}" in results]
         )
-        trained[arm] = _mean_std_dict(
+        trained[arm] = summarise_values(
             [100.0 * results[f"eval/{r}"]["seg"][seg_key]["miou"] for r in rids if f"eval/{r}" in results]
         )
     oracle = results.get("oracle", {}).get("miou")
@@ -104,7 +90,7 @@ def summarise(plan: RunPlan, results: dict[str, dict]) -> dict:
                 "source": value["source"],
                 "injection": value["injection"],
                 **positive_control_summary(value["injection"], max(noise) - min(noise)),
-                "probe_noise": {"values": noise, "range": max(noise) - min(noise), **_mean_std_dict(noise)},
+                "probe_noise": {"values": noise, "range": max(noise) - min(noise), **summarise_values(noise)},
             }
     return {
         "dataset": seg_key,
@@ -162,7 +148,7 @@ def instrument_doc(summary: dict) -> Doc:
             if trained["mean"] is not None and floor["mean"] is not None
             else "n/a"
         )
-        rows.append([arm, _fmt(floor), _fmt(trained), gain])
+        rows.append([arm, format_mean_std(floor, with_n=False), format_mean_std(trained, with_n=False), gain])
     doc: Doc = [
         ("h", 2, "The instrument: can the dense probe see a difference?"),
         ("p", f"Linear segmentation probe on {summary['dataset']}, mIoU (%), mean ± std over seeds. Floor: "
@@ -175,11 +161,14 @@ def instrument_doc(summary: dict) -> Doc:
         source = "[CLS] token" if control["source"] == "cls" else "mean patch token"
         doc.append(("p", f"Positive control on {rid}: every last-block patch token mixed with the {source}, "
                          "x <- (1 - l) x + l g, at evaluation time."))  # fmt: skip
+        video = all("video_jf" in p for p in control["injection"])
         doc.append((
             "table",
-            ["l", "mIoU (%)", "background-patch label acc.", "chance", "diffusion index"],
+            ["l", "mIoU (%)", "background-patch label acc.", "chance", "diffusion index",
+             *(["video J&F (%)"] if video else [])],
             [[f"{p['amount']:g}", f"{100 * p['miou']:.2f}", _num(p.get("acc_bg")), _num(p.get("chance_bg")),
-              _num(p.get("diffusion_index"))] for p in control["injection"]],
+              _num(p.get("diffusion_index")), *([f"{100 * p['video_jf']:.2f}"] if video else [])]
+             for p in control["injection"]],
         ))  # fmt: skip
         drop = control["miou_drop_per_index"]
         noise = control["probe_noise"]

@@ -10,6 +10,7 @@ Stages, in order::
     eval/<arm>-s<seed>        k-NN, linear probe, seg probes with and without [CLS] on the final teacher
     curve/<arm>-s<seed>       k-NN and seg mIoU on the periodic epoch checkpoints
     diagnose/<arm>-s<seed>    semantic-diffusion diagnostics of the final teacher
+    video/...                 DINO video label propagation, J&F (see pipeline/video.py; when enabled)
     (the comparison report is rendered after the stages, from their results)
 """
 
@@ -21,6 +22,7 @@ from typing import Any
 
 from sparsedino.config import ConfigError, config_to_dict, load_config, resolve_config_path
 from sparsedino.pipeline.settings import PRESETS, ReproduceConfig, resolve_arm, validate
+from sparsedino.pipeline.video import build_video_config
 
 
 @dataclass
@@ -40,6 +42,7 @@ class RunPlan:
     seg: dict[str, Any] = field(default_factory=dict)  # dataset -> SegConfig (with_cls set per probe)
     curve_seg: Any = None
     diagnose: Any = None
+    video: Any = None  # VideoConfig, None when the video stage is off
 
     @property
     def run_ids(self) -> list[str]:
@@ -120,6 +123,7 @@ def build_plan(cfg: ReproduceConfig, out: Path) -> RunPlan:
         [f"data_root={seg_roots[first]}", *cfg.seg_overrides, *cfg.curve.seg_overrides],
     )
     plan.diagnose = load_config(DiagnoseConfig, None, list(cfg.diagnose_overrides))
+    plan.video = build_video_config(cfg, out)
     return plan
 
 
@@ -137,6 +141,7 @@ def describe(plan: RunPlan) -> dict:
         "seg": {name: config_to_dict(s) for name, s in plan.seg.items()},
         "curve": {**config_to_dict(cfg.curve), "seg": config_to_dict(plan.curve_seg)},
         "diagnose": config_to_dict(plan.diagnose) if cfg.diagnose else None,
+        "video": config_to_dict(plan.video) if plan.video is not None else None,
         "budget_minutes": cfg.budget_minutes,
         "target_machine": cfg.target_machine,
     }

@@ -8,7 +8,6 @@ measured; the paper's numbers appear only in their own, labelled table.
 from __future__ import annotations
 
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -23,6 +22,8 @@ from sparsedino.diagnose.report import Doc, fmt, write_documents
 from sparsedino.diagnose.scores import SCORES
 from sparsedino.pipeline.evidence import instrument_doc, paired_doc, summarise
 from sparsedino.pipeline.plan import RunPlan, describe
+from sparsedino.pipeline.statistics import format_mean_std, summarise_values
+from sparsedino.pipeline.video import video_section
 
 # The paper's DINO ViT-S/16 (200 epochs, ImageNet-1k) linear-probe numbers, for orientation only.
 PAPER_TABLE = {
@@ -33,23 +34,6 @@ SEG_TITLES = {"voc": "VOC 2012", "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
 DIAG_KEYS = ["probe.miou", "probe.miou_with_cls", "diffusion.acc_bg", "diffusion.acc_fg", "diffusion.chance_bg",
              "diffusion.cos_bg", "diffusion.cos_fg", "attn.zero_share", "attn.support", "attn.distance_px",
              "align.cls_attn_iou", "align.pca_iou", "norm.outlier_share"]  # fmt: skip
-
-
-def _mean_std(values: list[float]) -> dict:
-    values = [float(v) for v in values if v is not None]
-    if not values:
-        return {"mean": None, "std": None, "n": 0, "values": []}
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return {"mean": statistics.fmean(values), "std": std, "n": len(values), "values": values}
-
-
-def _fmt_ms(stat: dict, scale: float = 1.0) -> str:
-    if stat["mean"] is None:
-        return "n/a"
-    text = f"{scale * stat['mean']:.2f}"
-    if stat["std"] is not None:
-        text += f" ± {scale * stat['std']:.2f}"
-    return text + (f" (n={stat['n']})" if stat["n"] > 1 else "")
 
 
 def run_metrics(ev: dict) -> dict[str, float]:
@@ -73,7 +57,7 @@ def aggregate(plan: RunPlan, results: dict[str, dict]) -> dict:
         for metric, value in run_metrics(ev).items():
             arm["metrics"].setdefault(metric, []).append(value)
     for arm in arms.values():
-        arm["metrics"] = {m: _mean_std(v) for m, v in arm["metrics"].items()}
+        arm["metrics"] = {m: summarise_values(v) for m, v in arm["metrics"].items()}
     return arms
 
 
@@ -178,7 +162,7 @@ def write_report(
               + (f" Stages took {total_s / 60:.1f} min in total." if total_s is not None else "")),
         ("h", 2, "Results"),
         ("table", ["arm", *metric_names],
-         [[arm, *(_fmt_ms(a["metrics"].get(m, _mean_std([]))) for m in metric_names)] for arm, a in arms.items()]),
+         [[arm, *(format_mean_std(a["metrics"].get(m, summarise_values([]))) for m in metric_names)] for arm, a in arms.items()]),
     ]  # fmt: skip
     evidence = summarise(plan, results)
     calibrated = any(f["n"] for f in evidence["floor"].values()) or evidence["oracle_miou"] is not None
@@ -195,6 +179,8 @@ def write_report(
     doc += [("img", str(p.relative_to(out)), p.stem.replace("_", " ")) for p in figures if p is not None]
     diag_doc, diag_last = _diagnostics(plan, results, out)
     doc += diag_doc
+    video_doc, video = video_section(plan, results, out)
+    doc += video_doc
     report = {
         "preset": plan.cfg.name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -210,8 +196,9 @@ def write_report(
         "evidence": evidence,
         "runs": {key: value for key, value in results.items()},
         "diagnostics_last_block": diag_last,
+        "video": video,
         "plan": describe(plan),
-        "figures": [str(p.relative_to(out)) for p in figures if p is not None],
+        "figures": [str(p.relative_to(out)) for p in figures if p is not None] + video.get("figures", []),
     }
     atomic_write_json(out / "results.json", report)
     write_documents(doc, out, f"sparsedino reproduce ({plan.cfg.name})")

@@ -45,6 +45,7 @@ class DataPaths:
     voc: str = ""  # folder holding VOC2012/ (or VOC2012 itself)
     ade20k: str = ""  # folder holding ADEChallengeData2016/
     cityscapes: str = ""  # folder holding leftImg8bit/ and gtFine/
+    davis: str = ""  # DAVIS-2017 root (JPEGImages/480p, Annotations/480p, ImageSets/2017), when video.enabled
 
 
 @dataclass
@@ -79,6 +80,20 @@ class StatisticsSettings:
 
 
 @dataclass
+class VideoSettings:
+    """DINO's video label propagation (``sparsedino eval video``) on every run; clips from the embedded
+    data (``synth``'s classes and colours) or ``data.davis``."""
+
+    enabled: bool = False
+    clips: int = 8
+    frames: int = 12
+    size: int = 64  # frame side of the embedded clips
+    seed: int = 0
+    max_objects: int = 3  # objects per clip: 2..max_objects
+    overrides: list[str] = field(default_factory=list)  # VideoConfig key=value, e.g. short_side=128
+
+
+@dataclass
 class ReproduceConfig:
     """Everything ``sparsedino reproduce`` reads."""
 
@@ -99,6 +114,7 @@ class ReproduceConfig:
     curve: CurveSettings = field(default_factory=CurveSettings)
     controls: ControlSettings = field(default_factory=ControlSettings)
     statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
+    video: VideoSettings = field(default_factory=VideoSettings)
     budget_minutes: float = 0.0  # what the preset is tuned to finish within on its target machine (0 = n/a)
     target_machine: str = ""
 
@@ -145,6 +161,10 @@ def validate(cfg: ReproduceConfig) -> None:
     for name in cfg.seg_datasets:
         if name not in ("voc", "ade20k", "cityscapes"):
             raise ConfigError(f"key 'seg_datasets': {name!r} is not one of voc, ade20k, cityscapes")
+    if cfg.video.enabled and (cfg.video.clips < 1 or cfg.video.frames < 3 or cfg.video.max_objects < 2):
+        raise ConfigError("key 'video': need clips >= 1, frames >= 3 and max_objects >= 2")
+    if cfg.video.enabled and not cfg.synth.enabled and not cfg.data.davis:
+        raise ConfigError("key 'data.davis': required when video.enabled and synth.enabled is false")
     if not cfg.synth.enabled:
         if not cfg.data.imagenet:
             raise ConfigError("key 'data.imagenet': required when synth.enabled is false")

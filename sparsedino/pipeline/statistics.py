@@ -90,6 +90,25 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def summarise_values(values: Sequence[float | None]) -> dict:
+    """``{"mean", "std", "n", "values"}`` of the non-None values (mean/std None when there are none)."""
+    kept = [float(v) for v in values if v is not None]
+    if not kept:
+        return {"mean": None, "std": None, "n": 0, "values": []}
+    mean, std = mean_std(kept)
+    return {"mean": mean, "std": std, "n": len(kept), "values": kept}
+
+
+def format_mean_std(stat: dict, scale: float = 1.0, with_n: bool = True) -> str:
+    """``"12.34 ± 0.56 (n=3)"`` for a :func:`summarise_values` dict (``n/a`` when empty)."""
+    if stat["mean"] is None:
+        return "n/a"
+    text = f"{scale * stat['mean']:.2f}"
+    if stat["std"] is not None:
+        text += f" ± {scale * stat['std']:.2f}"
+    return text + (f" (n={stat['n']})" if with_n and stat["n"] > 1 else "")
+
+
 def paired_comparison(
     baseline: Sequence[float],
     arm: Sequence[float],

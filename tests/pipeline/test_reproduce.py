@@ -46,7 +46,17 @@ def test_micro_report_holds_both_arms_every_metric_and_figure(micro_run):
         assert results["diagnostics_last_block"][f"{arm}-s0"]["probe.miou"] is not None
     for rel in results["figures"]:
         assert (out / rel).is_file()
-    assert {Path(f).name for f in results["figures"]} == {"training_loss.png", "curves_over_training.png"}
+    assert {Path(f).name for f in results["figures"]} == {
+        "training_loss.png",
+        "curves_over_training.png",
+        "video_propagation.png",
+    }
+    video = results["video"]
+    for arm in ARMS:  # J&F of the final teacher and of the initialisation (epoch-0 floor), per arm
+        assert set(video["arms"][arm]) == {"final", "epoch0"}
+        assert 0.0 <= video["arms"][arm]["final"]["J&F-Mean"]["mean"] <= 100.0
+    assert video["oracle"]["J&F-Mean"] > video["constant"]["J&F-Mean"]  # the oracle reference above the floor
+    assert "Video label propagation" in (out / "report.md").read_text()
     markdown = (out / "report.md").read_text()
     for name in METRICS:
         assert name in markdown
@@ -70,6 +80,7 @@ def test_micro_report_calibrates_the_instrument(micro_run):
     control = evidence["controls"]["softmax-s0"]
     assert [p["amount"] for p in control["injection"]] == [0.0, 0.25, 0.5, 0.75]
     assert control["source"] == "mean"
+    assert all(0.0 <= p["video_jf"] <= 1.0 for p in control["injection"])  # video J&F under injection too
     assert len(control["probe_noise"]["values"]) == 2
     assert set(control) >= {"responds", "miou_falls", "acc_bg_rises", "miou_drop_per_index", "largest_drop"}
     paired = evidence["paired"]["VOC 2012 mIoU (%)"]["entmax15"]
@@ -91,7 +102,7 @@ def test_rerun_skips_every_finished_stage(micro_run, capsys):
     again = run_reproduce("micro", out)
     log = capsys.readouterr().out
     assert "running" not in log
-    stages = 13  # data, 2 x (train, eval, curve, diagnose, floor), oracle, control
+    stages = 17  # data, 2 x (train, eval, curve, diagnose, floor, video), oracle, control, clips, references
     assert log.count("done earlier, skipped") == stages
     assert again["arms"] == json.loads(json.dumps(report["arms"]))
     # the cost of the results is remembered from the run that produced them, not this quick re-run
@@ -113,7 +124,11 @@ def test_unknown_key_and_bad_arm_fail_before_any_work(tmp_path):
         run_reproduce("micro", tmp_path / "e", ["controls.arm=sparsemax"])
     with pytest.raises(ConfigError, match=r"controls\.inject"):
         run_reproduce("micro", tmp_path / "f", ["controls.inject=[0.5,2.0]"])
-    assert not any((tmp_path / name).exists() for name in "abcdef")
+    with pytest.raises(ConfigError, match=r"video\.overrides.*topk"):
+        run_reproduce("micro", tmp_path / "g", ["video.overrides=[topk=0]"])
+    with pytest.raises(ConfigError, match=r"video\.overrides.*no_such_key"):
+        run_reproduce("micro", tmp_path / "h", ["video.overrides=[no_such_key=1]"])
+    assert not any((tmp_path / name).exists() for name in "abcdefgh")
 
 
 def test_paper_preset_needs_data_paths_and_dry_run_prints_the_plan(tmp_path, capsys):
