@@ -78,7 +78,12 @@ def call(name: str, fn: Callable[..., Any], *args: Any) -> Any:
     """Run ``fn(*args)``, compiled according to the policy; ``name`` keys the compiled-function cache."""
     global _broken
     mode = compile_mode()
-    if mode == "0" or (mode == "auto" and _broken is not None) or torch.compiler.is_compiling():
+    if (
+        mode == "0"
+        or (mode == "auto" and _broken is not None)
+        or torch.compiler.is_compiling()
+        or any(isinstance(a, torch.Tensor) and a.is_meta for a in args)  # shapes only: nothing to speed up
+    ):
         return fn(*args)
     try:
         return _compiled(name, fn)(*args)

@@ -31,6 +31,8 @@ __all__ = ["entmax15", "entmax15_backward", "entmax15_forward", "entmax_bisect",
 # rest are fixed by the exact fallback); each step is one pass over the scores.
 NEWTON_STEPS = 4
 _TINY = 1e-30
+# Bisection steps of alpha-entmax: enough for float32/float64 resolution of the threshold.
+BISECT_STEPS = 50
 # Elements per row block in the eager CPU path (fits in L2 cache and below malloc's mmap threshold).
 _EAGER_BLOCK = 1 << 15
 
@@ -121,7 +123,8 @@ def _use_native(x: Tensor, scale: float) -> bool:
 
 def _entmax15_sort(z: Tensor) -> Tensor:
     """Exact entmax-1.5 of ``z = x / 2`` along the last dim by sorting (used for the few rejected rows)."""
-    z = z - z.amax(-1, keepdim=True).clamp_min(torch.finfo(z.dtype).min)
+    m = z.amax(-1, keepdim=True)
+    z = z - torch.where(m > float("-inf"), m, torch.zeros_like(m))  # all -inf rows stay -inf (no NaN)
     zs, _ = torch.sort(z, dim=-1, descending=True)
     valid = zs > float("-inf")
     zs0 = torch.where(valid, zs, torch.zeros_like(zs))
@@ -158,7 +161,9 @@ def entmax15_forward(
             x, scale = torch.add(x * scale, bias), 1.0
         return _rowwise_blocks(lambda xb: entmax15_forward(xb, -1, scale), x, dim)
     p, ok, all_ok = compiled.call("entmax15_newton", _entmax15_newton, x, dim, NEWTON_STEPS, scale, bias)
-    if not bool(all_ok):
+    if not x.is_meta and not bool(
+        all_ok
+    ):  # meta tensors (shape-only init, e.g. timm/accelerate) have no rows
         # Rare rows (near-ties at the threshold): solve exactly by sorting, only those rows.
         xs = x * scale if bias is None else x * scale + bias
         p_last = p.movedim(dim, -1)
@@ -280,8 +285,11 @@ def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 # alpha-entmax by bisection
 # --------------------------------------------------------------------------------------------------------------
-def _bisect_forward(x: Tensor, alpha: Tensor, dim: int, n_iter: int) -> Tensor:
-    """p = max((alpha - 1) x - tau, 0) ** (1 / (alpha - 1)) with tau found by bisection, rows renormalised."""
+def _bisect_forward(x: Tensor, alpha: Tensor, dim: int, n_iter: int, tiny: float = _TINY) -> Tensor:
+    """p = max((alpha - 1) x - tau, 0) ** (1 / (alpha - 1)) with tau found by bisection, rows renormalised.
+
+    (``tiny`` is an argument so that TorchScript, which cannot read module globals, compiles this too.)
+    """
     am1 = alpha - 1.0
     xs = x * am1
     m = xs.amax(dim, keepdim=True)
@@ -298,7 +306,7 @@ def _bisect_forward(x: Tensor, alpha: Tensor, dim: int, n_iter: int) -> Tensor:
         lo = torch.where(above, mid, lo)
         hi = torch.where(above, hi, mid)
     p = (xs - 0.5 * (lo + hi)).clamp_min(0.0).pow(power)
-    p = p / p.sum(dim, keepdim=True).clamp_min(_TINY)
+    p = p / p.sum(dim, keepdim=True).clamp_min(tiny)
     return torch.where(finite, p, torch.zeros_like(p))
 
 
@@ -336,7 +344,9 @@ class _EntmaxBisectFunction(torch.autograd.Function):
         return dx.to(grad.dtype), dalpha, None, None
 
 
-def entmax_bisect(x: Tensor, alpha: float | Tensor = 1.5, dim: int = -1, n_iter: int = 50) -> Tensor:
+def entmax_bisect(
+    x: Tensor, alpha: float | Tensor = 1.5, dim: int = -1, n_iter: int = BISECT_STEPS
+) -> Tensor:
     """alpha-entmax along ``dim`` by bisection on the threshold, for any ``alpha > 1``.
 
     Args:
@@ -355,7 +365,7 @@ def entmax_bisect(x: Tensor, alpha: float | Tensor = 1.5, dim: int = -1, n_iter:
         alpha_t = torch.tensor(float(alpha), dtype=_compute_dtype(x), device=x.device)
     else:
         alpha_t = alpha
-        if bool((alpha_t.detach() <= 1.0).any()):
+        if not alpha_t.is_meta and bool((alpha_t.detach() <= 1.0).any()):
             raise ValueError(
                 f"entmax_bisect needs alpha > 1 everywhere, got min alpha={alpha_t.min().item()}"
             )

@@ -11,6 +11,10 @@ When probabilities are materialised they go through the ``attn_drop`` module, so
 the graph node ``*attn.attention_map`` (see :func:`attention_map`). They are materialised whenever
 such a hook is registered, inside :func:`collect_attention`, when attention dropout is active, or when
 ``fused_attn`` is False; otherwise the fast path runs (SDPA for softmax, the fused sparse op otherwise).
+
+torch.fx traces the module with default settings: the fused op and the maps are leaf functions (graph nodes
+``*attn.sparse_attention`` / ``*attn.attention_map``), so input validation and dispatch stay in eager Python.
+Under TorchScript both leaves run :mod:`sparsedino.attention.scripted` (plain tensor ops; no autograd.Function).
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ import torch.nn.functional as F
 from timm.layers import Attention, register_notrace_function, use_fused_attn
 from torch import Tensor, nn
 
+from sparsedino.attention import scripted
 from sparsedino.attention.normalizers import normalizer_name
 from sparsedino.attention.ops import attention, attention_probs
 
-__all__ = ["SparseAttention", "collect_attention", "make_attn_layer", "sparsify"]
+__all__ = [
+    "SparseAttention",
+    "attention_map",
+    "collect_attention",
+    "make_attn_layer",
+    "sparse_attention",
+    "sparsify",
+]
 
 
 class SparseAttention(nn.Module):
@@ -51,6 +63,8 @@ class SparseAttention(nn.Module):
         device: Parameter device.
         dtype: Parameter dtype.
     """
+
+    __jit_unused_properties__ = ("normalizer",)  # TorchScript reads ``_normalizer`` (the setter validates)
 
     def __init__(
         self,
@@ -130,13 +144,14 @@ class SparseAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"num_heads={self.num_heads}, normalizer={self.normalizer!r}, scale={self.scale:.4g}"
 
-    def _materialise(self) -> bool:
-        """Whether probabilities must exist as a tensor (recording, hooks, dropout, or unfused mode)."""
-        return (
-            self._recorder is not None
-            or bool(self.attn_drop._forward_hooks or self.attn_drop._forward_pre_hooks)
-            or (self.training and self.attn_drop.p > 0.0)
-            or not self.fused_attn
+    def _needs_probs(self) -> bool:
+        """Whether the computation itself needs the probabilities (dropout on them, or unfused mode)."""
+        return not self.fused_attn or (self.training and self.attn_drop.p > 0.0)
+
+    def _observed(self) -> bool:
+        """Whether someone records the probabilities (:func:`collect_attention`, hooks on ``attn_drop``)."""
+        return self._recorder is not None or bool(
+            self.attn_drop._forward_hooks or self.attn_drop._forward_pre_hooks
         )
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
@@ -148,17 +163,20 @@ class SparseAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         attn_mask = _self_attn_mask(q, attn_mask, is_causal)
 
-        if self._materialise():
-            probs = attention_map(q, k, self.normalizer, self.scale, attn_mask)  # (B, H, N, N)
-            if self._recorder is not None:
+        materialise = self._needs_probs()
+        if not torch.jit.is_scripting():  # TorchScript has no hooks or recorders
+            materialise = materialise or self._observed()
+        if materialise:
+            probs = attention_map(q, k, self._normalizer, self.scale, attn_mask)  # (B, H, N, N)
+            if not torch.jit.is_scripting() and self._recorder is not None:
                 self._recorder.append(probs.detach().float())
             x = self.attn_drop(probs) @ v
-        elif self.normalizer == "softmax":
+        elif self._normalizer == "softmax":
             # scale=None when default, so outputs match timm's Attention bit for bit
-            scale = None if self.scale == self.head_dim**-0.5 else self.scale
+            scale: float | None = None if self.scale == self.head_dim**-0.5 else self.scale
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
         else:
-            x = attention(q, k, v, self.normalizer, self.scale, attn_mask, chunk_size=self.chunk_size)
+            x = sparse_attention(q, k, v, self._normalizer, self.scale, attn_mask, self.chunk_size)
 
         x = x.transpose(1, 2).reshape(b, n, self.attn_dim)  # (B, N, H * D)
         x = self.norm(x)
@@ -193,13 +211,36 @@ def make_attn_layer(
 def attention_map(
     q: Tensor, k: Tensor, normalizer: str, scale: float, attn_mask: Tensor | None = None
 ) -> Tensor:
-    """The materialised probabilities (B, H, N, N) of :class:`SparseAttention`.
+    """The materialised probabilities (B, H, N, N) of :class:`SparseAttention` (canonical ``normalizer``).
 
     A leaf for torch.fx, so the map is one graph node named ``<module path>.attention_map``: use
     ``timm.utils.AttentionExtract(model, names=["*attn.attention_map"])`` on a model whose attention is
     materialised (``fused_attn=False``, as timm's own ``Attention`` needs for fx extraction).
     """
+    if torch.jit.is_scripting():
+        return scripted.attention_probs(q, k, normalizer, scale, attn_mask)
     return attention_probs(q, k, normalizer, scale, attn_mask)
+
+
+@torch.fx.wrap
+@register_notrace_function
+def sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    normalizer: str,
+    scale: float,
+    attn_mask: Tensor | None = None,
+    chunk_size: int | None = None,
+) -> Tensor:
+    """The fused path of :class:`SparseAttention`: :func:`~sparsedino.attention.ops.attention`, (B, H, N, Dv).
+
+    A leaf for torch.fx (one graph node ``<module path>.sparse_attention``), as SDPA is in timm's
+    ``Attention``: the op validates its inputs and picks a kernel in Python, which tracing cannot follow.
+    """
+    if torch.jit.is_scripting():
+        return torch.matmul(scripted.attention_probs(q, k, normalizer, scale, attn_mask), v)
+    return attention(q, k, v, normalizer, scale, attn_mask, chunk_size=chunk_size)
 
 
 @torch.fx.wrap

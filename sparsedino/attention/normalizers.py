@@ -28,6 +28,7 @@ from sparsedino.attention.entmax import (
 )
 
 __all__ = [
+    "canonical_alpha",
     "normalize",
     "normalize_scores",
     "normalizer_alpha",
@@ -94,10 +95,20 @@ def validate_normalizer(value: str | float) -> str:
     return normalizer_name(value)
 
 
-def normalizer_alpha(name: str) -> float:
-    """The entmax alpha of a canonical name (1.0 for softmax)."""
-    name = normalizer_name(name)
-    return {"softmax": 1.0, "entmax15": 1.5, "sparsemax": 2.0}.get(name) or float(name[len("entmax") :])
+def normalizer_alpha(name: str | float) -> float:
+    """The entmax alpha of a normaliser (1.0 for softmax)."""
+    return canonical_alpha(normalizer_name(name))
+
+
+def canonical_alpha(name: str) -> float:
+    """The entmax alpha of a canonical name (as :func:`normalizer_name` returns); TorchScript-compatible."""
+    if name == "softmax":
+        return 1.0
+    if name == "entmax15":
+        return 1.5
+    if name == "sparsemax":
+        return 2.0
+    return float(name[6:])  # "entmax<alpha>"
 
 
 def normalize(scores: Tensor, name: str, dim: int = -1) -> Tensor:

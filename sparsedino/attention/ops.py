@@ -30,6 +30,7 @@ __all__ = [
     "batch_per_tile",
     "block_rows",
     "mask_to_bias",
+    "masked_scores",
 ]
 
 # Above this many bytes of (B, H, N, N) float32 probabilities, ``chunk_size=None`` switches to the chunked
@@ -102,13 +103,21 @@ def attention_probs(
     """Materialised attention probabilities (B, H, N, M) (differentiable), for maps and dropout."""
     name = normalizer_name(normalizer)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
+    return normalize(masked_scores(q, k, scale, attn_mask), name)
+
+
+def masked_scores(q: Tensor, k: Tensor, scale: float, attn_mask: Tensor | None) -> Tensor:
+    """Scores ``scale * q k^T`` (B, H, N, M) with ``attn_mask`` applied (bool False -> -inf, float added).
+
+    TorchScript-compatible (shared with :mod:`sparsedino.attention.scripted`).
+    """
     scores = torch.matmul(q, k.transpose(-2, -1)).mul_(scale)  # (B, H, N, M)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask, float("-inf"))
         else:
             scores = scores + attn_mask.to(scores.dtype)
-    return normalize(scores, name)
+    return scores
 
 
 def attention(

@@ -1,9 +1,13 @@
 """timm model names with entmax-1.5 attention, registered when ``sparsedino`` is imported.
 
 ``timm.create_model("vit_small_patch16_224_entmax15")`` builds the same architecture as timm's
-``vit_small_patch16_224`` (so its state dicts load strictly) with :class:`SparseAttention` layers. Any
-``VisionTransformer`` keyword (``img_size``, ``num_classes``, ``dynamic_img_size``, ``reg_tokens``,
-``drop_path_rate``, ...) passes through. There are no pretrained weights: ``pretrained=True`` raises.
+``vit_small_patch16_224`` (so its state dicts load strictly) with :class:`SparseAttention` layers, through
+timm's own ``build_model_with_cfg``, exactly as timm builds its ViTs. So everything a timm ViT offers works:
+any ``VisionTransformer`` keyword (``img_size``, ``num_classes``, ``dynamic_img_size``, ``reg_tokens``,
+``drop_path_rate``, ``device``, ...), ``features_only=True`` with ``out_indices`` / ``feature_cls`` (a
+``FeatureGetterNet`` over ``forward_intermediates``, default: the last 3 blocks), the registered pretrained
+cfgs (``timm.get_pretrained_cfg_value(name, "input_size")``, ``timm.data.resolve_data_config``), meta-device
+construction, torch.fx and TorchScript. There are no pretrained weights: ``pretrained=True`` raises.
 """
 
 from __future__ import annotations
@@ -11,10 +15,11 @@ from __future__ import annotations
 from typing import Any
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.models import register_model
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from sparsedino.attention.layers import SparseAttention
+from sparsedino.attention.layers import SparseAttention, sparsify
+from sparsedino.attention.normalizers import normalizer_name
 
 __all__ = ["ENTMAX_ARCHS", "create_entmax_vit"]
 
@@ -25,14 +30,29 @@ ENTMAX_ARCHS: dict[str, dict[str, Any]] = {
     "vit_small_patch8_224_entmax15": dict(patch_size=8, embed_dim=384, depth=12, num_heads=6),
     "vit_base_patch16_224_entmax15": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
 }
-# keyword arguments timm's factory passes that a bare VisionTransformer does not take
-_FACTORY_ONLY = (
-    "pretrained_cfg",
-    "pretrained_cfg_overlay",
-    "cache_dir",
-    "features_only",
-    "pretrained_strict",
-)
+
+
+def _cfg() -> dict[str, Any]:
+    """Pretrained cfg with the keys timm's ViT cfgs have; no weight source (no url / hf_hub_id / file)."""
+    return {
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": None,
+        "crop_pct": 0.875,  # DINO's evaluation crop (resize 256, centre crop 224)
+        "crop_mode": "center",
+        "interpolation": "bicubic",
+        "fixed_input_size": True,  # as timm's ViTs: the position embedding is built for img_size
+        "mean": IMAGENET_DEFAULT_MEAN,  # DINO's normalisation
+        "std": IMAGENET_DEFAULT_STD,
+        "first_conv": "patch_embed.proj",
+        "classifier": "head",
+        "license": "apache-2.0",
+        "description": "ViT with exact entmax-1.5 attention (sparsedino); no pretrained weights exist",
+    }
+
+
+# read by timm's register_model below: registers each name's pretrained cfg (tagless, without weights)
+default_cfgs = generate_default_cfgs({name: _cfg() for name in ENTMAX_ARCHS})
 
 
 def create_entmax_vit(name: str, pretrained: bool = False, **kwargs: Any) -> VisionTransformer:
@@ -41,11 +61,13 @@ def create_entmax_vit(name: str, pretrained: bool = False, **kwargs: Any) -> Vis
     Args:
         name: One of :data:`ENTMAX_ARCHS`.
         pretrained: Must be False: there are no released entmax weights and nothing is downloaded.
-        **kwargs: ``VisionTransformer`` arguments overriding the architecture defaults; ``normalizer`` and
-            ``attn_scale`` configure the attention (default "entmax15" and ``head_dim ** -0.5``).
+        **kwargs: ``VisionTransformer`` arguments overriding the architecture defaults, timm factory arguments
+            (``features_only``, ``out_indices``, ``feature_cls``, ``pretrained_cfg_overlay``, ...), and
+            ``normalizer`` / ``attn_scale`` for the attention (default "entmax15" and ``head_dim ** -0.5``).
 
     Returns:
-        A timm ``VisionTransformer`` whose attention modules are ``SparseAttention``.
+        A timm ``VisionTransformer`` whose attention modules are ``SparseAttention`` (a ``FeatureGetterNet``
+        around one with ``features_only=True``).
     """
     if pretrained:
         raise ValueError(
@@ -55,29 +77,20 @@ def create_entmax_vit(name: str, pretrained: bool = False, **kwargs: Any) -> Vis
         )
     if name not in ENTMAX_ARCHS:
         raise ValueError(f"unknown entmax architecture {name!r}; known: {sorted(ENTMAX_ARCHS)}")
-    for key in _FACTORY_ONLY:
-        kwargs.pop(key, None)
-    normalizer = kwargs.pop("normalizer", "entmax15")
+    normalizer = normalizer_name(kwargs.pop("normalizer", "entmax15"))  # validated before building
     scale = kwargs.pop("attn_scale", None)
+    out_indices = kwargs.pop("out_indices", 3)  # timm's ViT default for features_only: the last 3 blocks
     args = {**ENTMAX_ARCHS[name], **kwargs}
     args.setdefault("attn_layer", SparseAttention)
-    model = VisionTransformer(**args)
+    model = build_model_with_cfg(
+        VisionTransformer,
+        name,
+        pretrained=False,
+        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+        **args,
+    )
     if normalizer != "entmax15" or scale is not None:
-        from sparsedino.attention.layers import sparsify
-
         sparsify(model, normalizer, scale)
-    model.pretrained_cfg = {
-        "architecture": name,
-        "num_classes": model.num_classes,
-        "input_size": (3, 224, 224),
-        "interpolation": "bicubic",
-        "crop_pct": 0.875,
-        "mean": IMAGENET_DEFAULT_MEAN,  # DINO's normalisation
-        "std": IMAGENET_DEFAULT_STD,
-        "url": "",
-        "hf_hub_id": "",
-    }
-    model.default_cfg = model.pretrained_cfg
     return model
 
 
