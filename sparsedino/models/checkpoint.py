@@ -89,14 +89,43 @@ def load_backbone(
             ViT, missing keys, shape mismatch).
     """
     path = Path(path)
+    if normalizer is not None:
+        from sparsedino.attention import validate_normalizer
+
+        validate_normalizer(normalizer)  # a caller's argument: ValueError, not the file's fault
+    if arch is not None and arch not in ARCHS:
+        raise CheckpointError(f"unknown arch {arch!r} requested; expected one of {', '.join(ARCHS)}")
     obj, header = read_checkpoint(path)
+    try:
+        return _build_backbone(path, obj, header, normalizer, arch, which, img_size)
+    except CheckpointError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError, AssertionError, AttributeError) as err:
+        # Whatever a malformed file makes the parsing or the model build trip over is the file's fault.
+        detail = str(err).splitlines()[0] if str(err) else "no details"
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not hold a usable ViT ({type(err).__name__}: {detail})"
+        ) from err
+
+
+def _build_backbone(
+    path: Path, obj, header: dict, normalizer, arch: str | None, which: str, img_size: int | None
+) -> tuple[VisionTransformer, BackboneInfo]:
+    """The body of :func:`load_backbone` once the file is read."""
     state, meta = extract_backbone(obj, header, which, path)
     shape = infer_vit_shape(state, path)
+    _check_finite(state, path)
     inferred_arch = arch_from_shape(shape["embed_dim"], shape["depth"])
     stored_arch = meta.get("arch") if meta.get("arch") in ARCHS else None
+    if stored_arch is not None and stored_arch != inferred_arch:
+        spec = ARCHS[stored_arch]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} says arch {stored_arch!r} (width {spec['embed_dim']}, depth "
+            f"{spec['depth']}) but its tensors are width {shape['embed_dim']}, depth {shape['depth']}"
+            + (f" ({inferred_arch})" if inferred_arch else "")
+            + ": its metadata does not describe its weights"
+        )
     if arch is not None:
-        if arch not in ARCHS:
-            raise CheckpointError(f"unknown arch {arch!r} requested; expected one of {', '.join(ARCHS)}")
         spec = ARCHS[arch]
         if (spec["embed_dim"], spec["depth"]) != (shape["embed_dim"], shape["depth"]):
             raise CheckpointError(
@@ -156,6 +185,17 @@ def load_backbone(
         sha256=fingerprint(path),
     )
     return model, info
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity: they would evaluate to a meaningless 0 % report."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: tensor {name!r} holds {bad} NaN/inf value(s) of {tensor.numel()}; "
+                "the weights are broken (a diverged run?)"
+            )
 
 
 def load_state_dict_checked(module: torch.nn.Module, state: dict, what: str, path: Path) -> None:

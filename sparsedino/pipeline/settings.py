@@ -72,6 +72,10 @@ class ReproduceConfig:
     diagnose: bool = True
     diagnose_overrides: list[str] = field(default_factory=list)
     curve: CurveSettings = field(default_factory=CurveSettings)
+    # Processes the training recipe is stated for (global batch = optim.batch_size_per_gpu x this). Above 1,
+    # `reproduce` (one process) trains nothing itself: it needs each run finished by torchrun first, and says
+    # how; set 1 to train in one process on purpose (a smaller global batch, recorded in the report).
+    train_processes: int = 1
     budget_minutes: float = 0.0  # what the preset is tuned to finish within on its target machine (0 = n/a)
     target_machine: str = ""
 
@@ -91,6 +95,12 @@ def validate(cfg: ReproduceConfig) -> None:
         raise ConfigError(f"key 'arms': duplicate entries in {list(cfg.arms)}")
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"key 'seeds': give distinct seeds, got {list(cfg.seeds)}")
+    if cfg.train_processes < 1:
+        raise ConfigError(f"key 'train_processes' must be >= 1, got {cfg.train_processes}")
+    if cfg.curve.every_epochs < 1:
+        raise ConfigError(f"key 'curve.every_epochs' must be >= 1, got {cfg.curve.every_epochs}")
+    if cfg.budget_minutes < 0:
+        raise ConfigError(f"key 'budget_minutes' must be >= 0, got {cfg.budget_minutes}")
     for name in cfg.seg_datasets:
         if name not in ("voc", "ade20k", "cityscapes"):
             raise ConfigError(f"key 'seg_datasets': {name!r} is not one of voc, ade20k, cityscapes")
@@ -100,7 +110,15 @@ def validate(cfg: ReproduceConfig) -> None:
         for name in cfg.seg_datasets:
             if not getattr(cfg.data, name):
                 raise ConfigError(f"key 'data.{name}': required because seg_datasets lists {name!r}")
-    elif cfg.synth.colours not in ("random", "class"):
-        raise ConfigError(f"key 'synth.colours': {cfg.synth.colours!r} is not one of random, class")
-    elif any(name != "voc" for name in cfg.seg_datasets):
-        raise ConfigError("key 'seg_datasets': the embedded dataset provides only the VOC layout ('voc')")
+    else:
+        _validate_synth(cfg.synth)
+        if any(name != "voc" for name in cfg.seg_datasets):
+            raise ConfigError("key 'seg_datasets': the embedded dataset provides only the VOC layout ('voc')")
+
+
+def _validate_synth(synth: SynthSettings) -> None:
+    """The embedded dataset's settings, checked before the data stage (the generator's limits)."""
+    from sparsedino.config import config_to_dict
+    from sparsedino.data.command import check_synth_options
+
+    check_synth_options(config_to_dict(synth), lambda key: f"key 'synth.{key}'")
