@@ -164,6 +164,9 @@ def make_classification_transform(
 ) -> v2.Compose:
     """DINO's classification views: train RandomResizedCrop + flip; eval Resize + CenterCrop ``crop``.
 
+    As in DINO's ``eval_linear.py``: the train crop uses torchvision's default (bilinear) interpolation,
+    the eval resize is bicubic.
+
     Args:
         train: random (train) or deterministic (eval / feature caching) pipeline.
         crop: output side.
@@ -172,7 +175,7 @@ def make_classification_transform(
     if train:
         ops: list[v2.Transform] = [
             v2.ToImage(),
-            v2.RandomResizedCrop(crop, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.RandomResizedCrop(crop, antialias=True),
             v2.RandomHorizontalFlip(),
         ]
     else:

@@ -27,7 +27,8 @@ from sparsedino.eval.settings import PROTOCOLS, load_protocol_config
 _HELP = """
 protocols:
   knn     DINO weighted k-NN on last-block [CLS] (T=0.07, k=10/20/100/200)      preset: eval_knn
-  linear  DINO linear probe, DINOv2-style grid of lrs x (last 1/4 blocks) x avgpool   preset: eval_linear
+  linear  linear probe on [CLS]: fast grid of lrs x (last 1/4 blocks) x avgpool on cached features
+          (preset eval_linear), or DINO's protocol on augmented views (preset eval_linear_dino)
   seg     DINOv2 "linear" segmentation probe (BN + 1x1 conv, sliding-window eval)
           presets: eval_seg_voc, eval_seg_ade20k, eval_seg_cityscapes
 
