@@ -44,7 +44,12 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
     Returns:
         The report dict (also written to ``OUT/results.json``), or the plan description for ``dry_run``.
     """
-    from sparsedino.pipeline.plan import build_plan, describe, load_reproduce_config
+    from sparsedino.pipeline.plan import (
+        build_plan,
+        check_training_processes,
+        describe,
+        load_reproduce_config,
+    )
     from sparsedino.pipeline.report import write_report
     from sparsedino.pipeline.runner import (
         curve_stages,
@@ -60,6 +65,7 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
     plan = build_plan(cfg, out)
     if dry_run:
         return describe(plan)
+    check_training_processes(plan)  # a multi-process recipe is trained by torchrun, never silently here
     with RunLock(out, "--out"):  # one `reproduce` per folder: a second one is refused, naming this pid
         remove_stale_temps(out)  # left by a run killed mid-write; nobody else writes here now
         save_config(cfg, out / "reproduce_config.yaml")
