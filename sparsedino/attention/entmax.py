@@ -76,19 +76,21 @@ def _entmax15_newton(
     tau = mean - delta.clamp_min(0.0).sqrt()
     d = (z - tau).clamp_min(0.0)
     p = torch.where(finite, d * d, torch.zeros_like(d))
-    posinf = m == float("inf")
-    p = torch.where(posinf, torch.full_like(p, float("nan")), p)  # +inf in the row: NaN, as softmax
+    undefined = (m == float("inf")) | m.isnan()  # +inf or NaN in the row (amax propagates NaN)
+    p = torch.where(undefined, torch.full_like(p, float("nan")), p)  # the whole row NaN, as softmax
     # KKT check: the closed-form tau must keep exactly the support it was computed on.
     same_support = (z > tau).sum(dim, keepdim=True, dtype=z.dtype) == cnt
-    ok = (same_support & (delta >= 0.0)) | ~finite | m.isnan() | posinf
+    ok = (same_support & (delta >= 0.0)) | ~finite | undefined
     return p, ok, ok.all()
 
 
 def _nan_where_posinf(x: Tensor, dim: int) -> Tensor | None:
     """Rows (``dim`` kept) of ``x`` holding ``+inf``, or None when there is none (one pass over ``x``)."""
-    if not bool(torch.isposinf(x.max())):  # NaN anywhere makes max NaN: those rows are NaN already
+    top = x.max()
+    if not (bool(torch.isposinf(top)) or bool(top.isnan())):  # the common case: a single reduction
         return None
-    return torch.isposinf(x).any(dim, keepdim=True)
+    rows = torch.isposinf(x).any(dim, keepdim=True)  # (a NaN anywhere hides +inf from max: look per row)
+    return rows if bool(rows.any()) else None
 
 
 def _rowwise_blocks(fn, x: Tensor, dim: int, *others: Tensor) -> Tensor:
@@ -254,7 +256,8 @@ def _sparsemax_forward(x: Tensor) -> Tensor:
     tau = taus.gather(-1, support - 1)
     p = (z - tau).clamp_min(0.0)
     p = torch.where(finite, p, torch.zeros_like(p))
-    return torch.where(m == float("inf"), torch.full_like(p, float("nan")), p)  # +inf row: NaN, as softmax
+    undefined = (m == float("inf")) | m.isnan()
+    return torch.where(undefined, torch.full_like(p, float("nan")), p)  # +inf / NaN row: NaN, as softmax
 
 
 class _SparsemaxFunction(torch.autograd.Function):
@@ -313,7 +316,8 @@ def _bisect_forward(x: Tensor, alpha: Tensor, dim: int, n_iter: int) -> Tensor:
     p = (xs - 0.5 * (lo + hi)).clamp_min(0.0).pow(power)
     p = p / p.sum(dim, keepdim=True).clamp_min(_TINY)
     p = torch.where(finite, p, torch.zeros_like(p))
-    return torch.where(m == float("inf"), torch.full_like(p, float("nan")), p)  # +inf row: NaN, as softmax
+    undefined = (m == float("inf")) | m.isnan()
+    return torch.where(undefined, torch.full_like(p, float("nan")), p)  # +inf / NaN row: NaN, as softmax
 
 
 class _EntmaxBisectFunction(torch.autograd.Function):

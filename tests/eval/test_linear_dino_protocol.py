@@ -30,7 +30,9 @@ def test_dino_preset_states_dino_eval_linear_settings():
     train = make_classification_transform(train=True, crop=cfg.crop)
     crop = next(t for t in train.transforms if isinstance(t, v2.RandomResizedCrop))
     assert tuple(crop.size) == (224, 224) and tuple(crop.scale) == (0.08, 1.0)
-    assert str(getattr(crop.interpolation, "value", crop.interpolation)) == "bilinear"  # torchvision default, as DINO
+    assert (
+        str(getattr(crop.interpolation, "value", crop.interpolation)) == "bilinear"
+    )  # torchvision default, as DINO
     assert any(isinstance(t, v2.RandomHorizontalFlip) for t in train.transforms)
 
 
@@ -45,7 +47,9 @@ def test_augment_mode_reruns_the_backbone_on_new_views_every_epoch(tiny_vit, syn
     train = ImageNetFolder(synth_root / "imagenet", "train", transform)
     val = ImageNetFolder(synth_root / "imagenet", "val", transform)
     seen: list[torch.Tensor] = []
-    hook = tiny_vit.patch_embed.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach().clone()))
+    hook = tiny_vit.patch_embed.register_forward_hook(
+        lambda m, inp, out: seen.append(inp[0].detach().clone())
+    )
     torch.manual_seed(0)
     result = run_linear(tiny_vit, train, val, cfg)
     hook.remove()

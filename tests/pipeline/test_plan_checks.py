@@ -62,7 +62,9 @@ def _finish(out, run_id, epochs, global_batch):
     (folder / "train_summary.json").write_text(json.dumps({"epochs": epochs, "global_batch": global_batch}))
 
 
-def test_paper_preset_refuses_to_train_its_8_process_recipe_in_one_process(tmp_path, paper_paths, no_stage_may_run):
+def test_paper_preset_refuses_to_train_its_8_process_recipe_in_one_process(
+    tmp_path, paper_paths, no_stage_may_run
+):
     out = tmp_path / "paper"
     with pytest.raises(ConfigError) as err:
         run_reproduce("paper", out, paper_paths)
