@@ -175,6 +175,7 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
         raise OutputError(
             f"{what} {str(path)!r}: folder {str(existing)!r} is not writable (permission denied)"
         )
-    if shutil.disk_usage(existing).free < MIN_FREE_BYTES:
+    usage = shutil.disk_usage(existing)
+    if usage.total > 0 and usage.free < MIN_FREE_BYTES:  # (some network mounts report 0 / 0: no verdict)
         raise OutputError(f"{what} {str(path)!r}: no space left on device")
     return path

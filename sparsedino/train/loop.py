@@ -120,6 +120,7 @@ class Trainer:
         try:
             self._open_run(iters)
         except BaseException:
+            self.discard_failed_start()
             self.close()
             raise
 
@@ -127,15 +128,14 @@ class Trainer:
         """Resume from the folder's checkpoint (or seed a fresh run), then write the resolved config."""
         cfg, dist_info, seed = self.cfg, self.dist, self.cfg.run.seed
         latest = self.out / LATEST
-        if cfg.run.resume and latest.is_file():
+        self.fresh = not (cfg.run.resume and latest.is_file())
+        if not self.fresh:
             pos = load_checkpoint(latest, self.state, cfg, dist_info.rank, dist_info.world_size)
             self.epoch, self.iteration, self.global_step = pos["epoch"], pos["iteration"], pos["global_step"]
             self.skipped_total = pos["skipped_images"]
             if self.iteration >= iters:  # killed between the last step's checkpoint and the epoch end
                 self.epoch, self.iteration = self.epoch + 1, 0
             log.info("resumed from %s at epoch %d iteration %d", latest, self.epoch, self.iteration)
-            if dist_info.is_main:
-                truncate_jsonl(self.out / "metrics.jsonl", self.global_step)
         else:
             # Per-rank streams for drop path etc.; data augmentation is seeded per sample instead.
             torch.manual_seed(seed + dist_info.rank)
@@ -144,6 +144,8 @@ class Trainer:
         if dist_info.is_main:
             for tmp in remove_stale_temps(self.out):  # half-written files of a run killed mid-write
                 log.info("removed %s, left by an interrupted write", tmp)
+            # records after the restart point (all of them for a fresh start) will be logged again
+            truncate_jsonl(self.out / "metrics.jsonl", self.global_step)
             save_config(cfg, self.out / "config.yaml")
         self.logger = MetricLogger(
             self.out,
@@ -308,6 +310,12 @@ class Trainer:
         self.logger.close()
         return self.out
 
+    def discard_failed_start(self) -> None:
+        """After a fresh run failed before its first checkpoint: remove the set-up files it wrote."""
+        if self.dist.is_main and getattr(self, "fresh", False) and not (self.out / LATEST).exists():
+            for name in ("config.yaml", epoch_snapshot_name(0)):
+                (self.out / name).unlink(missing_ok=True)
+
     def close(self) -> None:
         """Release the run folder's lock (the process exiting releases it too)."""
         if self.lock is not None:
@@ -335,6 +343,8 @@ def run_training(cfg: TrainConfig) -> Path:
     except BaseException as err:
         if dist_info.distributed:
             log.error("rank %d failed: %s", dist_info.rank, err)
+        if trainer is not None:
+            trainer.discard_failed_start()  # nothing half set up is left: the next run starts clean
         raise
     finally:
         if trainer is not None:

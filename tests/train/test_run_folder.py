@@ -109,6 +109,9 @@ def test_a_nan_loss_before_any_checkpoint_does_not_claim_one_is_intact(image_roo
     with pytest.raises(NonFiniteLossError) as err:
         run_training(load_train_config("dino_cpu_tiny", _overrides(image_root, tmp_path / "r")))
     assert "no checkpoint had been written yet" in str(err.value) and "intact" not in str(err.value)
+    # 12.6: a run that failed before its first checkpoint leaves no set-up files for the next one to trip on
+    assert not (tmp_path / "r" / "config.yaml").exists()
+    assert not (tmp_path / "r" / "checkpoint_epoch0000.pth").exists()
 
 
 @pytest.mark.parametrize(
