@@ -2,6 +2,14 @@
 
 A crash (or ``kill -9``) at any moment leaves either the previous file or the new one, never a
 half-written file. Every writer in the package that produces a result or checkpoint goes through here.
+
+- Written files get the permissions a plain ``open`` would give (``0666`` minus the umask), not the
+  ``0600`` of ``tempfile``, so results in a shared folder stay readable by the group.
+- A temporary file orphaned by a ``kill -9`` is named ``.<target>.<random>.tmp``;
+  :func:`remove_stale_temps` clears them when a run resumes (under the run's lock, see ``runlock.py``).
+- A write that fails because the disk is full or the folder is not writable raises
+  :class:`~sparsedino.errors.OutputError` naming the file; :func:`check_output_dir` finds the same
+  problems before any work starts.
 """
 
 from __future__ import annotations
@@ -9,10 +17,33 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
+
+from sparsedino.errors import NO_SPACE, NOT_WRITABLE, OutputError, describe_os_error
+
+TEMP_SUFFIX = ".tmp"
+MIN_FREE_BYTES = 1 << 20  # an output folder with less free space than this is reported as full
+_UMASK_LOCK = threading.Lock()
+
+
+def _file_mode() -> int:
+    """``0o666`` minus the process umask: the mode ``open()`` gives a new file."""
+    with _UMASK_LOCK:  # the umask can only be read by setting it; keep other threads out meanwhile
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _as_output_error(err: OSError, path: Path) -> OSError:
+    """An :class:`OutputError` naming ``path`` for "disk full" / "not writable"; other errors unchanged."""
+    if isinstance(err, OutputError) or err.errno not in NO_SPACE + NOT_WRITABLE:
+        return err
+    return OutputError(err.errno, describe_os_error(err, path), str(path))
 
 
 @contextlib.contextmanager
@@ -26,19 +57,28 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
 
     Yields:
         The open temporary file. If the block raises, the temporary file is removed and ``path`` is untouched.
+
+    Raises:
+        OutputError: the folder cannot be created or written, or the disk is full.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise _as_output_error(err, path) from err
+    try:
+        os.fchmod(fd, _file_mode())
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(err, OSError) and _as_output_error(err, path) is not err:
+            raise _as_output_error(err, path) from err
         raise
 
 
@@ -59,12 +99,86 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
     atomic_write_text(path, json.dumps(obj, indent=indent, allow_nan=True) + "\n")
 
 
+class _Writer:
+    """A file wrapper that keeps the ``OSError`` of a failed write (torch.save may report it as a RuntimeError)."""
+
+    def __init__(self, handle: IO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """``torch.save`` to ``path`` atomically."""
     import torch
 
     with atomic_open(path, "wb") as handle:
-        torch.save(obj, handle)
+        writer = _Writer(handle)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that interrupted atomic writes left in ``folder`` (not recursive).
+
+    Call it only while no other process writes to ``folder`` (e.g. holding its :class:`RunLock`).
+
+    Returns:
+        The removed paths.
+    """
+    removed = []
+    for tmp in Path(folder).glob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
+def check_output_dir(path: str | os.PathLike, what: str) -> Path:
+    """Check, without creating anything, that ``path`` can become (or is) a writable output folder.
+
+    Args:
+        path: the folder.
+        what: how the user named it in messages, e.g. ``"--out"`` or ``"run.output_dir"``.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        OutputError: ``path`` (or a parent) is a file, the nearest existing folder is not writable, or its
+            file system has less than 1 MiB free ("no space left on device").
+    """
+    path = Path(path).expanduser()
+    existing = path
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "" if existing == path else f" (its parent {str(existing)!r} is a file)"
+        raise OutputError(f"{what} {str(path)!r} is not a folder{where}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"{what} {str(path)!r}: folder {str(existing)!r} is not writable (permission denied)"
+        )
+    usage = shutil.disk_usage(existing)
+    if usage.total > 0 and usage.free < MIN_FREE_BYTES:  # (some network mounts report 0 / 0: no verdict)
+        raise OutputError(f"{what} {str(path)!r}: no space left on device")
+    return path
 
 
 @contextlib.contextmanager

@@ -57,8 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sparsedino: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     from sparsedino.allocator import keep_freed_memory
+    from sparsedino.environment import check_environment
+    from sparsedino.errors import run_command
 
     keep_freed_memory()  # large CPU temporaries are reused instead of re-faulted (see allocator.py)
+    status = run_command(f"sparsedino {name}", check_environment)  # bad SPARSEDINO_* values fail now
+    if status:
+        return status
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

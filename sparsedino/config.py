@@ -9,6 +9,8 @@ is written beside the outputs with :func:`save_config`, so every run can be repe
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,13 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sparsedino.atomic import atomic_write_text
+from sparsedino.errors import UserError
 
 T = TypeVar("T")
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, key or value is wrong; the message says which and what was expected."""
 
 
@@ -104,8 +108,43 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"required config keys have no value: {', '.join(missing)}")
+    _check_finite(OmegaConf.to_container(cfg, resolve=True), "")
     OmegaConf.set_readonly(cfg, True)
     return cfg  # type: ignore[return-value]
+
+
+def _check_finite(node: Any, key: str) -> None:
+    """No setting of any command is meaningful as NaN or infinity: reject them, naming the key."""
+    if isinstance(node, dict):
+        for name, value in node.items():
+            _check_finite(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_finite(value, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"key {key!r} must be a finite number, got {node}")
+
+
+def check_device(value: str, key: str) -> None:
+    """Check a device setting (``auto``, ``cpu``, ``cuda``, ``cuda:N``) against this machine.
+
+    Raises:
+        ConfigError: naming ``key``, for an unknown spelling or a CUDA device this machine does not have.
+    """
+    if not _DEVICE.match(value):
+        raise ConfigError(f"key {key!r}: {value!r} is not a device (auto, cpu, cuda or cuda:N)")
+    if value.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(value.partition(":")[2] or 0)
+        if index >= count:
+            have = (
+                f"only {count} CUDA device(s)"
+                if count
+                else "no CUDA device (torch.cuda.is_available() is False)"
+            )
+            raise ConfigError(f"key {key!r} is {value!r} but this machine has {have}; use auto or cpu")
 
 
 def config_to_dict(cfg: Any) -> dict:

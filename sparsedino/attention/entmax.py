@@ -14,8 +14,10 @@ All three map scores ``x`` to probabilities along ``dim`` that can be exactly ze
 * ``sparsemax``: Euclidean projection onto the simplex, sort based.
 
 Masking convention (all three): entries equal to ``-inf`` get exactly 0; a row that is entirely ``-inf`` gets
-all zeros (never NaN), which is what a fully masked attention row should contribute. float16 / bfloat16 inputs
-are computed in float32 and returned in the input dtype.
+all zeros (never NaN), which is what a fully masked attention row should contribute. A row holding ``+inf``
+(or NaN) gives NaN everywhere, as softmax does: a score that overflowed is reported, not turned into a
+plausible distribution (so NaN checks downstream, e.g. the training loss, stop the run). float16 / bfloat16
+inputs are computed in float32 and returned in the input dtype.
 """
 
 from __future__ import annotations
@@ -76,10 +78,21 @@ def _entmax15_newton(
     tau = mean - delta.clamp_min(0.0).sqrt()
     d = (z - tau).clamp_min(0.0)
     p = torch.where(finite, d * d, torch.zeros_like(d))
+    undefined = (m == float("inf")) | m.isnan()  # +inf or NaN in the row (amax propagates NaN)
+    p = torch.where(undefined, torch.full_like(p, float("nan")), p)  # the whole row NaN, as softmax
     # KKT check: the closed-form tau must keep exactly the support it was computed on.
     same_support = (z > tau).sum(dim, keepdim=True, dtype=z.dtype) == cnt
-    ok = (same_support & (delta >= 0.0)) | ~finite | m.isnan()
+    ok = (same_support & (delta >= 0.0)) | ~finite | undefined
     return p, ok, ok.all()
+
+
+def _nan_where_posinf(x: Tensor, dim: int) -> Tensor | None:
+    """Rows (``dim`` kept) of ``x`` holding ``+inf``, or None when there is none (one pass over ``x``)."""
+    top = x.max()
+    if not (bool(torch.isposinf(top)) or bool(top.isnan())):  # the common case: a single reduction
+        return None
+    rows = torch.isposinf(x).any(dim, keepdim=True)  # (a NaN anywhere hides +inf from max: look per row)
+    return rows if bool(rows.any()) else None
 
 
 def _rowwise_blocks(fn, x: Tensor, dim: int, *others: Tensor) -> Tensor:
@@ -151,11 +164,11 @@ def entmax15_forward(
     if _use_native(x, scale):
         if bias is not None:
             x, scale, inplace = torch.add(x * scale, bias), 1.0, True
+        posinf = _nan_where_posinf(x, dim)  # the C kernel treats NaN rows only
         x_last = x.movedim(dim, -1)
         inplace = inplace and x_last.is_contiguous()
-        return native.entmax15_rows(x_last.contiguous(), scale, NEWTON_STEPS, inplace=inplace).movedim(
-            -1, dim
-        )
+        p = native.entmax15_rows(x_last.contiguous(), scale, NEWTON_STEPS, inplace=inplace).movedim(-1, dim)
+        return p if posinf is None else p.masked_fill_(posinf, float("nan"))
     if _eager_blocks(x, dim):
         if bias is not None:
             x, scale = torch.add(x * scale, bias), 1.0
@@ -222,7 +235,7 @@ def entmax15(x: Tensor, dim: int = -1) -> Tensor:
 
     Args:
         x: Scores, any shape and floating dtype. ``-inf`` entries (masked) get exactly 0; a row that is entirely
-            ``-inf`` gives all zeros, never NaN.
+            ``-inf`` gives all zeros, never NaN; a row holding ``+inf`` or NaN gives NaN (as softmax).
         dim: Dimension to normalise over.
 
     Returns:
@@ -247,7 +260,9 @@ def _sparsemax_forward(x: Tensor) -> Tensor:
     support = ((taus < zs) & valid).sum(-1, keepdim=True).clamp_min(1)
     tau = taus.gather(-1, support - 1)
     p = (z - tau).clamp_min(0.0)
-    return torch.where(finite, p, torch.zeros_like(p))
+    p = torch.where(finite, p, torch.zeros_like(p))
+    undefined = (m == float("inf")) | m.isnan()
+    return torch.where(undefined, torch.full_like(p, float("nan")), p)  # +inf / NaN row: NaN, as softmax
 
 
 class _SparsemaxFunction(torch.autograd.Function):
@@ -273,7 +288,8 @@ def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
     """Exact sparsemax (Euclidean projection onto the probability simplex) along ``dim``.
 
     Args:
-        x: Scores. ``-inf`` entries get exactly 0; an all ``-inf`` row gives all zeros.
+        x: Scores. ``-inf`` entries get exactly 0; an all ``-inf`` row gives all zeros; a row holding ``+inf``
+            or NaN gives NaN (as softmax).
         dim: Dimension to normalise over.
 
     Returns:
@@ -307,7 +323,9 @@ def _bisect_forward(x: Tensor, alpha: Tensor, dim: int, n_iter: int, tiny: float
         hi = torch.where(above, hi, mid)
     p = (xs - 0.5 * (lo + hi)).clamp_min(0.0).pow(power)
     p = p / p.sum(dim, keepdim=True).clamp_min(tiny)
-    return torch.where(finite, p, torch.zeros_like(p))
+    p = torch.where(finite, p, torch.zeros_like(p))
+    undefined = (m == float("inf")) | m.isnan()
+    return torch.where(undefined, torch.full_like(p, float("nan")), p)  # +inf / NaN row: NaN, as softmax
 
 
 class _EntmaxBisectFunction(torch.autograd.Function):
@@ -350,7 +368,8 @@ def entmax_bisect(
     """alpha-entmax along ``dim`` by bisection on the threshold, for any ``alpha > 1``.
 
     Args:
-        x: Scores. ``-inf`` entries get exactly 0; an all ``-inf`` row gives all zeros.
+        x: Scores. ``-inf`` entries get exactly 0; an all ``-inf`` row gives all zeros; a row holding ``+inf``
+            or NaN gives NaN (as softmax).
         alpha: A float, or a tensor broadcastable to ``x`` (e.g. one value per head, shape (1, H, 1, 1));
             differentiable when it requires grad. ``alpha -> 1`` approaches softmax, ``alpha = 2`` is sparsemax.
         dim: Dimension to normalise over.

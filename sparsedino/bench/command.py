@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 BENCHMARKS: dict[str, str] = {
     "attention": "attention op alone: SDPA softmax vs entmax implementations, fwd and fwd+bwd, peak memory",
@@ -24,5 +26,18 @@ def main(argv: Sequence[str]) -> int:
         for name, text in BENCHMARKS.items():
             print(f"  {name:<10} {text}", file=stream)
         return 0 if stream is sys.stdout else 2
-    module = importlib.import_module(f"sparsedino.bench.{argv[0]}")
-    return int(module.main(argv[1:]) or 0)
+    from sparsedino.errors import run_command
+
+    return run_command(f"sparsedino bench {argv[0]}", lambda: _bench(argv[0], argv[1:]))
+
+
+def _bench(name: str, argv: list[str]) -> int:
+    from sparsedino.atomic import check_output_dir
+
+    pre = argparse.ArgumentParser(add_help=False)  # the result file is checked before minutes of timing
+    pre.add_argument("--json", type=Path)
+    known, _ = pre.parse_known_args(argv)
+    if known.json is not None:
+        check_output_dir(known.json.expanduser().parent, "--json")
+    module = importlib.import_module(f"sparsedino.bench.{name}")
+    return int(module.main(argv) or 0)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsedino.data.segmentation import IGNORE_INDEX, SegmentationDataset
+from sparsedino.errors import DataError, MissingDataError
 
 ADE20K_NUM_CLASSES = 150
 _SPLITS = {"train": "training", "training": "training", "val": "validation", "validation": "validation"}
@@ -196,17 +197,17 @@ class ADE20KSegmentation(SegmentationDataset):
         if not (root / "images").is_dir() and (root / "ADEChallengeData2016").is_dir():
             root = root / "ADEChallengeData2016"
         if split not in _SPLITS:
-            raise ValueError(f"ADE20K: unknown split {split!r}; expected one of {sorted(_SPLITS)}")
+            raise DataError(f"ADE20K: unknown split {split!r}; expected one of {sorted(_SPLITS)}")
         image_dir, mask_dir = root / "images" / _SPLITS[split], root / "annotations" / _SPLITS[split]
         for folder in (image_dir, mask_dir):
             if not folder.is_dir():
-                raise FileNotFoundError(
+                raise MissingDataError(
                     f"ADE20K: folder {folder} does not exist; expected "
                     "ADEChallengeData2016/{images,annotations}/{training,validation}"
                 )
         images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
         if not images:
-            raise FileNotFoundError(f"ADE20K: no images in {image_dir}")
+            raise MissingDataError(f"ADE20K: no images in {image_dir}")
         pairs = [(p, mask_dir / f"{p.stem}.png") for p in images]
         label_map = np.full(256, IGNORE_INDEX, dtype=np.uint8)  # reduce_zero_label: 0 -> 255, k -> k - 1
         label_map[1 : ADE20K_NUM_CLASSES + 1] = np.arange(ADE20K_NUM_CLASSES)

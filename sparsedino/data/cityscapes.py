@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsedino.data.segmentation import IGNORE_INDEX, SegmentationDataset
+from sparsedino.errors import MissingDataError
 
 # label id -> (train id, name) for the 19 evaluated classes (cityscapesScripts labels.py)
 _TRAIN_IDS = {
@@ -53,13 +54,13 @@ class CityscapesSegmentation(SegmentationDataset):
         image_dir, mask_dir = root / "leftImg8bit" / split, root / "gtFine" / split
         for folder in (image_dir, mask_dir):
             if not folder.is_dir():
-                raise FileNotFoundError(
+                raise MissingDataError(
                     f"Cityscapes: folder {folder} does not exist; expected leftImg8bit/<split>/<city>/ and "
                     "gtFine/<split>/<city>/"
                 )
         images = sorted(image_dir.glob("*/*_leftImg8bit.png"))
         if not images:
-            raise FileNotFoundError(f"Cityscapes: no *_leftImg8bit.png files under {image_dir}/<city>/")
+            raise MissingDataError(f"Cityscapes: no *_leftImg8bit.png files under {image_dir}/<city>/")
         pairs = [
             (p, mask_dir / p.parent.name / p.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png"))
             for p in images

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from sparsedino.data.synthetic import COLOUR_MODES
 
@@ -68,7 +69,9 @@ def _video_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--clutter", type=float, default=1.0, help="background clutter multiplier (default 1)"
     )
-    parser.add_argument("--colours", choices=("random", "class"), default="random", help="object colours")
+    parser.add_argument(
+        "--colours", choices=COLOUR_MODES, default="random", help="object colours (see `data synth --help`)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     return parser
 
@@ -99,6 +102,45 @@ _USAGE = """usage: sparsedino data synth --out DIR [--n-train N] [--n-val N] [--
        sparsedino data synth-video --out DIR [--clips N] [--frames T] [--size PX] [--seed S]"""
 
 
+def check_synth_options(values: Mapping[str, Any], key: Callable[[str], str]) -> None:
+    """Check the embedded dataset's options against the generator's limits, before anything is written.
+
+    Args:
+        values: ``n_train``, ``n_val``, ``size``, ``num_classes``, ``max_objects``, ``clutter``, ``colours``,
+            ``colour_groups``, ``same_group``, ``marker_share`` (any subset).
+        key: how the user spelled an option, e.g. ``lambda k: f"synth.{k}"`` (reproduce) or ``--n-train``.
+
+    Raises:
+        ConfigError: naming the option and its allowed range.
+    """
+    from sparsedino.config import ConfigError
+    from sparsedino.data.synthetic import COLOUR_MODES, MAX_CLASSES
+
+    rules = {
+        "n_train": (lambda v: v >= 1, ">= 1"),
+        "n_val": (lambda v: v >= 1, ">= 1"),
+        "size": (lambda v: v >= 16, ">= 16 pixels"),
+        "num_classes": (lambda v: 2 <= v <= MAX_CLASSES, f"in [2, {MAX_CLASSES}]"),
+        "max_objects": (lambda v: v >= 1, ">= 1"),
+        "clutter": (lambda v: v >= 0, ">= 0"),
+        "colours": (lambda v: v in COLOUR_MODES, f"one of {', '.join(COLOUR_MODES)}"),
+        "same_group": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+        "marker_share": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
+    }
+    for name, (ok, rule) in rules.items():
+        if name in values and not ok(values[name]):
+            raise ConfigError(f"{key(name)} must be {rule}, got {values[name]!r}")
+    colours, classes = values.get("colours"), values.get("num_classes", 2)
+    if colours == "shared" and not 1 <= values.get("colour_groups", 1) <= classes:
+        raise ConfigError(
+            f"{key('colour_groups')} must be in [1, num_classes={classes}], got {values['colour_groups']!r}"
+        )
+    if colours == "metamer" and classes % 2:
+        raise ConfigError(
+            f"{key('num_classes')} must be even with colours=metamer (classes come in pairs), got {classes}"
+        )
+
+
 def main(argv: Sequence[str]) -> int:
     """Entry point: ``sparsedino data synth --out DIR ...`` or ``sparsedino data synth-video --out DIR ...``."""
     argv = list(argv)
@@ -111,28 +153,36 @@ def main(argv: Sequence[str]) -> int:
     if argv[0] == "synth-video":
         return _synth_video(argv[1:])
     args = _synth_parser().parse_args(argv[1:])
-    from sparsedino.data.synthetic import write_synthetic_dataset
+    from sparsedino.errors import run_command
 
+    return run_command("sparsedino data synth", lambda: _synth(args))
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from sparsedino.atomic import check_output_dir
+    from sparsedino.data.synthetic import write_synthetic_dataset
+    from sparsedino.errors import OutputError
+
+    check_synth_options(vars(args), _option_name)
+    out = check_output_dir(args.out, "--out")
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise OutputError(f"--out {str(out)!r} exists and is not empty (pass --overwrite to replace it)")
     start = time.perf_counter()
-    try:
-        meta = write_synthetic_dataset(
-            args.out,
-            n_train=args.n_train,
-            n_val=args.n_val,
-            size=args.size,
-            seed=args.seed,
-            num_classes=args.num_classes,
-            max_objects=args.max_objects,
-            clutter=args.clutter,
-            colours=args.colours,
-            colour_groups=args.colour_groups,
-            same_group=args.same_group,
-            marker_share=args.marker_share,
-            overwrite=args.overwrite,
-        )
-    except (ValueError, FileExistsError) as err:
-        print(f"sparsedino data synth: {err}", file=sys.stderr)
-        return 2
+    meta = write_synthetic_dataset(
+        args.out,
+        n_train=args.n_train,
+        n_val=args.n_val,
+        size=args.size,
+        seed=args.seed,
+        num_classes=args.num_classes,
+        max_objects=args.max_objects,
+        clutter=args.clutter,
+        colours=args.colours,
+        colour_groups=args.colour_groups,
+        same_group=args.same_group,
+        marker_share=args.marker_share,
+        overwrite=args.overwrite,
+    )
     seconds = time.perf_counter() - start
     total = meta["n_train"] + meta["n_val"]
     print(
@@ -140,3 +190,7 @@ def main(argv: Sequence[str]) -> int:
         f"{seconds:.1f} s ({total / seconds:.0f} images/s)"
     )
     return 0
+
+
+def _option_name(key: str) -> str:
+    return "--" + key.replace("_", "-")

@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sparsedino.errors import DataError
+
 VOID_ID = 255
 
 
-class DavisError(ValueError):
-    """The DAVIS tree is malformed; the message names the sequence or frame file."""
+class DavisError(DataError):
+    """The DAVIS tree is malformed; the message names the sequence or frame file (a user error: exit 2)."""
 
 
 @dataclass(frozen=True)

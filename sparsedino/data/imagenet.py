@@ -13,17 +13,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch.utils.data import Dataset
+
+from sparsedino.data.images import BadImageError, load_rgb
+from sparsedino.errors import DataError, MissingDataError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 log = logging.getLogger(__name__)
-
-
-class BadImageError(RuntimeError):
-    """An image file could not be decoded; the message names the file."""
 
 
 class ImageNetFolder(Dataset):
@@ -37,8 +36,9 @@ class ImageNetFolder(Dataset):
             next readable image instead and counts the skipped file (a warning is logged each time).
 
     Raises:
-        FileNotFoundError: the split folder does not exist.
-        ValueError: no class folders, or no image files, or an unknown ``on_bad_image`` policy.
+        MissingDataError: the split folder does not exist (a ``FileNotFoundError``).
+        DataError: no class folders or no image files (a ``ValueError``).
+        ValueError: an unknown ``on_bad_image`` policy.
     """
 
     def __init__(
@@ -56,14 +56,14 @@ class ImageNetFolder(Dataset):
         self.transform = transform
         self.on_bad_image = on_bad_image
         if not self.folder.is_dir():
-            raise FileNotFoundError(
+            raise MissingDataError(
                 f"image folder {str(self.folder)!r} does not exist (expected {self.root}/<split>/<class>/*.jpg)"
             )
         self.classes = sorted(
             p.name for p in self.folder.iterdir() if p.is_dir() and not p.name.startswith(".")
         )
         if not self.classes:
-            raise ValueError(f"image folder {str(self.folder)!r} has no class sub-folders")
+            raise DataError(f"image folder {str(self.folder)!r} has no class sub-folders")
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples: list[tuple[str, int]] = []
         for name in self.classes:
@@ -74,7 +74,7 @@ class ImageNetFolder(Dataset):
             )
             self.samples += [(str(p), self.class_to_idx[name]) for p in files]
         if not self.samples:
-            raise ValueError(
+            raise DataError(
                 f"image folder {str(self.folder)!r} has {len(self.classes)} class folders but no images "
                 f"with extensions {', '.join(IMG_EXTENSIONS)}"
             )
@@ -107,12 +107,7 @@ class ImageNetFolder(Dataset):
 
     def load_image(self, index: int) -> Image.Image:
         """Decode sample ``index`` as RGB, raising :class:`BadImageError` naming the file on failure."""
-        path = self.samples[index][0]
-        try:
-            with Image.open(path) as img:
-                return img.convert("RGB")
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-            raise BadImageError(f"cannot read image {path!r}: {err}") from err
+        return load_rgb(self.samples[index][0])
 
     def fetch(self, index: int) -> tuple[Any, int, list[str]]:
         """Like ``__getitem__`` but also return the unreadable files skipped to produce this sample.

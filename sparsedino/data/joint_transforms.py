@@ -112,14 +112,32 @@ def make_seg_train_transform(
 
 
 def make_seg_fixed_transform(
-    size: int, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+    size: int,
+    short_side: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
 ) -> v2.Compose:
-    """Deterministic train view for feature caching: resize short side to ``size``, centre crop ``size``.
+    """Deterministic train view for feature caching: resize the short side, centre crop ``size``.
+
+    Args:
+        size: side of the square crop.
+        short_side: short side after the resize (default ``size``); pass the evaluation scale so the probe
+            trains and is evaluated at the same scale. Must be >= ``size``.
 
     Image and mask are transformed together (mask nearest), so cached features line up with cached masks.
     """
+    short_side = short_side or size
+    if short_side < size:
+        raise ValueError(
+            f"short_side {short_side} must be >= the crop size {size} (no padding in a cached view)"
+        )
     return v2.Compose(
-        [v2.ToImage(), v2.Resize(size, antialias=True), v2.CenterCrop(size), *_to_float_normalised(mean, std)]
+        [
+            v2.ToImage(),
+            v2.Resize(short_side, antialias=True),
+            v2.CenterCrop(size),
+            *_to_float_normalised(mean, std),
+        ]
     )
 
 
@@ -146,6 +164,9 @@ def make_classification_transform(
 ) -> v2.Compose:
     """DINO's classification views: train RandomResizedCrop + flip; eval Resize + CenterCrop ``crop``.
 
+    As in DINO's ``eval_linear.py``: the train crop uses torchvision's default (bilinear) interpolation,
+    the eval resize is bicubic.
+
     Args:
         train: random (train) or deterministic (eval / feature caching) pipeline.
         crop: output side.
@@ -154,7 +175,7 @@ def make_classification_transform(
     if train:
         ops: list[v2.Transform] = [
             v2.ToImage(),
-            v2.RandomResizedCrop(crop, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.RandomResizedCrop(crop, antialias=True),
             v2.RandomHorizontalFlip(),
         ]
     else:

@@ -19,7 +19,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
+from sparsedino.data.images import BadImageError, load_rgb
 from sparsedino.data.joint_transforms import make_seg_eval_transform
+from sparsedino.errors import DataError, MissingDataError
 
 IGNORE_INDEX = 255
 
@@ -51,11 +53,11 @@ class SegmentationDataset(Dataset):
         name: str = "segmentation",
     ) -> None:
         if not pairs:
-            raise FileNotFoundError(f"{name}: no samples found")
+            raise MissingDataError(f"{name}: no samples found")
         missing = [str(p) for pair in pairs for p in pair if not os.path.isfile(p)]
         if missing:
             more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
-            raise FileNotFoundError(f"{name}: {len(missing)} listed files are missing: {missing[:5]}{more}")
+            raise MissingDataError(f"{name}: {len(missing)} listed files are missing: {missing[:5]}{more}")
         self.pairs = [(Path(i), Path(m)) for i, m in pairs]
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
@@ -76,34 +78,36 @@ class SegmentationDataset(Dataset):
         """The RGB image and the *mapped* label array (H, W) uint8 of sample ``index``, validated."""
         image_path, mask_path = self.pairs[index]
         try:
-            image = Image.open(image_path).convert("RGB")
-        except OSError as err:
-            raise OSError(f"{self.name}: cannot read image {image_path}: {err}") from err
+            image = load_rgb(image_path)
+        except BadImageError as err:
+            raise BadImageError(f"{self.name}: {err}") from err
         try:
             with Image.open(mask_path) as handle:
                 if handle.mode not in ("P", "L", "I", "I;16"):
-                    raise ValueError(
+                    raise DataError(
                         f"{self.name}: mask {mask_path} has mode {handle.mode!r}; expected a single-channel "
                         "label PNG (palette or grayscale), not a colour rendering"
                     )
                 raw = np.asarray(handle)
-        except OSError as err:
-            raise OSError(f"{self.name}: cannot read mask {mask_path}: {err}") from err
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            if isinstance(err, DataError):
+                raise
+            raise BadImageError(f"{self.name}: cannot read mask {mask_path}: {err}") from err
         if raw.shape != (image.height, image.width):
-            raise ValueError(
+            raise DataError(
                 f"{self.name}: image {image_path} is {image.width}x{image.height} but its mask {mask_path} "
                 f"is {raw.shape[1]}x{raw.shape[0]}"
             )
         if raw.dtype != np.uint8:
             if raw.min() < 0 or raw.max() > 255:
                 bad = np.unique(raw[(raw < 0) | (raw > 255)])[:10].tolist()
-                raise ValueError(f"{self.name}: mask {mask_path} has label values {bad} outside 0-255")
+                raise DataError(f"{self.name}: mask {mask_path} has label values {bad} outside 0-255")
             raw = raw.astype(np.uint8)
         present = np.unique(raw)
         bad = present[~self.valid_raw[present]]
         if bad.size:
             allowed = _ranges(np.flatnonzero(self.valid_raw))
-            raise ValueError(
+            raise DataError(
                 f"{self.name}: mask {mask_path} has label values {bad.tolist()} outside the dataset's set "
                 f"({allowed})"
             )

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsedino.data.segmentation import IGNORE_INDEX, SegmentationDataset
+from sparsedino.errors import DataError, MissingDataError
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -34,7 +35,7 @@ def find_voc_root(root: str | os.PathLike) -> Path:
     for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
         if (candidate / "JPEGImages").is_dir():
             return candidate
-    raise FileNotFoundError(
+    raise MissingDataError(
         f"VOC: no JPEGImages folder in {root}, {root / 'VOC2012'} or {root / 'VOCdevkit/VOC2012'}; "
         "expected the VOC 2012 layout (VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation})"
     )
@@ -62,11 +63,11 @@ class VOCSegmentation(SegmentationDataset):
         list_file = voc / "ImageSets" / "Segmentation" / f"{split}.txt"
         if not list_file.is_file():
             lists = sorted(p.stem for p in (voc / "ImageSets" / "Segmentation").glob("*.txt"))
-            raise FileNotFoundError(f"VOC: split list {list_file} does not exist (available splits: {lists})")
+            raise MissingDataError(f"VOC: split list {list_file} does not exist (available splits: {lists})")
         if mask_dir is None:
             mask_dir = "SegmentationClassAug" if split.endswith("aug") else "SegmentationClass"
         if not (voc / mask_dir).is_dir():
-            raise FileNotFoundError(f"VOC: mask folder {voc / mask_dir} does not exist (split {split!r})")
+            raise MissingDataError(f"VOC: mask folder {voc / mask_dir} does not exist (split {split!r})")
         ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
         pairs = [(voc / "JPEGImages" / f"{i}.jpg", voc / mask_dir / f"{i}.png") for i in ids]
         names_file = voc / "classes.txt"
@@ -76,7 +77,7 @@ class VOCSegmentation(SegmentationDataset):
             else VOC_CLASSES
         )
         if not 2 <= len(names) <= 255:
-            raise ValueError(f"VOC: {names_file} must list between 2 and 255 class names, got {len(names)}")
+            raise DataError(f"VOC: {names_file} must list between 2 and 255 class names, got {len(names)}")
         label_map = np.arange(256, dtype=np.uint8)  # VOC masks already hold training labels
         valid = [*range(len(names)), IGNORE_INDEX]
         super().__init__(pairs, names, label_map, valid, transform, name=f"VOC[{split}]")

@@ -75,13 +75,18 @@ def mean_attention_distance(
     return torch.where(mass > 0, weighted / mass.clamp_min(1e-30), torch.full_like(mass, float("nan")))
 
 
-def cls_patch_attention(attn: torch.Tensor, num_prefix: int, cls_index: int = 0) -> torch.Tensor:
-    """[CLS] -> patch attention, averaged over heads and renormalised over patch keys.
+def cls_patch_attention(
+    attn: torch.Tensor, num_prefix: int, cls_index: int = 0, per_head: bool = False
+) -> torch.Tensor:
+    """[CLS] -> patch attention, averaged over heads (or per head) and renormalised over patch keys.
 
     Returns:
-        (B, h*w) non-negative weights summing to 1 per image (uniform if [CLS] puts no mass on patches).
+        (B, h*w) non-negative weights summing to 1 per image, or (B, H, h*w) per head with ``per_head``
+        (uniform if [CLS] puts no mass on patches).
     """
-    a = attn[:, :, cls_index, num_prefix:].float().mean(1)  # (B, hw)
+    a = attn[:, :, cls_index, num_prefix:].float()  # (B, H, hw)
+    if not per_head:
+        a = a.mean(1)  # (B, hw)
     total = a.sum(-1, keepdim=True)
     uniform = torch.full_like(a, 1.0 / a.shape[-1])
     return torch.where(total > 0, a / total.clamp_min(1e-30), uniform)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sparsedino.config import ConfigError, load_config, save_config
+from sparsedino.config import save_config
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,55 +104,55 @@ def main(argv: Sequence[str]) -> int:
     parser = build_parser()
     options, overrides = split_overrides(list(argv))
     args = parser.parse_args(options)
-    out = Path(args.out)
-    try:
-        if args.compare:
-            from sparsedino.diagnose.report import write_compare
+    if not args.compare and (not args.checkpoint or not args.data):
+        parser.error("--checkpoint and --data are required (or use --compare DIR_A DIR_B)")
+    from sparsedino.errors import run_command
 
-            write_compare(args.compare[0], args.compare[1], out)
-            print(f"comparison written to {out / 'report.html'}")
-            return 0
-        if not args.checkpoint or not args.data:
-            parser.error("--checkpoint and --data are required (or use --compare DIR_A DIR_B)")
-        from sparsedino.diagnose.settings import DiagnoseConfig
+    return run_command("sparsedino diagnose", lambda: _diagnose(args, overrides))
 
-        overrides = (
-            overrides
-            + list(args.overrides)
-            + ([f"layers=[{','.join(map(str, args.layers))}]"] if args.layers else [])
-        )
-        cfg = load_config(DiagnoseConfig, args.config, overrides)
-        if not Path(args.data).is_dir():
-            raise FileNotFoundError(f"--data {args.data}: no such folder")
-        from sparsedino.data.segmentation import build_seg_dataset
-        from sparsedino.diagnose.over_training import assign_epochs, resolve_checkpoints
-        from sparsedino.diagnose.runner import validate_model
-        from sparsedino.models import load_backbone
 
-        paths = resolve_checkpoints(args.checkpoint)
-        dataset = build_seg_dataset(cfg.dataset, args.data, cfg.split)
-        if len(dataset) == 0:
-            raise ValueError(f"--data {args.data}: split {cfg.split!r} has no images")
-        loaded = []
-        for path in paths:  # read every checkpoint first: a bad file fails before any long work
-            model, info = load_backbone(path, normalizer=args.normalizer, arch=args.arch, which=args.which)
-            validate_model(model, cfg)
-            loaded.append((path, info.epoch, info.sha256))
-            del model
-    except (ConfigError, FileNotFoundError, ValueError, OSError) as err:
-        print(f"sparsedino diagnose: error: {err}", file=sys.stderr)
-        return 2
-    from sparsedino.diagnose.over_training import write_over_training
+def _diagnose(args: argparse.Namespace, overrides: list[str]) -> int:
+    from sparsedino.atomic import check_output_dir
+
+    out = check_output_dir(args.out, "--out")
+    if args.compare:
+        from sparsedino.diagnose.report import write_compare
+
+        write_compare(args.compare[0], args.compare[1], out)
+        print(f"comparison written to {out / 'report.html'}")
+        return 0
+    from sparsedino.data.segmentation import build_seg_dataset
+    from sparsedino.diagnose.over_training import assign_epochs, resolve_checkpoints, write_over_training
     from sparsedino.diagnose.report import write_run
-    from sparsedino.diagnose.runner import run_diagnostics
+    from sparsedino.diagnose.runner import run_diagnostics, validate_model
+    from sparsedino.diagnose.settings import load_diagnose_config
+    from sparsedino.errors import DataError, MissingDataError
+    from sparsedino.eval.command import normalizer_option
+    from sparsedino.models import load_backbone
 
+    layers = [f"layers=[{','.join(map(str, args.layers))}]"] if args.layers else []
+    cfg = load_diagnose_config(args.config, overrides + list(args.overrides) + layers)
+    normalizer = normalizer_option(args.normalizer)
+    if not Path(args.data).is_dir():
+        raise MissingDataError(f"--data {args.data}: no such folder")
+    paths = resolve_checkpoints(args.checkpoint)
+    dataset = build_seg_dataset(cfg.dataset, args.data, cfg.split)
+    if len(dataset) == 0:
+        raise DataError(f"--data {args.data}: split {cfg.split!r} has no images")
+    dataset.load_raw(0)  # a wrong annotation folder fails here, not after the first batch
+    loaded = []
+    for path in paths:  # read every checkpoint first: a bad file fails before any long work
+        model, info = load_backbone(path, normalizer=normalizer, arch=args.arch, which=args.which)
+        validate_model(model, cfg)
+        loaded.append((path, info.epoch, info.sha256))
+        del model
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     single = len(loaded) == 1
     runs = [(None, loaded[0][0])] if single else assign_epochs(loaded)
     done = []
     for epoch, path in runs:
-        model, info = load_backbone(path, normalizer=args.normalizer, arch=args.arch, which=args.which)
+        model, info = load_backbone(path, normalizer=normalizer, arch=args.arch, which=args.which)
         run_dir = out if single else out / f"epoch_{epoch:04d}"
         print(
             f"diagnosing {path} ({info.arch}, {info.normalizer}"

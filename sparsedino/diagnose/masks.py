@@ -3,7 +3,8 @@
 Convention used by every diagnostic: a pixel is *foreground* if its class is not 0 (background) and not
 the ignore index (255); ignored pixels count neither way. A patch is foreground if at least
 ``threshold`` (default 50 %) of its *labelled* pixels are foreground; a patch with no labelled pixel is
-"unlabelled" and is excluded from every score.
+"unlabelled" and is excluded from every score. A *pure background* patch (the label probe's) has only
+background pixels: no object pixel and no ignored one.
 """
 
 from __future__ import annotations
@@ -44,6 +45,29 @@ def patch_foreground(
     fg_share = torch.where(valid, n_fg / n_lab.clamp_min(1e-12), torch.zeros_like(n_fg))
     fg = valid & (fg_share >= threshold)
     return fg, valid, fg_share
+
+
+def pure_background(
+    masks: torch.Tensor, grid: tuple[int, int], ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Patches whose every pixel is labelled background (0): no object pixel and no ignored pixel.
+
+    VOC draws its 255 band around every object, so a patch touching the band may hold part of an object
+    boundary; it is excluded (unlike :func:`patch_foreground`'s ``valid & fg_share == 0``).
+
+    Args:
+        masks: (B, H, W) int64 class ids; H, W multiples of the grid.
+        grid: (h, w) patch grid.
+
+    Returns:
+        (B, h, w) bool.
+    """
+    H, W = masks.shape[-2:]
+    h, w = grid
+    if H % h or W % w:
+        raise ValueError(f"mask size {H}x{W} is not a multiple of the patch grid {h}x{w}")
+    not_background = (masks != 0).float()  # objects and ignored pixels alike
+    return F.max_pool2d(not_background[:, None], (H // h, W // w))[:, 0] == 0
 
 
 def image_labels(masks: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

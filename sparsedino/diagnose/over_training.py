@@ -16,6 +16,8 @@ from sparsedino.atomic import atomic_write_json
 from sparsedino.diagnose import figures
 from sparsedino.diagnose.report import Doc, fmt, write_documents
 from sparsedino.diagnose.scores import GROUPS, SCORES, scalar_scores
+from sparsedino.errors import MissingDataError
+from sparsedino.models.formats import CheckpointError
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 _EPOCH_IN_NAME = re.compile(r"(?:epoch|ep|checkpoint|ckpt)[_\-]?(\d+)", re.IGNORECASE)
@@ -26,7 +28,7 @@ def resolve_checkpoints(specs: Sequence[str]) -> list[Path]:
     """Expand files, folders and glob patterns into a sorted, de-duplicated list of checkpoint files.
 
     Raises:
-        FileNotFoundError: naming the spec that matches no checkpoint file.
+        MissingDataError: naming the spec that matches no checkpoint file (a ``FileNotFoundError``).
     """
     found: list[Path] = []
     for spec in specs:
@@ -39,7 +41,7 @@ def resolve_checkpoints(specs: Sequence[str]) -> list[Path]:
             matches = [path] if path.is_file() else []
         if not matches:
             what = "folder has no .pth/.pt/.safetensors file" if path.is_dir() else "no such checkpoint file"
-            raise FileNotFoundError(f"--checkpoint {spec}: {what}")
+            raise MissingDataError(f"--checkpoint {spec}: {what}")
         found += [m for m in matches if m.resolve() not in {f.resolve() for f in found}]
     return found
 
@@ -74,7 +76,7 @@ def assign_epochs(items: Sequence[tuple[Path, int | None, str]]) -> list[tuple[i
         seen.add(fingerprint)
         epoch = stored if stored is not None else epoch_from_name(path)
         if epoch is None:
-            raise ValueError(f"{path}: no epoch stored in the checkpoint nor in its file name")
+            raise CheckpointError(f"{path}: no epoch stored in the checkpoint nor in its file name")
         if epoch not in by_epoch:
             by_epoch[epoch] = path
     return sorted(by_epoch.items())

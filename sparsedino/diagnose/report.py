@@ -17,6 +17,7 @@ from typing import Any
 from sparsedino.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
 from sparsedino.diagnose import figures
 from sparsedino.diagnose.scores import GROUPS, SCORES
+from sparsedino.errors import DataError, MissingDataError
 
 Doc = list[tuple]  # ("h", level, text) | ("p", text) | ("table", header, rows) | ("img", rel_path, caption)
 
@@ -182,13 +183,13 @@ def load_metrics(run_dir: str | Path) -> dict:
     """Read ``run_dir/metrics.json``, with an error naming the folder if it is not a diagnostics run."""
     path = Path(run_dir) / "metrics.json"
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a diagnostics run: {path} does not exist")
+        raise MissingDataError(f"{run_dir} is not a diagnostics run: {path} does not exist")
     try:
         metrics = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise DataError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(metrics, dict) or "blocks" not in metrics:
-        raise ValueError(f"{path} has no 'blocks': not written by `sparsedino diagnose`")
+        raise DataError(f"{path} has no 'blocks': not written by `sparsedino diagnose`")
     return metrics
 
 

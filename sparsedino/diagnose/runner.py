@@ -18,13 +18,14 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from sparsedino.attention import collect_attention
-from sparsedino.config import config_to_dict
+from sparsedino.config import ConfigError, config_to_dict
 from sparsedino.diagnose import alignment, attention_stats, diffusion, norms
 from sparsedino.diagnose.dense_probe import dense_probe_scores
-from sparsedino.diagnose.masks import image_labels, patch_foreground
+from sparsedino.diagnose.masks import image_labels, patch_foreground, pure_background
 from sparsedino.diagnose.pca import pca_rgb
 from sparsedino.diagnose.scores import SCORES
 from sparsedino.diagnose.settings import DiagnoseConfig
+from sparsedino.errors import DataError
 
 # histogram of log10(norm / image median) per block: 0.1x .. 100x the median
 HIST_EDGES = torch.linspace(-1.0, 2.0, 61)
@@ -41,13 +42,13 @@ def resolve_layers(layers: Sequence[int] | None, depth: int) -> list[int]:
     out = set()
     for i in layers:
         if not -depth <= int(i) < depth:
-            raise ValueError(f"layer index {i} is out of range for a model with {depth} blocks")
+            raise ConfigError(f"layer index {i} is out of range for a model with {depth} blocks")
         out.add(int(i) % depth)
     return sorted(out)
 
 
 def validate_model(model: torch.nn.Module, cfg: DiagnoseConfig) -> None:
-    """Check that ``model`` can be diagnosed with ``cfg`` (raises ValueError naming the problem).
+    """Check that ``model`` can be diagnosed with ``cfg`` (raises ConfigError / ValueError naming the problem).
 
     It must be a timm ViT with ``forward_intermediates``, an ``img_size`` multiple of its patch size, and
     either ``dynamic_img_size`` or a native input size equal to ``img_size``.
@@ -56,10 +57,10 @@ def validate_model(model: torch.nn.Module, cfg: DiagnoseConfig) -> None:
         raise ValueError(f"{type(model).__name__} is not a timm VisionTransformer (no forward_intermediates)")
     patch = tuple(model.patch_embed.patch_size)
     if cfg.img_size % patch[0] or cfg.img_size % patch[1]:
-        raise ValueError(f"img_size={cfg.img_size} is not a multiple of the model's patch size {patch}")
+        raise ConfigError(f"img_size={cfg.img_size} is not a multiple of the model's patch size {patch}")
     native = getattr(model.patch_embed, "img_size", None)
     if not getattr(model, "dynamic_img_size", False) and native and tuple(native) != (cfg.img_size,) * 2:
-        raise ValueError(
+        raise ConfigError(
             f"the model takes {tuple(native)} inputs only (built without dynamic_img_size); set "
             f"img_size={native[0]} or rebuild it with dynamic_img_size=True"
         )
@@ -159,7 +160,7 @@ def run_diagnostics(
     layers = resolve_layers(list(layers or cfg.layers), depth)
     n_images = min(cfg.n_images, len(dataset))
     if n_images == 0:
-        raise ValueError("the dataset to diagnose is empty")
+        raise DataError("the dataset to diagnose is empty")
     device = torch.device(
         "cuda"
         if cfg.device == "auto" and torch.cuda.is_available()
@@ -192,8 +193,9 @@ def run_diagnostics(
         for images, masks in tqdm(loader, desc="diagnose", disable=not progress, unit="batch"):
             images = images.to(device)
             B = images.shape[0]
-            fg2d, valid2d, share2d = patch_foreground(masks, grid, cfg.fg_threshold)
-            fg, valid, share = fg2d.flatten(1), valid2d.flatten(1), share2d.flatten(1)  # (B, M)
+            fg2d, valid2d, _ = patch_foreground(masks, grid, cfg.fg_threshold)
+            fg, valid = fg2d.flatten(1), valid2d.flatten(1)  # (B, M)
+            pure_bg = pure_background(masks, grid).flatten(1)  # (B, M): no object and no 255 pixel
             fg_d, valid_d = fg.to(device), valid.to(device)
             all_labels.append(image_labels(masks))
             fg_patches += int(fg.sum())
@@ -202,7 +204,7 @@ def run_diagnostics(
                 probe_masks.append(masks[:n_probe].to(torch.uint8))  # labels are 0..254 and 255
             picks = [
                 (
-                    _choose(valid[i] & (share[i] == 0), cfg.patches_per_image, gen),
+                    _choose(pure_bg[i], cfg.patches_per_image, gen),
                     _choose(fg[i], cfg.patches_per_image, gen),
                 )
                 for i in range(B)
@@ -258,6 +260,11 @@ def run_diagnostics(
                     # 3. foreground alignment
                     kept = alignment.cls_attention_mask(cls_attn, cfg.cls_mass_keep)
                     acc.add("align.cls_attn_iou", alignment.foreground_iou(kept, fg_d, valid_d))
+                    # ... and per head, as DINO's attention figures threshold each head's map
+                    heads = attention_stats.cls_patch_attention(attn, num_prefix, per_head=True)  # (B, H, M)
+                    kept_h = alignment.cls_attention_mask(heads, cfg.cls_mass_keep)
+                    iou_h = alignment.foreground_iou(kept_h, fg_d[:, None], valid_d[:, None])  # (B, H)
+                    acc.add_sum("cls_attn_iou_head", iou_h[..., None])
                     # 4b. cosine to [CLS]
                     cos_fg, cos_bg = diffusion.cls_cosine(patches, cls, fg_d, valid_d)
                     acc.add("diffusion.cos_fg", cos_fg)
@@ -362,6 +369,7 @@ def _finalise_block(
             "attn.cls_fg_mass": acc.mean("attn.cls_fg_mass"),
             "attn.cls_fg_chance": acc.mean("attn.cls_fg_chance"),
             "align.cls_attn_iou": acc.mean("align.cls_attn_iou"),
+            **_per_head_iou(acc),
             "align.pca_iou": acc.mean("align.pca_iou"),
             "align.pca_iou_oracle": acc.mean("align.pca_iou_oracle"),
             "diffusion.cos_fg": acc.mean("diffusion.cos_fg"),
@@ -382,6 +390,17 @@ def _finalise_block(
         if cfg.dense_probe.enabled or not key.startswith("probe."):
             res.setdefault(key, None)
     return {k: _nan_to_none(v) if not isinstance(v, list) else v for k, v in res.items()}
+
+
+def _per_head_iou(acc: _Block) -> dict[str, Any]:
+    """Per-head [CLS]-attention mask IoU (each head's map thresholded) and its mean over heads."""
+    if "cls_attn_iou_head" not in acc.sums:
+        return {}
+    per_head = acc.head_means("cls_attn_iou_head")
+    return {
+        "align.cls_attn_iou_heads": sum(per_head) / len(per_head),
+        "align.cls_attn_iou_per_head": per_head,
+    }
 
 
 def _cat_examples(ex: dict) -> dict:

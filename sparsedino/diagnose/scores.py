@@ -61,8 +61,13 @@ SCORES: dict[str, tuple[str, str, str]] = {
     ),
     "align.cls_attn_iou": (
         "alignment",
-        "IoU [CLS]-attention 60% mask",
-        "IoU with GT of the patches holding 60% of [CLS] attention",
+        "IoU [CLS]-attn 60% mask, head-mean map",
+        "IoU with GT of the patches holding 60% of the head-averaged [CLS] attention",
+    ),
+    "align.cls_attn_iou_heads": (
+        "alignment",
+        "IoU [CLS]-attn 60% mask, mean of heads",
+        "IoU with GT of each head's 60%-mass [CLS]-attention mask (DINO's figures), mean over heads",
     ),
     "align.pca_iou": (
         "alignment",

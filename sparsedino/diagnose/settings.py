@@ -41,3 +41,47 @@ class DiagnoseConfig:
     seed: int = 0
     n_figure_images: int = 4  # images whose maps (attention, PCA, norms) are drawn
     dense_probe: DenseProbeSettings = field(default_factory=DenseProbeSettings)
+
+
+DATASETS = ("voc", "ade20k", "cityscapes")
+
+
+def validate(cfg: DiagnoseConfig) -> None:
+    """Check choices and ranges of every option; raise :class:`ConfigError` naming the key."""
+    from sparsedino.config import ConfigError, check_device
+
+    def need(ok: bool, key: str, rule: str, value) -> None:
+        if not ok:
+            raise ConfigError(f"key {key!r} {rule}, got {value!r}")
+
+    need(cfg.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}", cfg.dataset)
+    check_device(cfg.device, "device")
+    for key in ("n_images", "img_size", "batch_size", "patches_per_image", "label_probe_iterations"):
+        need(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))
+    for key in ("n_figure_images", "label_probe_weight_decay"):
+        need(getattr(cfg, key) >= 0, key, "must be >= 0", getattr(cfg, key))
+    for key in ("fg_threshold", "cls_mass_keep"):
+        need(0 < getattr(cfg, key) <= 1, key, "must be in (0, 1]", getattr(cfg, key))
+    need(
+        cfg.outlier_ratio > 1,
+        "outlier_ratio",
+        "must be > 1 (a multiple of the median norm)",
+        cfg.outlier_ratio,
+    )
+    probe = cfg.dense_probe
+    for key in ("iterations", "lr", "batch_size", "max_images"):
+        need(getattr(probe, key) > 0, f"dense_probe.{key}", "must be > 0", getattr(probe, key))
+    for key in ("weight_decay", "warmup_iters"):
+        need(getattr(probe, key) >= 0, f"dense_probe.{key}", "must be >= 0", getattr(probe, key))
+    need(
+        0 < probe.train_fraction < 1, "dense_probe.train_fraction", "must be in (0, 1)", probe.train_fraction
+    )
+
+
+def load_diagnose_config(path: str | None = None, overrides=()) -> DiagnoseConfig:
+    """Defaults < YAML/preset < ``key=value`` overrides, then :func:`validate`."""
+    from sparsedino.config import load_config
+
+    cfg = load_config(DiagnoseConfig, path, overrides)
+    validate(cfg)
+    return cfg

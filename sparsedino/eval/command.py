@@ -17,19 +17,20 @@ resolved config beside them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sparsedino.config import ConfigError, load_config, save_config
-from sparsedino.eval.settings import KnnConfig, LinearConfig, SegConfig, VideoConfig
+from sparsedino.config import ConfigError, save_config
+from sparsedino.eval.settings import PROTOCOLS, load_protocol_config
 
-PROTOCOLS = {"knn": KnnConfig, "linear": LinearConfig, "seg": SegConfig, "video": VideoConfig}
 _HELP = """
 protocols:
   knn     DINO weighted k-NN on last-block [CLS] (T=0.07, k=10/20/100/200)      preset: eval_knn
-  linear  DINO linear probe, DINOv2-style grid of lrs x (last 1/4 blocks) x avgpool   preset: eval_linear
+  linear  linear probe on [CLS]: fast grid of lrs x (last 1/4 blocks) x avgpool on cached features
+          (preset eval_linear), or DINO's protocol on augmented views (preset eval_linear_dino)
   seg     DINOv2 "linear" segmentation probe (BN + 1x1 conv, sliding-window eval)
           presets: eval_seg_voc, eval_seg_ade20k, eval_seg_cityscapes
   video   DINO video label propagation on DAVIS-2017 (480p, T=0.1, top-5, 1+7 context frames,
@@ -65,13 +66,19 @@ def _parser(protocol: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _normalizer(value: str | None):
+def normalizer_option(value: str | None):
+    """``--normalizer`` as :func:`sparsedino.models.load_backbone` takes it (checked, naming the option)."""
     if value is None:
         return None
+    from sparsedino.attention import validate_normalizer
+
+    with contextlib.suppress(ValueError):
+        value = float(value)  # "1.5" -> alpha 1.5
     try:
-        return float(value)
-    except ValueError:
-        return value
+        validate_normalizer(value)
+    except ValueError as err:
+        raise ConfigError(f"--normalizer: {err}") from err
+    return value
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -96,6 +103,27 @@ def _classification_sets(cfg):
     )
 
 
+def check_fits_model(protocol: str, model, cfg) -> None:
+    """Settings that depend on the backbone (block indices, crop vs patch size), checked before any work.
+
+    Raises:
+        ConfigError: naming the key and the model's depth or patch size.
+    """
+    depth, patch = len(model.blocks), model.patch_embed.patch_size[0]
+    if protocol == "seg":
+        bad = [layer for layer in cfg.layers if not -depth <= layer < depth]
+        if bad:
+            raise ConfigError(f"key 'layers': block(s) {bad} out of range for a model with {depth} blocks")
+        if cfg.crop_size % patch:
+            raise ConfigError(
+                f"key 'crop_size' ({cfg.crop_size}) must be a multiple of the patch size {patch}"
+            )
+    if protocol == "linear" and all(n > depth for n in cfg.n_last_blocks):
+        raise ConfigError(
+            f"key 'n_last_blocks': {list(cfg.n_last_blocks)} all exceed the model depth {depth}"
+        )
+
+
 def run_protocol(protocol: str, model, cfg, out: Path | None = None) -> dict:
     """Build the datasets named in ``cfg`` (validated before the backbone runs) and run one protocol.
 
@@ -103,11 +131,11 @@ def run_protocol(protocol: str, model, cfg, out: Path | None = None) -> dict:
     """
     if not cfg.data_root:
         raise ConfigError("data_root is empty: pass --data ROOT or data_root=...")
+    check_fits_model(protocol, model, cfg)
     if protocol == "video":
         from sparsedino.eval.features import resolve_device
-        from sparsedino.eval.video import BackboneFeatures, build_davis, run_video, validate_video_config
+        from sparsedino.eval.video import BackboneFeatures, build_davis, run_video
 
-        validate_video_config(cfg)
         dataset = build_davis(cfg)
         extractor = BackboneFeatures(model, cfg.layer, cfg.norm, resolve_device(cfg.device))
         masks = out / "masks" if out is not None and cfg.save_masks else None
@@ -145,26 +173,24 @@ def main(argv: Sequence[str]) -> int:
         return 0 if stream is sys.stdout else 2
     protocol, rest = argv[0], argv[1:]
     args = _parser(protocol).parse_args(rest)
-    try:
-        cfg = load_config(PROTOCOLS[protocol], args.config, _overrides(args))
-    except ConfigError as err:
-        print(f"sparsedino eval {protocol}: {err}", file=sys.stderr)
-        return 2
-    if not Path(args.checkpoint).is_file():
-        print(f"sparsedino eval {protocol}: checkpoint {args.checkpoint!r} does not exist", file=sys.stderr)
-        return 2
+    from sparsedino.errors import run_command
+
+    return run_command(f"sparsedino eval {protocol}", lambda: _evaluate(protocol, args))
+
+
+def _evaluate(protocol: str, args: argparse.Namespace) -> int:
+    """Check every input (config, output folder, checkpoint), then evaluate and write the results."""
+    from sparsedino.atomic import check_output_dir
     from sparsedino.eval.report import write_results
     from sparsedino.models import load_backbone
 
-    out = Path(args.out or f"runs/eval/{protocol}")
-    try:  # CheckpointError is a ValueError: a bad file is reported like bad data, without a traceback
-        model, info = load_backbone(
-            args.checkpoint, normalizer=_normalizer(args.normalizer), arch=args.arch, which=args.which
-        )
-        result = run_protocol(protocol, model, cfg, out)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"sparsedino eval {protocol}: {err}", file=sys.stderr)
-        return 2
+    cfg = load_protocol_config(protocol, args.config, _overrides(args))
+    if not cfg.data_root:
+        raise ConfigError("data_root is empty: pass --data ROOT or data_root=...")
+    out = check_output_dir(args.out or f"runs/eval/{protocol}", "--out")
+    normalizer = normalizer_option(args.normalizer)
+    model, info = load_backbone(args.checkpoint, normalizer=normalizer, arch=args.arch, which=args.which)
+    result = run_protocol(protocol, model, cfg, out)
     result = {"backbone": dataclasses.asdict(info), **result}
     save_config(cfg, out / f"{protocol}_config.yaml")
     json_path, md_path = write_results(out, result["protocol"], result)

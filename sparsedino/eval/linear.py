@@ -7,15 +7,21 @@ rate, every (lr, n_last_blocks, avgpool) combination gets its own head and all h
 simultaneously on the same batches of cached features (DINOv2's recipe): one feature pass serves the whole
 grid. The best head is chosen on the validation split and the full grid is reported.
 
-Features are cached once, so training sees no augmentation; the results say so.
+Two protocols (``LinearConfig.train_mode``), named in every result:
+
+- ``cached``: train features are computed once without augmentation, so a wide grid costs one backbone
+  pass. Fast, but not DINO's protocol (nor DINOv2's: both augment).
+- ``augment``: DINO's protocol (preset ``eval_linear_dino``): the frozen backbone re-runs every epoch on
+  RandomResizedCrop + flip views of the train images; the heads see those features.
 """
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -69,6 +75,8 @@ def train_linear_grid(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    epoch_batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] | None = None,
+    steps_per_epoch: int | None = None,
 ) -> dict:
     """Train one linear head per (lr, n_last_blocks, avgpool) on the same batches; evaluate all on val.
 
@@ -83,6 +91,9 @@ def train_linear_grid(
         batch_size, momentum, weight_decay, seed: SGD settings; cosine schedule to 0 over all steps.
         device: where the heads train.
         progress: show a tqdm bar.
+        epoch_batches: ``epoch -> iterable of (cls, pooled, labels)`` batches replacing the shuffled
+            ``train_*`` tensors (then None): features of augmented views computed on the fly.
+        steps_per_epoch: batches ``epoch_batches`` yields per epoch (for the schedule).
 
     Returns:
         ``{"grid": [{lr, n_last_blocks, avgpool, top1, top5}, ...], "best": {...}, "iters_per_s": ...}``
@@ -93,7 +104,7 @@ def train_linear_grid(
     heads = nn.ModuleDict()
     groups, grid = [], []
     for n, pool in variants:
-        dim = linear_inputs(train_cls[:1], train_pooled[:1], n, pool).shape[1]
+        dim = linear_inputs(val_cls[:1], val_pooled[:1], n, pool).shape[1]
         for lr in lrs:
             name = f"n{n}_pool{int(pool)}_lr{lr:g}".replace(".", "p")
             head = nn.Linear(dim, num_classes)
@@ -104,23 +115,29 @@ def train_linear_grid(
             grid.append({"name": name, "lr": lr, "n_last_blocks": n, "avgpool": pool})
     heads.to(device)
     optimizer = torch.optim.SGD(groups, momentum=momentum, weight_decay=weight_decay)
-    n_train = train_cls.shape[0]
-    steps_per_epoch = math.ceil(n_train / batch_size)
+    if epoch_batches is None:
+        n_train = train_cls.shape[0]
+        steps_per_epoch = math.ceil(n_train / batch_size)
+        generator = torch.Generator().manual_seed(seed)
+
+        def epoch_batches(epoch: int):  # shuffled batches of the cached features
+            perm = torch.randperm(n_train, generator=generator)
+            for step in range(steps_per_epoch):
+                idx = perm[step * batch_size : (step + 1) * batch_size]
+                yield train_cls[idx], train_pooled[idx], train_labels[idx]
+
     total = epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / total))
     )
-    generator = torch.Generator().manual_seed(seed)
     start = time.perf_counter()
     bar = tqdm(total=total, desc=f"linear grid ({len(heads)} heads)", unit="it", disable=not progress)
-    for _ in range(epochs):
-        perm = torch.randperm(n_train, generator=generator)
-        for step in range(steps_per_epoch):
-            idx = perm[step * batch_size : (step + 1) * batch_size]
-            labels = train_labels[idx].to(device)
+    for epoch in range(epochs):
+        for batch_cls, batch_pooled, batch_labels in epoch_batches(epoch):
+            labels = batch_labels.to(device)
             loss = 0.0
             for n, pool in variants:  # one input per variant, shared by all its learning rates
-                x = linear_inputs(train_cls[idx], train_pooled[idx], n, pool).to(device)
+                x = linear_inputs(batch_cls, batch_pooled, n, pool).to(device)
                 for entry in grid:
                     if entry["n_last_blocks"] == n and entry["avgpool"] == pool:
                         loss = loss + F.cross_entropy(heads[entry["name"]](x), labels)
@@ -150,11 +167,16 @@ def train_linear_grid(
 
 
 def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dict:
-    """Extract [CLS] (+ pooled patches) of the last blocks once, train the grid, return a JSON-ready dict.
+    """Train the grid of linear heads on frozen [CLS] (+ pooled patch) features; return a JSON-ready dict.
+
+    ``cfg.train_mode == "cached"`` extracts the train features once (no augmentation); ``"augment"`` (DINO)
+    re-runs the frozen backbone every epoch on RandomResizedCrop + flip views. Val features are always
+    extracted once (Resize + CenterCrop).
 
     Args:
         model: a frozen timm ViT.
-        train_ds, val_ds: labelled datasets ``(image tensor, label)`` (e.g. ``ImageNetFolder``).
+        train_ds, val_ds: labelled datasets ``(image tensor, label)`` (e.g. ``ImageNetFolder``) with the
+            evaluation transform; ``augment`` mode swaps the train transform for the augmenting one.
         cfg: :class:`sparsedino.eval.settings.LinearConfig`.
     """
     from sparsedino.eval.features import extract_for_protocol, resolve_device
@@ -164,13 +186,27 @@ def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dic
     if not blocks:
         raise ValueError(f"n_last_blocks {list(cfg.n_last_blocks)} all exceed the model depth {model_depth}")
     layers = tuple(range(-max(blocks), 0))
-    train = extract_for_protocol(model, train_ds, cfg.features, layers=layers, norm=True, tag="train")
+    device = resolve_device(cfg.features.device)
     val = extract_for_protocol(model, val_ds, cfg.features, layers=layers, norm=True, tag="val")
-    num_classes = len(getattr(train_ds, "classes", [])) or int(train.labels.max()) + 1
+    num_classes = len(getattr(train_ds, "classes", [])) or int(val.labels.max()) + 1
+    extracted = {"val": val}
+    if cfg.train_mode == "augment":
+        train_aug = _augmented(train_ds, cfg.crop)
+        train_args = (None, None, None)
+        online = {
+            "epoch_batches": _online_batches(model, train_aug, layers, cfg, device),
+            "steps_per_epoch": math.ceil(len(train_aug) / cfg.batch_size),
+        }
+        protocol = "DINO: backbone re-run every epoch on augmented views"
+        augmentation = f"RandomResizedCrop {cfg.crop} (scale 0.08-1, bilinear) + horizontal flip, every epoch"
+    else:
+        train = extract_for_protocol(model, train_ds, cfg.features, layers=layers, norm=True, tag="train")
+        extracted = {"train": train, "val": val}
+        train_args, online = (train.cls, train.pooled, train.labels), {}
+        protocol = "cached grid: train features computed once, no augmentation (not DINO's protocol)"
+        augmentation = "none, features cached (Resize + CenterCrop)"
     result = train_linear_grid(
-        train.cls,
-        train.pooled,
-        train.labels,
+        *train_args,
         val.cls,
         val.pooled,
         val.labels,
@@ -183,7 +219,8 @@ def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dic
         cfg.momentum,
         cfg.weight_decay,
         cfg.seed,
-        device=resolve_device(cfg.features.device),
+        device=device,
+        **online,
     )
     skipped = sorted(set(cfg.n_last_blocks) - set(blocks))
     if skipped:
@@ -191,14 +228,51 @@ def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dic
     result.pop("heads")
     return {
         "protocol": "linear",
+        "train_mode": cfg.train_mode,
+        "protocol_variant": protocol,
         "features": "[CLS] of the last n blocks after the final norm (+ avg-pooled last-block patches)",
-        "augmentation": "none, features cached (Resize + CenterCrop)",
+        "augmentation": augmentation,
         "optimizer": f"SGD momentum {cfg.momentum}, wd {cfg.weight_decay}, cosine, lr x batch/256, "
         f"{cfg.epochs} epochs, batch {cfg.batch_size}",
         "selection": "best val top-1 over the grid",
         **result,
         "extraction": {
             split: {**(fs.meta.get("timing") or {}), "cache": fs.meta["cache"]["status"]}
-            for split, fs in (("train", train), ("val", val))
+            for split, fs in extracted.items()
         },
     }
+
+
+def _augmented(dataset: Dataset, crop: int) -> Dataset:
+    """A shallow copy of a reader whose transform is DINO's linear-probe train view."""
+    from sparsedino.data.joint_transforms import make_classification_transform
+
+    clone = copy.copy(dataset)
+    clone.transform = make_classification_transform(train=True, crop=crop)
+    return clone
+
+
+def _online_batches(model: nn.Module, dataset: Dataset, layers: tuple[int, ...], cfg, device) -> Callable:
+    """``epoch -> batches of (cls, pooled, labels)``: augmented views through the frozen backbone."""
+    from torch.utils.data import DataLoader
+
+    from sparsedino.eval.features import forward_tokens, resolve_layers
+
+    abs_layers = resolve_layers(model, layers)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        num_workers=cfg.features.num_workers,
+        generator=generator,
+    )
+
+    def epoch_batches(epoch: int):
+        model.eval().to(device)
+        for images, labels in loader:
+            with torch.no_grad():
+                cls, patches, _ = forward_tokens(model, images.to(device), abs_layers, norm=True)
+            yield cls.float(), patches.float().mean((2, 3)), labels
+
+    return epoch_batches

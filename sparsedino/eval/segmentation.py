@@ -13,6 +13,7 @@ Two levels:
   encoded once (fixed resize + centre crop, "augmentation: none, features cached") or re-encoded every
   step with random scale/crop/flip (``train_mode="augment"``, slower, said in the output); val images are
   evaluated at full resolution, with a sliding window when larger than the crop (see ``eval/sliding.py``).
+  Training views are at the evaluation's scale in both modes (:func:`train_scale`), as in mmseg / DINOv2.
 """
 
 from __future__ import annotations
@@ -226,6 +227,41 @@ def _with_transform(dataset: Dataset, transform) -> Dataset:
     return clone
 
 
+def train_scale(cfg) -> int:
+    """Short side the training views are scaled to (ratio 1): the evaluation's, as in mmseg / DINOv2.
+
+    ``eval_short_side`` when set, else ``crop_size``; in ``augment`` mode it is the base of the random
+    0.5-2.0 scale, in ``cached`` mode the fixed resize before the centre crop.
+    """
+    return int(cfg.eval_short_side or cfg.crop_size)
+
+
+def train_view_transform(cfg):
+    """The joint transform of the probe's training views (see :func:`train_scale`) and its description."""
+    from sparsedino.data.joint_transforms import make_seg_fixed_transform, make_seg_train_transform
+
+    crop, base = int(cfg.crop_size), train_scale(cfg)
+    if cfg.train_mode == "cached":
+        return (
+            make_seg_fixed_transform(crop, short_side=base),
+            f"none, features cached (resize short side to {base}, centre crop {crop})",
+        )
+    if cfg.train_mode == "augment":
+        return (
+            make_seg_train_transform(crop, base_size=base),
+            f"random scale 0.5-2.0 of short side {base}, random {crop} crop, flip every iteration "
+            "(backbone re-run per step)",
+        )
+    raise ValueError(f"train_mode must be 'cached' or 'augment', got {cfg.train_mode!r}")
+
+
+def eval_view_transform(cfg):
+    """The evaluation transform: the image's short side resized to ``eval_short_side`` (0 = kept)."""
+    from sparsedino.data.joint_transforms import make_seg_eval_transform
+
+    return make_seg_eval_transform(cfg.eval_short_side or None)
+
+
 def run_seg_probe(
     model: nn.Module, dataset_train: Dataset, dataset_val: Dataset, layers: Sequence[int], with_cls: bool, cfg
 ) -> dict:
@@ -241,11 +277,6 @@ def run_seg_probe(
         with_cls: concatenate [CLS] to every patch token.
         cfg: :class:`sparsedino.eval.settings.SegConfig`.
     """
-    from sparsedino.data.joint_transforms import (
-        make_seg_eval_transform,
-        make_seg_fixed_transform,
-        make_seg_train_transform,
-    )
     from sparsedino.eval.features import extract_for_protocol
     from sparsedino.eval.sliding import sliding_window_miou
 
@@ -261,37 +292,21 @@ def run_seg_probe(
     patch = model.patch_embed.patch_size[0]
     if crop % patch:
         raise ValueError(f"crop_size {crop} must be a multiple of the patch size {patch}")
-    val_ds = _subset(
-        _with_transform(dataset_val, make_seg_eval_transform(cfg.eval_short_side or None)), cfg.max_val_images
-    )
+    val_ds = _subset(_with_transform(dataset_val, eval_view_transform(cfg)), cfg.max_val_images)
+    train_transform, augmentation = train_view_transform(cfg)
+    train_ds = _subset(_with_transform(dataset_train, train_transform), cfg.max_train_images)
     feature_timing = None
     if cfg.train_mode == "cached":
-        train_ds = _subset(
-            _with_transform(dataset_train, make_seg_fixed_transform(crop)), cfg.max_train_images
-        )
         fs = extract_for_protocol(
             model, train_ds, cfg.features, abs_layers, norm, tag="seg-train", with_patches=True
         )
         feature_timing = {**(fs.meta.get("timing") or {}), "cache": fs.meta["cache"]["status"]}
         train_feats, train_masks = features_to_inputs(fs, None, with_cls), fs.labels
         batch_fn, in_dim = None, None
-        augmentation = "none, features cached (resize short side to crop, centre crop)"
-    elif cfg.train_mode == "augment":
-        train_ds = _subset(
-            _with_transform(
-                dataset_train, make_seg_train_transform(crop, base_size=cfg.eval_short_side or crop)
-            ),
-            cfg.max_train_images,
-        )
+    else:
         batch_fn = _online_batches(model, train_ds, abs_layers, norm, with_cls, cfg, device)
         train_feats = train_masks = None
         in_dim = model.embed_dim * len(abs_layers) * (2 if with_cls else 1)
-        augmentation = (
-            f"random scale 0.5-2.0 of short side {cfg.eval_short_side or crop}, random {crop} crop, flip "
-            "every iteration (backbone re-run per step)"
-        )
-    else:
-        raise ValueError(f"train_mode must be 'cached' or 'augment', got {cfg.train_mode!r}")
 
     def eval_fn(head: nn.Module) -> dict:
         return sliding_window_miou(
@@ -319,6 +334,7 @@ def run_seg_probe(
         "norm": "final LayerNorm applied to every block" if norm else "raw block outputs (no final norm)",
         "augmentation": augmentation,
         "train_resolution": crop,
+        "train_short_side": train_scale(cfg),
         "eval": f"full images (short side {cfg.eval_short_side or 'original'}), sliding window {crop}/"
         f"stride {cfg.eval_stride} where larger than the crop, single scale",
         "optimizer": f"AdamW lr {cfg.lr} wd {cfg.weight_decay}, {cfg.warmup_iters} warmup, linear decay, "

@@ -6,7 +6,17 @@ Defaults follow DINO (k-NN, linear) and DINOv2's "linear" segmentation protocol;
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
+
+from sparsedino.config import ConfigError, check_device, load_config
+
+SEG_DATASETS = ("voc", "ade20k", "cityscapes")
+TRAIN_MODES = (
+    "cached",
+    "augment",
+)  # probe inputs: features cached once, or backbone re-run on augmented views
 
 
 @dataclass
@@ -45,13 +55,18 @@ class KnnConfig:
 
 @dataclass
 class LinearConfig:
-    """DINO linear probe, trained as a DINOv2-style grid in one pass over cached features.
+    """DINO linear probe: one linear head per (lr, n_last_blocks, avgpool), all trained on the same batches.
 
-    Every (lr, n_last_blocks, avgpool) combination gets its own linear head; all heads see the same
-    batches. Features are cached without augmentation (reported as such in the results).
+    ``train_mode`` chooses the protocol, and the results say which one produced a number:
+
+    - ``cached`` (fast grid): train features are computed once without augmentation (Resize + CenterCrop);
+      a wide lr grid costs one backbone pass. Not DINO's protocol, nor DINOv2's (both augment).
+    - ``augment`` (DINO's protocol, preset ``eval_linear_dino``): the frozen backbone re-runs every epoch on
+      RandomResizedCrop + horizontal-flip views of the train images.
     """
 
     data_root: str = ""
+    train_mode: str = "cached"
     train_split: str = "train"
     val_split: str = "val"
     resize: int = 256
@@ -155,3 +170,113 @@ class VideoConfig:
     device: str = "auto"
     query_chunk: int = 4096
     num_threads: int = 0
+
+
+# ---- validation: every protocol setting checked at load time, naming the key ---------------------------
+def _need(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"key {key!r} {rule}, got {value!r}")
+
+
+def _positive(cfg: Any, keys: Sequence[str]) -> None:
+    for key in keys:
+        _need(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))
+
+
+def _non_negative(cfg: Any, keys: Sequence[str]) -> None:
+    for key in keys:
+        _need(getattr(cfg, key) >= 0, key, "must be >= 0", getattr(cfg, key))
+
+
+def _one_of(value: Any, choices: Sequence[str], key: str) -> None:
+    _need(value in choices, key, f"must be one of {', '.join(choices)}", value)
+
+
+def validate_features(f: FeatureSettings) -> None:
+    from sparsedino.eval.features import STORAGE_DTYPES
+
+    _need(f.batch_size > 0, "features.batch_size", "must be > 0", f.batch_size)
+    _need(f.num_workers >= 0, "features.num_workers", "must be >= 0", f.num_workers)
+    _one_of(f.dtype, tuple(STORAGE_DTYPES), "features.dtype")
+    check_device(f.device, "features.device")
+
+
+def validate_knn(cfg: KnnConfig) -> None:
+    _positive(cfg, ("resize", "crop", "temperature", "chunk_size"))
+    _need(
+        len(cfg.ks) > 0 and all(k > 0 for k in cfg.ks),
+        "ks",
+        "must be a non-empty list of k > 0",
+        list(cfg.ks),
+    )
+    validate_features(cfg.features)
+
+
+def validate_linear(cfg: LinearConfig) -> None:
+    _one_of(cfg.train_mode, TRAIN_MODES, "train_mode")
+    _positive(cfg, ("resize", "crop", "epochs", "batch_size"))
+    _non_negative(cfg, ("weight_decay",))
+    _need(0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)", cfg.momentum)
+    _need(
+        len(cfg.lrs) > 0 and all(lr > 0 for lr in cfg.lrs),
+        "lrs",
+        "must be a non-empty list of lr > 0",
+        list(cfg.lrs),
+    )
+    _need(
+        len(cfg.n_last_blocks) > 0 and all(n > 0 for n in cfg.n_last_blocks),
+        "n_last_blocks",
+        "must be a non-empty list of block counts > 0",
+        list(cfg.n_last_blocks),
+    )
+    _need(len(cfg.avgpool) > 0, "avgpool", "must list at least one of true / false", list(cfg.avgpool))
+    validate_features(cfg.features)
+
+
+def validate_seg(cfg: SegConfig) -> None:
+    _one_of(cfg.dataset, SEG_DATASETS, "dataset")
+    _one_of(cfg.train_mode, TRAIN_MODES, "train_mode")
+    _need(len(cfg.layers) > 0, "layers", "must list at least one block", list(cfg.layers))
+    _positive(cfg, ("crop_size", "eval_stride", "iters", "batch_size", "lr"))
+    _non_negative(
+        cfg,
+        (
+            "eval_short_side",
+            "weight_decay",
+            "warmup_iters",
+            "eval_every",
+            "max_train_images",
+            "max_val_images",
+        ),
+    )
+    _need(
+        cfg.eval_short_side == 0 or cfg.eval_short_side >= cfg.crop_size,
+        "eval_short_side",
+        f"must be 0 (original size) or >= crop_size ({cfg.crop_size}): training views use the same scale",
+        cfg.eval_short_side,
+    )
+    validate_features(cfg.features)
+
+
+def validate_video(cfg: VideoConfig) -> None:
+    from sparsedino.eval.video import validate_video_config
+
+    validate_video_config(cfg)
+
+
+_VALIDATORS = {KnnConfig: validate_knn, LinearConfig: validate_linear, SegConfig: validate_seg,
+               VideoConfig: validate_video}  # fmt: skip
+PROTOCOLS = {"knn": KnnConfig, "linear": LinearConfig, "seg": SegConfig, "video": VideoConfig}
+
+
+def load_protocol_config(protocol: str, path: str | None = None, overrides: Sequence[str] = ()) -> Any:
+    """Load (defaults < YAML/preset < overrides) and validate the config of ``protocol`` (see PROTOCOLS).
+
+    Raises:
+        ConfigError: naming the key, for an unknown key, a wrong type, a value outside its range or choices,
+            or a CUDA device this machine does not have.
+    """
+    schema = PROTOCOLS[protocol]
+    cfg = load_config(schema, path, overrides)
+    _VALIDATORS[schema](cfg)
+    return cfg

@@ -89,14 +89,42 @@ def load_backbone(
             ViT, missing keys, shape mismatch).
     """
     path = Path(path)
+    if normalizer is not None:
+        from sparsedino.attention import validate_normalizer
+
+        validate_normalizer(normalizer)  # a caller's argument: ValueError, not the file's fault
+    if arch is not None and arch not in ARCHS:
+        raise CheckpointError(f"unknown arch {arch!r} requested; expected one of {', '.join(ARCHS)}")
     obj, header = read_checkpoint(path)
-    state, meta = extract_backbone(obj, header, which, path)
-    shape = infer_vit_shape(state, path)
+    try:  # a malformed file (wrong containers, odd tensor ranks) trips the parsing in many ways
+        state, meta = extract_backbone(obj, header, which, path)
+        shape = infer_vit_shape(state, path)
+    except CheckpointError:
+        raise
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+        detail = str(err).splitlines()[0] if str(err) else "no details"
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not hold a readable ViT ({type(err).__name__}: {detail})"
+        ) from err
+    return _build_backbone(path, state, meta, shape, normalizer, arch, img_size)
+
+
+def _build_backbone(
+    path: Path, state: dict, meta: dict, shape: dict, normalizer, arch: str | None, img_size: int | None
+) -> tuple[VisionTransformer, BackboneInfo]:
+    """Check the file's weights and metadata against each other, then build and load the ViT."""
+    _check_finite(state, path)
     inferred_arch = arch_from_shape(shape["embed_dim"], shape["depth"])
     stored_arch = meta.get("arch") if meta.get("arch") in ARCHS else None
+    if stored_arch is not None and stored_arch != inferred_arch:
+        spec = ARCHS[stored_arch]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} says arch {stored_arch!r} (width {spec['embed_dim']}, depth "
+            f"{spec['depth']}) but its tensors are width {shape['embed_dim']}, depth {shape['depth']}"
+            + (f" ({inferred_arch})" if inferred_arch else "")
+            + ": its metadata does not describe its weights"
+        )
     if arch is not None:
-        if arch not in ARCHS:
-            raise CheckpointError(f"unknown arch {arch!r} requested; expected one of {', '.join(ARCHS)}")
         spec = ARCHS[arch]
         if (spec["embed_dim"], spec["depth"]) != (shape["embed_dim"], shape["depth"]):
             raise CheckpointError(
@@ -105,9 +133,19 @@ def load_backbone(
                 f"(width {spec['embed_dim']}, depth {spec['depth']})"
             )
     arch_name = arch or stored_arch or inferred_arch or "custom"
-    num_heads = _num_heads(arch_name, shape["embed_dim"], meta.get("num_heads"))
+    stored_heads = meta.get("num_heads")
+    if stored_heads is not None and not isinstance(stored_heads, int):
+        raise CheckpointError(f"checkpoint {str(path)!r}: stored num_heads {stored_heads!r} is not a number")
+    num_heads = _num_heads(arch_name, shape["embed_dim"], stored_heads)
+    if not (isinstance(num_heads, int) and num_heads > 0 and shape["embed_dim"] % num_heads == 0):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: {num_heads!r} heads do not divide width {shape['embed_dim']}"
+        )
     if normalizer is None:
-        normalizer = meta.get("normalizer", "softmax")
+        normalizer = _stored_normalizer(meta, path)
+    scale = meta.get("attn_scale")
+    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
+        raise CheckpointError(f"checkpoint {str(path)!r}: stored attn_scale {scale!r} is not a number > 0")
     timm_kwargs = {
         "embed_dim": shape["embed_dim"],
         "depth": shape["depth"],
@@ -126,12 +164,15 @@ def load_backbone(
         img_size=shape["img_size"],
         normalizer=normalizer,
         num_registers=shape["num_registers"],
-        attn_scale=meta.get("attn_scale"),
+        attn_scale=scale,
         **timm_kwargs,
     )
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     state.pop("head.weight", None), state.pop("head.bias", None)  # classifier heads of timm models
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # size mismatches
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit a {arch_name} ViT: {err}") from err
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint {str(path)!r} does not match a {arch_name} ViT: missing keys {missing[:6]}, "
@@ -156,6 +197,31 @@ def load_backbone(
         sha256=fingerprint(path),
     )
     return model, info
+
+
+def _stored_normalizer(meta: dict, path: Path) -> str | float:
+    """The attention normaliser recorded in the file (softmax for foreign files), checked."""
+    from sparsedino.attention import validate_normalizer
+
+    value = meta.get("normalizer", "softmax")
+    try:
+        validate_normalizer(value)
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: stored normalizer {value!r} is invalid ({err})"
+        ) from err
+    return value
+
+
+def _check_finite(state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights holding NaN or infinity: they would evaluate to a meaningless 0 % report."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"checkpoint {str(path)!r}: tensor {name!r} holds {bad} NaN/inf value(s) of {tensor.numel()}; "
+                "the weights are broken (a diverged run?)"
+            )
 
 
 def load_state_dict_checked(module: torch.nn.Module, state: dict, what: str, path: Path) -> None:

@@ -16,25 +16,35 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from sparsedino.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json
+from sparsedino.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json, check_output_dir
+from sparsedino.config import ConfigError
+from sparsedino.errors import OutputError, run_command
 from sparsedino.models.checkpoint import BackboneInfo, load_backbone
-from sparsedino.models.formats import SIDECAR_SUFFIX, CheckpointError
+from sparsedino.models.formats import SIDECAR_SUFFIX
 
 FORMATS = ("timm", "dino")
 SUFFIXES = (".pth", ".pt", ".safetensors")
 
 
-def timm_model_name(info: BackboneInfo) -> str:
-    """The timm model name with this backbone's shape (e.g. ``vit_small_patch16_224``)."""
-    size = info.arch.removeprefix("vit_") if info.arch != "custom" else "custom"
+def timm_model_name(info: BackboneInfo) -> str | None:
+    """The stock timm model with this backbone's shape (e.g. ``vit_small_patch16_224``), or None.
+
+    None when timm has no such model (``vit_pico``, custom widths, most patch / register combinations):
+    the file then loads into ``timm.models.VisionTransformer`` built with the shape stored in its metadata.
+    """
+    import timm
+
+    if info.arch == "custom":
+        return None
+    size = info.arch.removeprefix("vit_")
     reg = f"_reg{info.num_registers}" if info.num_registers else ""
-    return f"vit_{size}_patch{info.patch_size}{reg}_224"
+    name = f"vit_{size}_patch{info.patch_size}{reg}_224"
+    return name if timm.is_model(name) else None
 
 
 def export_backbone(
@@ -46,17 +56,23 @@ def export_backbone(
         ``(out_path, info)``.
 
     Raises:
-        ValueError: unknown format or file suffix, or registers with ``fmt="dino"``.
+        ConfigError: unknown format or file suffix, or registers with ``fmt="dino"``.
+        OutputError: ``out`` cannot be written.
         CheckpointError: the checkpoint cannot be read.
     """
     out = Path(out)
     if fmt not in FORMATS:
-        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if out.suffix not in SUFFIXES:
-        raise ValueError(f"--out {str(out)!r} must end with one of {', '.join(SUFFIXES)}")
+        raise ConfigError(f"--out {str(out)!r} must end with one of {', '.join(SUFFIXES)}")
+    if out.is_dir():
+        raise OutputError(
+            f"--out {str(out)!r} is a folder; give a file name ending with {', '.join(SUFFIXES)}"
+        )
+    check_output_dir(out.parent, "--out")
     model, info = load_backbone(checkpoint, which=which)
     if fmt == "dino" and info.num_registers:
-        raise ValueError(
+        raise ConfigError(
             f"{str(checkpoint)!r} has {info.num_registers} register tokens, which DINO's ViT does not "
             "support; export with --format timm"
         )
@@ -107,13 +123,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", required=True, help="output file (.pth or .safetensors)")
     parser.add_argument("--which", choices=("teacher", "student"), default="teacher")
     args = parser.parse_args(list(argv))
-    try:
-        out, info = export_backbone(args.checkpoint, args.out, args.format, args.which)
-    except (CheckpointError, ValueError) as err:
-        print(f"sparsedino export: {err}", file=sys.stderr)
-        return 2
+    return run_command("sparsedino export", lambda: _export(args))
+
+
+def _export(args: argparse.Namespace) -> int:
+    out, info = export_backbone(args.checkpoint, args.out, args.format, args.which)
+    timm_name = timm_model_name(info)
     print(
         f"wrote {out} ({args.format} format): {info.arch} patch {info.patch_size}, {info.normalizer} attention, "
-        f"{info.num_registers} registers, epoch {info.epoch}; timm name {timm_model_name(info)}"
+        f"{info.num_registers} registers, epoch {info.epoch}; "
+        + (f"timm name {timm_name}" if timm_name else "no stock timm model has this shape")
     )
     return 0

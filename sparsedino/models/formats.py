@@ -24,10 +24,15 @@ from typing import Any
 
 import torch
 
+from sparsedino.errors import UserError
+
 SIDECAR_SUFFIX = ".json"
+# What torch's weights-only unpickler says when a pickle names a class or function outside the allow-list
+# (as opposed to bytes that are not a pickle at all).
+_UNSAFE_MARKERS = ("GLOBAL", "Unsupported global", "unsupported global", "Unsupported class")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file is missing, truncated, unsafe or does not hold what was asked for."""
 
 
@@ -70,17 +75,32 @@ def read_checkpoint(path: str | Path) -> tuple[Any, dict]:
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        detail = _unpickler_detail(str(err))
+        if any(marker in str(err) for marker in _UNSAFE_MARKERS):
+            raise CheckpointError(
+                f"refusing to load {str(path)!r}: it contains pickled objects outside the allow-list "
+                f"(tensors, containers, argparse.Namespace), which could run arbitrary code ({detail})"
+            ) from err
         raise CheckpointError(
-            f"refusing to load {str(path)!r}: it contains pickled objects outside the allow-list "
-            f"(tensors, containers, argparse.Namespace), which could run arbitrary code. Details: "
-            f"{str(err).splitlines()[0] if str(err) else err!r}"
+            f"checkpoint {str(path)!r} could not be read: not a PyTorch checkpoint (corrupt, truncated or "
+            f"another format; {detail})"
         ) from err
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError) as err:
+        # KeyError / IndexError: torch's legacy-format reader meeting bytes that are not a checkpoint
         raise CheckpointError(
             f"checkpoint {str(path)!r} could not be read (truncated or not a PyTorch checkpoint): "
-            f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no details'}"
         ) from err
     return obj, {}
+
+
+def _unpickler_detail(message: str) -> str:
+    """The informative line of torch's weights-only error (its first lines are a generic preamble)."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    for line in lines:
+        if any(marker in line for marker in _UNSAFE_MARKERS) or line.startswith("Unsupported"):
+            return line
+    return lines[-1] if lines else "unreadable pickle"
 
 
 def _is_state_dict(obj: Any) -> bool:

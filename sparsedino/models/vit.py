@@ -11,7 +11,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import register_notrace_function, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
 # Architecture table: name -> (embed_dim, depth, num_heads). The widths/depths are DINO's / DeiT's.
@@ -23,6 +26,70 @@ ARCHS: dict[str, dict[str, int]] = {
     "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
     "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
 }
+
+
+# How position embeddings follow the input size: DINO's bicubic resize (what DINO checkpoints were trained
+# and evaluated with) or timm's antialiased one. ViTs built here default to DINO's.
+POS_EMBED_MODES = ("dino", "timm")
+# DINO's offset on the target grid: the scale factor is (size + 0.1) / old size, so that the floor in
+# F.interpolate's output size cannot fall one short (facebookresearch/dino issue #8).
+DINO_GRID_OFFSET = 0.1
+
+
+@register_notrace_function  # torch.fx keeps it as a leaf (shape-dependent), like timm's own resampler
+def dino_resample_pos_embed(
+    pos_embed: torch.Tensor, new_grid: tuple[int, int], old_grid: tuple[int, int], num_prefix_tokens: int
+) -> torch.Tensor:
+    """DINO's ``interpolate_pos_encoding``: bicubic resize of the patch position grid with a 0.1 offset.
+
+    Args:
+        pos_embed: (1, P + gh * gw, C) position embeddings, the first ``num_prefix_tokens`` for [CLS].
+        new_grid: (h, w) patch grid of the input.
+        old_grid: (gh, gw) patch grid ``pos_embed`` is laid out for.
+        num_prefix_tokens: leading entries that are not on the grid (kept as they are).
+
+    Returns:
+        (1, P + h * w, C); ``pos_embed`` itself when the grid is unchanged.
+    """
+    (h, w), (gh, gw) = new_grid, old_grid
+    if (h, w) == (gh, gw):
+        return pos_embed
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, gh, gw, dim).permute(0, 3, 1, 2)  # (1, C, gh, gw)
+    scale = ((h + DINO_GRID_OFFSET) / gh, (w + DINO_GRID_OFFSET) / gw)
+    grid = F.interpolate(grid.float(), scale_factor=scale, mode="bicubic", align_corners=False)
+    grid = grid.to(pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, h * w, dim)  # (1, h*w, C)
+    return torch.cat([prefix, grid], dim=1)
+
+
+class DinoVisionTransformer(VisionTransformer):
+    """timm's ``VisionTransformer`` (same modules, same state dict) with DINO's position interpolation.
+
+    Inputs of another size than ``img_size`` (local crops, evaluation windows) get their position
+    embeddings from :func:`dino_resample_pos_embed`, as DINO's own ViT computes them, instead of timm's
+    antialiased resize (which gives [CLS] outputs differing by ~1e-2 from DINO's at 96 px).
+    """
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.dynamic_img_size or self.pos_embed is None:
+            return super()._pos_embed(x)
+        B, H, W, C = x.shape  # (B, h, w, C) patch tokens
+        pos_embed = dino_resample_pos_embed(
+            self.pos_embed,
+            (H, W),
+            tuple(self.patch_embed.grid_size),
+            0 if self.no_embed_class else self.num_prefix_tokens,
+        )
+        x = x.view(B, -1, C)
+        to_cat = [t.expand(B, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        if self.no_embed_class:  # registers (and [CLS]) get no position embedding
+            x = x + pos_embed
+            x = torch.cat([*to_cat, x], dim=1) if to_cat else x
+        else:
+            x = torch.cat([*to_cat, x], dim=1) if to_cat else x
+            x = x + pos_embed
+        return self.pos_drop(x)
 
 
 def arch_spec(arch: str) -> dict[str, int]:
@@ -53,6 +120,7 @@ def build_vit(
     num_registers: int = 0,
     dynamic_img_size: bool = True,
     attn_scale: float | None = None,
+    pos_embed_mode: str = "dino",
     **timm_kwargs: Any,
 ) -> VisionTransformer:
     """Build a timm ``VisionTransformer`` backbone whose attention uses ``normalizer``.
@@ -69,6 +137,9 @@ def build_vit(
         dynamic_img_size: accept any input size (needed for multi-crop).
         attn_scale: attention logit scale; None = ``head_dim ** -0.5``. Entmax is not scale invariant,
             so this sets how sparse the attention is.
+        pos_embed_mode: ``"dino"`` (default): DINO's position-embedding interpolation for other input sizes
+            (:class:`DinoVisionTransformer`) and DINO's [CLS] initialisation (truncated normal, std 0.02);
+            ``"timm"``: timm's antialiased resize and [CLS] std 1e-6.
         **timm_kwargs: forwarded to ``VisionTransformer`` (they override the ``arch`` table, e.g.
             ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``init_values``).
 
@@ -81,6 +152,10 @@ def build_vit(
     validate_normalizer(normalizer)
     if num_registers < 0:
         raise ValueError(f"num_registers must be >= 0, got {num_registers}")
+    if pos_embed_mode not in POS_EMBED_MODES:
+        raise ValueError(
+            f"pos_embed_mode must be one of {', '.join(POS_EMBED_MODES)}, got {pos_embed_mode!r}"
+        )
     kwargs: dict[str, Any] = arch_spec(arch)
     kwargs.update(
         img_size=img_size,
@@ -95,5 +170,10 @@ def build_vit(
         no_embed_class=num_registers > 0,
     )
     kwargs.update(timm_kwargs)
-    model = VisionTransformer(**kwargs)
+    if pos_embed_mode == "timm":
+        model = VisionTransformer(**kwargs)
+    else:
+        model = DinoVisionTransformer(**kwargs)
+        if model.cls_token is not None:
+            trunc_normal_(model.cls_token, std=0.02)  # DINO's init (timm: normal, std 1e-6)
     return sparsify(model, normalizer, scale=attn_scale)

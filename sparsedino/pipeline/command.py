@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sparsedino.config import ConfigError, save_config
+from sparsedino.atomic import check_output_dir, remove_stale_temps
+from sparsedino.config import save_config
+from sparsedino.errors import run_command
 from sparsedino.pipeline.settings import PRESETS
+from sparsedino.runlock import RunLock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +45,12 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
         The report dict (also written to ``OUT/results.json``), or the plan description for ``dry_run``.
     """
     from sparsedino.pipeline.controls import control_stages
-    from sparsedino.pipeline.plan import build_plan, describe, load_reproduce_config
+    from sparsedino.pipeline.plan import (
+        build_plan,
+        check_training_processes,
+        describe,
+        load_reproduce_config,
+    )
     from sparsedino.pipeline.report import write_report
     from sparsedino.pipeline.runner import (
         curve_stages,
@@ -56,34 +63,37 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
     from sparsedino.pipeline.video import video_stages
 
     cfg = load_reproduce_config(preset, list(overrides))
-    out = Path(out)
+    out = check_output_dir(out, "--out")
     plan = build_plan(cfg, out)
     if dry_run:
         return describe(plan)
-    save_config(cfg, out / "reproduce_config.yaml")
-    stages = [
-        *data_stages(plan),
-        *train_stages(plan),
-        *eval_stages(plan),
-        *curve_stages(plan),
-        *diagnose_stages(plan),
-        *video_stages(plan),
-        *control_stages(plan),
-    ]
-    start = time.perf_counter()
-    runner = StageRunner(out, log=lambda line: print(f"[reproduce] {line}", flush=True))
-    results = runner.run_all(stages)
-    elapsed_s = round(time.perf_counter() - start, 1)
-    return write_report(plan, results, out, elapsed_s=elapsed_s, stage_seconds=runner.seconds)
+    check_training_processes(plan)  # a multi-process recipe is trained by torchrun, never silently here
+    with RunLock(out, "--out"):  # one `reproduce` per folder: a second one is refused, naming this pid
+        remove_stale_temps(out)  # left by a run killed mid-write; nobody else writes here now
+        save_config(cfg, out / "reproduce_config.yaml")
+        stages = [
+            *data_stages(plan),
+            *train_stages(plan),
+            *eval_stages(plan),
+            *curve_stages(plan),
+            *diagnose_stages(plan),
+            *video_stages(plan),
+            *control_stages(plan),
+        ]
+        start = time.perf_counter()
+        runner = StageRunner(out, log=lambda line: print(f"[reproduce] {line}", flush=True))
+        results = runner.run_all(stages)
+        elapsed_s = round(time.perf_counter() - start, 1)
+        return write_report(plan, results, out, elapsed_s=elapsed_s, stage_seconds=runner.seconds)
 
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
-    try:
-        result = run_reproduce(args.preset, args.out, args.overrides, dry_run=args.dry_run)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"sparsedino reproduce: {err}", file=sys.stderr)
-        return 2
+    return run_command("sparsedino reproduce", lambda: _reproduce(args))
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    result = run_reproduce(args.preset, args.out, args.overrides, dry_run=args.dry_run)
     if args.dry_run:
         print(json.dumps(result, indent=2))
         return 0

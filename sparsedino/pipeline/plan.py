@@ -16,11 +16,15 @@ Stages, in order::
 
 from __future__ import annotations
 
+import json
+import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sparsedino.config import ConfigError, config_to_dict, load_config, resolve_config_path
+from sparsedino.errors import MissingDataError
 from sparsedino.pipeline.settings import PRESETS, ReproduceConfig, resolve_arm, validate
 from sparsedino.pipeline.video import build_video_config
 
@@ -74,9 +78,9 @@ def load_reproduce_config(preset: str, overrides: list[str]) -> ReproduceConfig:
 
 
 def build_plan(cfg: ReproduceConfig, out: Path) -> RunPlan:
-    """Resolve every stage's config under ``out``; raises ConfigError/FileNotFoundError on bad input."""
-    from sparsedino.diagnose.settings import DiagnoseConfig
-    from sparsedino.eval.settings import KnnConfig, LinearConfig, SegConfig
+    """Resolve every stage's config under ``out``; raises ConfigError / MissingDataError on bad input."""
+    from sparsedino.diagnose.settings import load_diagnose_config
+    from sparsedino.eval.settings import load_protocol_config
     from sparsedino.train import load_train_config
 
     out = Path(out)
@@ -110,21 +114,109 @@ def build_plan(cfg: ReproduceConfig, out: Path) -> RunPlan:
             except ConfigError as err:
                 raise ConfigError(f"train_preset {cfg.train_preset!r} with train_overrides: {err}") from err
     root = f"data_root={imagenet_root}"
-    plan.knn = load_config(KnnConfig, "eval_knn", [root, *cfg.knn_overrides])
-    plan.linear = load_config(LinearConfig, "eval_linear", [root, *cfg.linear_overrides])
+    plan.knn = _section("knn_overrides", load_protocol_config, "knn", "eval_knn", [root, *cfg.knn_overrides])
+    plan.linear = _section(
+        "linear_overrides", load_protocol_config, "linear", "eval_linear", [root, *cfg.linear_overrides]
+    )
     for name in cfg.seg_datasets:
-        plan.seg[name] = load_config(
-            SegConfig, f"eval_seg_{name}", [f"data_root={seg_roots[name]}", *cfg.seg_overrides]
+        plan.seg[name] = _section(
+            "seg_overrides",
+            load_protocol_config,
+            "seg",
+            f"eval_seg_{name}",
+            [f"data_root={seg_roots[name]}", *cfg.seg_overrides],
         )
     first = cfg.seg_datasets[0]
-    plan.curve_seg = load_config(
-        SegConfig,
+    plan.curve_seg = _section(
+        "curve.seg_overrides",
+        load_protocol_config,
+        "seg",
         f"eval_seg_{first}",
         [f"data_root={seg_roots[first]}", *cfg.seg_overrides, *cfg.curve.seg_overrides],
     )
-    plan.diagnose = load_config(DiagnoseConfig, None, list(cfg.diagnose_overrides))
+    plan.diagnose = _section("diagnose_overrides", load_diagnose_config, None, list(cfg.diagnose_overrides))
     plan.video = build_video_config(cfg, out)
     return plan
+
+
+def _section(name: str, load: Callable[..., Any], *args: Any) -> Any:
+    """``load(*args)`` with a ConfigError prefixed by the plan section the bad setting came from."""
+    try:
+        return load(*args)
+    except ConfigError as err:
+        raise ConfigError(f"{name}: {err}") from err
+
+
+def finished_training(train_cfg: Any) -> dict | None:
+    """The summary of a run whose folder holds a finished training with ``train_cfg``'s epochs, else None."""
+    from sparsedino.train.checkpointing import SUMMARY
+
+    path = Path(train_cfg.run.output_dir) / SUMMARY
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("epochs") != train_cfg.optim.epochs:
+        return None
+    return summary
+
+
+def check_training_processes(plan: RunPlan) -> None:
+    """Refuse to train a multi-process recipe in this one process (a different global batch, silently).
+
+    With ``train_processes > 1`` every run must already be finished (by torchrun) with the stated global
+    batch; otherwise the error gives the torchrun command of each missing run.
+
+    Raises:
+        ConfigError: naming the runs to train first and how, or the override that accepts one process.
+    """
+    n = plan.cfg.train_processes
+    if n <= 1:
+        return
+    todo, wrong = [], []
+    for rid, train_cfg in plan.train.items():
+        batch = train_cfg.optim.batch_size_per_gpu * n
+        summary = finished_training(train_cfg)
+        if summary is None:
+            todo.append(rid)
+        elif summary.get("global_batch") != batch:
+            wrong.append(f"{rid} (global batch {summary.get('global_batch')}, not {batch})")
+    if not todo and not wrong:
+        return
+    cfg = plan.cfg
+    commands = [
+        f"`torchrun --nproc_per_node={n} -m sparsedino train {cfg.train_preset} "
+        + " ".join(shlex.quote(item) for item in [*cfg.train_overrides, *_run_overrides(plan, rid)])
+        + "`"
+        for rid in todo
+    ]
+    per = plan.train[next(iter(plan.train))].optim.batch_size_per_gpu
+    problem = (
+        f"the {cfg.name!r} recipe trains with {n} processes (global batch {per * n}), but `reproduce` trains "
+        "in one process and will not run a different recipe silently"
+    )
+    fix = []
+    if todo:
+        fix.append(
+            f"train {', '.join(todo)} first with " + " and ".join(commands) + ", then run this command again"
+        )
+    if wrong:
+        fix.append(f"these runs were trained with another global batch: {', '.join(wrong)}")
+    raise ConfigError(
+        f"{problem}; {'; '.join(fix)}; or set train_processes=1 to train in one process on purpose "
+        f"(global batch {per})"
+    )
+
+
+def _run_overrides(plan: RunPlan, rid: str) -> list[str]:
+    """The per-run overrides :func:`build_plan` adds to the training preset (normaliser, seed, paths)."""
+    t = plan.train[rid]
+    return [
+        f"model.normalizer={t.model.normalizer}",
+        f"run.seed={t.run.seed}",
+        f"data.path={t.data.path}",
+        f"run.output_dir={t.run.output_dir}",
+    ]
 
 
 def describe(plan: RunPlan) -> dict:
@@ -142,6 +234,7 @@ def describe(plan: RunPlan) -> dict:
         "curve": {**config_to_dict(cfg.curve), "seg": config_to_dict(plan.curve_seg)},
         "diagnose": config_to_dict(plan.diagnose) if cfg.diagnose else None,
         "video": config_to_dict(plan.video) if plan.video is not None else None,
+        "train_processes": cfg.train_processes,
         "budget_minutes": cfg.budget_minutes,
         "target_machine": cfg.target_machine,
     }
@@ -150,5 +243,5 @@ def describe(plan: RunPlan) -> dict:
 def _existing_dir(value: str, key: str) -> Path:
     path = Path(value).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(f"key {key!r}: folder {value!r} does not exist")
+        raise MissingDataError(f"key {key!r}: folder {value!r} does not exist")
     return path

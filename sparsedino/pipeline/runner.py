@@ -47,9 +47,13 @@ def train_stages(plan: RunPlan) -> list[Stage]:
     for rid, train_cfg in plan.train.items():
 
         def run(stage_dir: Path, train_cfg=train_cfg) -> dict:
+            from sparsedino.pipeline.plan import finished_training
             from sparsedino.train import run_training
 
-            out = Path(run_training(train_cfg))
+            # a run finished elsewhere (torchrun) is read, not resumed in this process
+            out = Path(train_cfg.run.output_dir)
+            if finished_training(train_cfg) is None:
+                out = Path(run_training(train_cfg))
             return {"output_dir": str(out), **_training_summary(out)}
 
         settings = {k: v for k, v in config_to_dict(train_cfg).items() if k != "run"}

@@ -115,6 +115,10 @@ class ReproduceConfig:
     controls: ControlSettings = field(default_factory=ControlSettings)
     statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
     video: VideoSettings = field(default_factory=VideoSettings)
+    # Processes the training recipe is stated for (global batch = optim.batch_size_per_gpu x this). Above 1,
+    # `reproduce` (one process) trains nothing itself: it needs each run finished by torchrun first, and says
+    # how; set 1 to train in one process on purpose (a smaller global batch, recorded in the report).
+    train_processes: int = 1
     budget_minutes: float = 0.0  # what the preset is tuned to finish within on its target machine (0 = n/a)
     target_machine: str = ""
 
@@ -158,6 +162,12 @@ def validate(cfg: ReproduceConfig) -> None:
     _validate_controls(cfg, names)
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"key 'seeds': give distinct seeds, got {list(cfg.seeds)}")
+    if cfg.train_processes < 1:
+        raise ConfigError(f"key 'train_processes' must be >= 1, got {cfg.train_processes}")
+    if cfg.curve.every_epochs < 1:
+        raise ConfigError(f"key 'curve.every_epochs' must be >= 1, got {cfg.curve.every_epochs}")
+    if cfg.budget_minutes < 0:
+        raise ConfigError(f"key 'budget_minutes' must be >= 0, got {cfg.budget_minutes}")
     for name in cfg.seg_datasets:
         if name not in ("voc", "ade20k", "cityscapes"):
             raise ConfigError(f"key 'seg_datasets': {name!r} is not one of voc, ade20k, cityscapes")
@@ -171,39 +181,18 @@ def validate(cfg: ReproduceConfig) -> None:
         for name in cfg.seg_datasets:
             if not getattr(cfg.data, name):
                 raise ConfigError(f"key 'data.{name}': required because seg_datasets lists {name!r}")
-    elif cfg.synth.enabled and (err := _synth_error(cfg.synth)):
-        raise ConfigError(err)
-    elif any(name != "voc" for name in cfg.seg_datasets):
-        raise ConfigError("key 'seg_datasets': the embedded dataset provides only the VOC layout ('voc')")
+    else:
+        _validate_synth(cfg.synth)
+        if any(name != "voc" for name in cfg.seg_datasets):
+            raise ConfigError("key 'seg_datasets': the embedded dataset provides only the VOC layout ('voc')")
 
 
-def _synth_error(synth: SynthSettings) -> str | None:
-    """The first invalid ``synth.*`` value, named, or None (checked before any stage runs)."""
-    from sparsedino.data.synthetic import COLOUR_MODES, MAX_CLASSES
+def _validate_synth(synth: SynthSettings) -> None:
+    """The embedded dataset's settings, checked before the data stage (the generator's limits)."""
+    from sparsedino.config import config_to_dict
+    from sparsedino.data.command import check_synth_options
 
-    if synth.colours not in COLOUR_MODES:
-        return f"key 'synth.colours': {synth.colours!r} is not one of {', '.join(COLOUR_MODES)}"
-    checks = [
-        ("n_train", synth.n_train >= 1, ">= 1"),
-        ("n_val", synth.n_val >= 1, ">= 1"),
-        ("size", synth.size >= 16, ">= 16 pixels"),
-        ("num_classes", 2 <= synth.num_classes <= MAX_CLASSES, f"in [2, {MAX_CLASSES}]"),
-        ("max_objects", synth.max_objects >= 1, ">= 1"),
-        ("clutter", synth.clutter >= 0, ">= 0"),
-        (
-            "colour_groups",
-            synth.colours != "shared" or 1 <= synth.colour_groups <= synth.num_classes,
-            "in [1, num_classes]",
-        ),
-        ("same_group", 0.0 <= synth.same_group <= 1.0, "in [0, 1]"),
-        ("marker_share", 0.0 < synth.marker_share <= 1.0, "in (0, 1]"),
-    ]
-    for key, ok, expected in checks:
-        if not ok:
-            return f"key 'synth.{key}': must be {expected}, got {getattr(synth, key)!r}"
-    if synth.colours == "metamer" and synth.num_classes % 2:
-        return f"key 'synth.num_classes': colours=metamer pairs the classes, so it must be even, got {synth.num_classes}"
-    return None
+    check_synth_options(config_to_dict(synth), lambda key: f"key 'synth.{key}'")
 
 
 def _validate_controls(cfg: ReproduceConfig, arm_names: list[str]) -> None:

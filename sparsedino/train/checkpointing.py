@@ -28,6 +28,7 @@ from sparsedino.models.formats import CheckpointError, read_checkpoint
 log = logging.getLogger(__name__)
 
 LATEST = "checkpoint.pth"
+SUMMARY = "train_summary.json"  # written when a run has finished its last epoch
 FORMAT_VERSION = 1
 
 
@@ -169,13 +170,23 @@ def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_si
     obj, _ = read_checkpoint(path)
     if not isinstance(obj, dict) or "optimizer" not in obj or "sparsedino" not in obj:
         raise CheckpointError(f"{str(path)!r} is not a resumable sparsedino training checkpoint")
-    _check_compatible(obj.get("args", {}), cfg, path)
-    load_state_dict_checked(state.student, obj["student"], "student", path)
-    load_state_dict_checked(state.teacher, obj["teacher"], "teacher", path)
-    load_state_dict_checked(state.dino_loss, obj["dino_loss"], "dino_loss", path)
-    state.optimizer.load_state_dict(obj["optimizer"])
-    if state.scaler is not None and obj.get("fp16_scaler") is not None:
-        state.scaler.load_state_dict(obj["fp16_scaler"])
+    try:
+        _check_compatible(obj.get("args", {}), cfg, path)
+        load_state_dict_checked(state.student, obj["student"], "student", path)
+        load_state_dict_checked(state.teacher, obj["teacher"], "teacher", path)
+        load_state_dict_checked(state.dino_loss, obj["dino_loss"], "dino_loss", path)
+        state.optimizer.load_state_dict(obj["optimizer"])
+        if state.scaler is not None and obj.get("fp16_scaler") is not None:
+            state.scaler.load_state_dict(obj["fp16_scaler"])
+        position = {
+            key: int(obj.get(key, 0)) for key in ("epoch", "iteration", "global_step", "skipped_images")
+        }
+    except (CheckpointError, ConfigError):
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as err:  # a damaged or hand-edited file
+        raise CheckpointError(
+            f"cannot resume from {str(path)!r}: the checkpoint is malformed ({type(err).__name__}: {err})"
+        ) from err
     rngs = obj.get("rng") or []
     if len(rngs) == world_size:
         set_rng_state(rngs[rank])
@@ -186,9 +197,4 @@ def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_si
             len(rngs),
             world_size,
         )
-    return {
-        "epoch": int(obj["epoch"]),
-        "iteration": int(obj["iteration"]),
-        "global_step": int(obj["global_step"]),
-        "skipped_images": int(obj.get("skipped_images", 0)),
-    }
+    return position

@@ -32,28 +32,25 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args = parser.parse_args(list(argv))
 
+    from sparsedino.errors import run_command
+
+    return run_command("sparsedino train", lambda: _train(args))
+
+
+def _train(args: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
-    from sparsedino.config import ConfigError, config_to_dict
-    from sparsedino.data.imagenet import BadImageError
-    from sparsedino.models.formats import CheckpointError
+    from sparsedino.config import config_to_dict
     from sparsedino.train import NonFiniteLossError, load_train_config, run_training
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_train_config(args.config, args.overrides)
-    except ConfigError as err:
-        print(f"sparsedino train: {err}", file=sys.stderr)
-        return 2
+    cfg = load_train_config(args.config, args.overrides)
     if args.print_config:
         print(OmegaConf.to_yaml(OmegaConf.create(config_to_dict(cfg))))
         return 0
     try:
         out = run_training(cfg)
-    except (ConfigError, CheckpointError, BadImageError, FileNotFoundError, ValueError) as err:
-        print(f"sparsedino train: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLossError as err:
+    except NonFiniteLossError as err:  # the run diverged: not a bad input (exit 1), but no traceback needed
         print(f"sparsedino train: {err}", file=sys.stderr)
         return 1
     if os.environ.get("RANK", "0") == "0":

@@ -15,11 +15,13 @@ import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from sparsedino.atomic import atomic_write_json
-from sparsedino.config import config_to_dict, save_config
+from sparsedino.atomic import atomic_write_json, check_output_dir, remove_stale_temps
+from sparsedino.config import ConfigError, config_to_dict, save_config
+from sparsedino.runlock import RunLock
 from sparsedino.train.build import Precision, build_loss, build_networks, build_optimizer, resolve_precision
 from sparsedino.train.checkpointing import (
     LATEST,
+    SUMMARY,
     TrainState,
     epoch_snapshot_name,
     load_checkpoint,
@@ -86,18 +88,17 @@ class Trainer:
     """Holds the run's objects; :meth:`fit` trains from the current position to the last epoch."""
 
     def __init__(self, cfg: TrainConfig, dist_info: DistInfo) -> None:
+        # Everything that can refuse the run (data, precision, model, a resume) is checked before the first
+        # write to the output folder: a refused run leaves the folder as it was.
         self.cfg, self.dist = cfg, dist_info
         self.out = Path(cfg.run.output_dir)
-        if dist_info.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
         seed = cfg.run.seed
         self.dataset = build_dataset(cfg)  # fails fast on missing/empty folders
         self.sampler = ResumableDistributedSampler(self.dataset, dist_info.world_size, dist_info.rank, seed)
         bs = cfg.optim.batch_size_per_gpu
         iters = self.sampler.num_samples // bs
         if iters == 0:
-            raise ValueError(
+            raise ConfigError(
                 f"data.path {cfg.data.path!r}: {len(self.dataset)} images are fewer than one global batch "
                 f"({bs} per process x {dist_info.world_size} processes)"
             )
@@ -114,21 +115,38 @@ class Trainer:
         )
         self.sched = make_schedules(cfg, iters, dist_info.world_size)
         self.epoch, self.iteration, self.global_step, self.skipped_total = 0, 0, 0, 0
+        # One writer per run folder (main rank): a second `train` on it is refused, naming this pid.
+        self.lock = RunLock(self.out, "run.output_dir").acquire() if dist_info.is_main else None
+        try:
+            self._open_run(iters)
+        except BaseException:
+            self.discard_failed_start()
+            self.close()
+            raise
+
+    def _open_run(self, iters: int) -> None:
+        """Resume from the folder's checkpoint (or seed a fresh run), then write the resolved config."""
+        cfg, dist_info, seed = self.cfg, self.dist, self.cfg.run.seed
         latest = self.out / LATEST
-        if cfg.run.resume and latest.is_file():
+        self.fresh = not (cfg.run.resume and latest.is_file())
+        if not self.fresh:
             pos = load_checkpoint(latest, self.state, cfg, dist_info.rank, dist_info.world_size)
             self.epoch, self.iteration, self.global_step = pos["epoch"], pos["iteration"], pos["global_step"]
             self.skipped_total = pos["skipped_images"]
             if self.iteration >= iters:  # killed between the last step's checkpoint and the epoch end
                 self.epoch, self.iteration = self.epoch + 1, 0
             log.info("resumed from %s at epoch %d iteration %d", latest, self.epoch, self.iteration)
-            if dist_info.is_main:
-                truncate_jsonl(self.out / "metrics.jsonl", self.global_step)
         else:
             # Per-rank streams for drop path etc.; data augmentation is seeded per sample instead.
             torch.manual_seed(seed + dist_info.rank)
             random.seed(seed + dist_info.rank)
             np.random.seed((seed + dist_info.rank) % 2**32)  # noqa: NPY002
+        if dist_info.is_main:
+            for tmp in remove_stale_temps(self.out):  # half-written files of a run killed mid-write
+                log.info("removed %s, left by an interrupted write", tmp)
+            # records after the restart point (all of them for a fresh start) will be logged again
+            truncate_jsonl(self.out / "metrics.jsonl", self.global_step)
+            save_config(cfg, self.out / "config.yaml")
         self.logger = MetricLogger(
             self.out,
             enabled=dist_info.is_main,
@@ -218,10 +236,16 @@ class Trainer:
             )
             loss_value = stats[0].item() / self.dist.world_size
             if not math.isfinite(loss_value):
+                latest = self.out / LATEST
+                kept = (
+                    f"the last good checkpoint {str(latest)!r} is intact"
+                    if latest.is_file()
+                    else "no checkpoint had been written yet"
+                )
                 raise NonFiniteLossError(
                     f"loss is {loss_value} at epoch {epoch} iteration {self.iteration} (step {self.global_step}); "
-                    f"training stopped, the last good checkpoint {str(self.out / LATEST)!r} is intact. Try a "
-                    f"lower optim.lr, run.precision=bf16/fp32, optim.clip_grad>0 or a larger optim.teacher_temp."
+                    f"training stopped, {kept}. Try a lower optim.lr, run.precision=bf16/fp32, "
+                    f"optim.clip_grad>0 or a larger optim.teacher_temp."
                 )
             self.update(loss, epoch)
             self.iteration += 1
@@ -273,7 +297,7 @@ class Trainer:
             self.logger.flush()
         if self.dist.is_main:
             atomic_write_json(
-                self.out / "train_summary.json",
+                self.out / SUMMARY,
                 {
                     "epochs": cfg.optim.epochs,
                     "global_step": self.global_step,
@@ -285,6 +309,17 @@ class Trainer:
             )
         self.logger.close()
         return self.out
+
+    def discard_failed_start(self) -> None:
+        """After a fresh run failed before its first checkpoint: remove the set-up files it wrote."""
+        if self.dist.is_main and getattr(self, "fresh", False) and not (self.out / LATEST).exists():
+            for name in ("config.yaml", epoch_snapshot_name(0)):
+                (self.out / name).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Release the run folder's lock (the process exiting releases it too)."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 def run_training(cfg: TrainConfig) -> Path:
@@ -298,14 +333,21 @@ def run_training(cfg: TrainConfig) -> Path:
         NonFiniteLossError: the loss became NaN/inf.
     """
     validate(cfg)
+    check_output_dir(cfg.run.output_dir, "run.output_dir")
     owned = not (dist.is_available() and dist.is_initialized())
     dist_info = init_distributed(cfg.run.device, cfg.run.dist_timeout_s)
+    trainer = None
     try:
-        return Trainer(cfg, dist_info).fit()
+        trainer = Trainer(cfg, dist_info)
+        return trainer.fit()
     except BaseException as err:
         if dist_info.distributed:
             log.error("rank %d failed: %s", dist_info.rank, err)
+        if trainer is not None:
+            trainer.discard_failed_start()  # nothing half set up is left: the next run starts clean
         raise
     finally:
+        if trainer is not None:
+            trainer.close()
         if owned:
             cleanup()

@@ -7,12 +7,13 @@ the key, before any work starts.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING
 
-from sparsedino.config import ConfigError
+from sparsedino.config import ConfigError, check_device
 
 
 @dataclass
@@ -130,8 +131,18 @@ _POSITIVE = (
     "model.patch_size",
     "model.img_size",
     "model.out_dim",
+    "model.hidden_dim",
+    "model.bottleneck_dim",
+    "model.head_layers",
+    "data.global_crop_size",
+    "data.local_crop_size",
     "optim.epochs",
     "optim.batch_size_per_gpu",
+    "optim.lr",
+    "optim.teacher_temp",
+    "optim.warmup_teacher_temp",
+    "optim.student_temp",
+    "run.dist_timeout_s",
 )
 _NON_NEGATIVE = (
     "model.num_registers",
@@ -139,13 +150,20 @@ _NON_NEGATIVE = (
     "data.local_crops_number",
     "data.color_jitter",
     "optim.warmup_epochs",
+    "optim.min_lr",
+    "optim.weight_decay",
+    "optim.weight_decay_end",
     "optim.clip_grad",
     "optim.freeze_last_layer",
     "optim.warmup_teacher_temp_epochs",
     "run.checkpoint_every_iters",
     "run.checkpoint_every_epochs",
     "run.max_iters_per_epoch",
+    "run.log_every",
 )
+# Longer than any published DINO schedule (800 epochs) by far; beyond it the per-iteration schedules
+# alone would fill the memory, so a larger value is a typo.
+MAX_EPOCHS = 10_000
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -161,12 +179,29 @@ def validate(cfg: TrainConfig) -> None:
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(f"key {key!r}: {_get(cfg, key)!r} is not one of {', '.join(choices)}")
-    for key in _POSITIVE:
-        if _get(cfg, key) <= 0:
+    for key in _POSITIVE:  # NaN / inf are rejected for every float key by load_config
+        if not _get(cfg, key) > 0:
             raise ConfigError(f"key {key!r} must be > 0, got {_get(cfg, key)!r}")
     for key in _NON_NEGATIVE:
-        if _get(cfg, key) < 0:
+        if not _get(cfg, key) >= 0:
             raise ConfigError(f"key {key!r} must be >= 0, got {_get(cfg, key)!r}")
+    if cfg.optim.epochs > MAX_EPOCHS:
+        raise ConfigError(
+            f"key 'optim.epochs' is {cfg.optim.epochs}; more than {MAX_EPOCHS} is not a schedule"
+        )
+    if cfg.model.attn_scale is not None and not (
+        cfg.model.attn_scale > 0 and math.isfinite(cfg.model.attn_scale)
+    ):
+        raise ConfigError(
+            f"key 'model.attn_scale' must be null (head_dim ** -0.5) or a finite number > 0, "
+            f"got {cfg.model.attn_scale}"
+        )
+    check_device(cfg.run.device, "run.device")
+    if cfg.run.precision == "fp16":
+        import torch
+
+        if cfg.run.device == "cpu" or not torch.cuda.is_available():
+            raise ConfigError("key 'run.precision': fp16 needs a CUDA device; use fp32 or bf16 on CPU")
     try:
         validate_normalizer(cfg.model.normalizer)
     except ValueError as err:
@@ -192,9 +227,6 @@ def validate(cfg: TrainConfig) -> None:
     blur = list(cfg.data.blur_radius)
     if len(blur) != 2 or not 0 < blur[0] <= blur[1]:
         raise ConfigError(f"key 'data.blur_radius' must be [min, max] with 0 < min <= max, got {blur}")
-    for key in ("optim.teacher_temp", "optim.warmup_teacher_temp", "optim.student_temp", "optim.lr"):
-        if _get(cfg, key) <= 0:
-            raise ConfigError(f"key {key!r} must be > 0, got {_get(cfg, key)}")
     for key in ("data.global_crop_size", "data.local_crop_size"):
         if _get(cfg, key) % cfg.model.patch_size:
             raise ConfigError(f"key {key!r} ({_get(cfg, key)}) must be a multiple of model.patch_size")
