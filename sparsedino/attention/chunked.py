@@ -87,13 +87,18 @@ def _matmul_into(a: Tensor, b: Tensor, dst: Tensor) -> None:
 def _block_probs(
     q_i: Tensor, k: Tensor, bias_i: Tensor | None, name: str, scale: float, scratch: _Scratch | None = None
 ) -> Tensor:
-    """Probabilities of one query block, float32 (float64 for float64 inputs)."""
+    """Probabilities of one query block, float32 (float64 for float64 inputs).
+
+    The scores are computed in that dtype too (bfloat16 / float16 inputs are upcast first): which keys get
+    exactly zero weight depends on them, so they are not rounded to the input dtype.
+    """
     compute = torch.float64 if q_i.dtype == torch.float64 else torch.float32
-    if scratch is not None and q_i.dtype == compute:
+    q_i, k = q_i.to(compute), k.to(compute)
+    if scratch is not None:
         scores = scratch.get("scores", (*q_i.shape[:3], k.shape[-2]), q_i)  # (B_t, H, C, M)
         torch.matmul(q_i, k.transpose(-2, -1), out=scores)
         return normalize_scores(scores, name, scale, bias_i)
-    scores = torch.matmul(q_i, k.transpose(-2, -1)).to(compute)  # (B, H, C, M); scale and bias fused below
+    scores = torch.matmul(q_i, k.transpose(-2, -1))  # (B, H, C, M); scale and bias fused below
     return normalize_scores(scores, name, scale, bias_i)
 
 

@@ -89,6 +89,11 @@ def build_optimizer(cfg: TrainConfig, student: nn.Module) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=0.0)
 
 
+# Device types offered fp16 autocast + GradScaler. CPU autocast and torch.amp.GradScaler("cpu") run the
+# same code path, so the tests add "cpu" to exercise it; for users fp16 is a CUDA mode.
+FP16_DEVICES: tuple[str, ...] = ("cuda",)
+
+
 @dataclass
 class Precision:
     name: str  # fp32 | bf16 | fp16
@@ -111,6 +116,6 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
             requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             requested = "fp32"
-    if requested == "fp16" and device.type != "cuda":
+    if requested == "fp16" and device.type not in FP16_DEVICES:
         raise ConfigError("key 'run.precision': fp16 needs a CUDA device; use fp32 or bf16 on CPU")
     return Precision(requested, device.type)
