@@ -16,11 +16,9 @@ The first call of a compiled implementation compiles it (excluded from timings b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,6 +30,7 @@ import torch.nn.functional as F
 from sparsedino.atomic import atomic_write_json
 from sparsedino.attention import attention, compile_mode, set_compile
 from sparsedino.attention.ops import block_rows
+from sparsedino.bench.device import peak_bytes
 
 SHAPES: dict[str, tuple[int, int, int, int]] = {
     "vit_s16_224": (32, 6, 197, 64),  # ViT-S/16 at 224 px, batch 32
@@ -73,28 +72,6 @@ def implementations(shape: tuple[int, int, int, int]) -> dict[str, Callable[...,
         q, k, v, "entmax15", chunk_size=chunk
     )
     return impls
-
-
-def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak bytes allocated while running ``fn`` above the bytes live before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as fh:
-            events = json.load(fh)["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
-    return max([0, *totals])
 
 
 def saved_bytes(fn: Callable[[], Any]) -> int:
