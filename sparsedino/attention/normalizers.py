@@ -111,10 +111,15 @@ def normalize(scores: Tensor, name: str, dim: int = -1) -> Tensor:
     return entmax_bisect(scores, alpha=normalizer_alpha(name), dim=dim)
 
 
-def normalize_scores(scores: Tensor, name: str, scale: float, bias: Tensor | None) -> Tensor:
-    """Probabilities of ``scores * scale + bias`` along the last dim, without autograd (attention op)."""
+def normalize_scores(
+    scores: Tensor, name: str, scale: float, bias: Tensor | None, thresholds: Tensor | None = None
+) -> Tensor:
+    """Probabilities of ``scores * scale + bias`` along the last dim, without autograd (attention op).
+
+    ``scores`` is a temporary the caller owns (overwritten). ``thresholds``: see ``entmax15_forward``.
+    """
     if name == "entmax15":
-        return entmax15_forward(scores, -1, scale, bias, inplace=True)  # scores are a temporary
+        return entmax15_forward(scores, -1, scale, bias, inplace=True, thresholds=thresholds)
     scores = scores * scale if bias is None else scores * scale + bias
     with torch.no_grad():
         return normalize(scores, name)

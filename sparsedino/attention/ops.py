@@ -181,4 +181,5 @@ def attention(
             chunk_size = auto_chunk_size(q, k)
         bias = mask_to_bias(attn_mask, torch.float32 if q.dtype != torch.float64 else q.dtype)
         batch = batch_per_tile(q, k, chunk_size) if chunk_size else 0
-        return SparseAttentionFunction.apply(q, k, v, bias, name, scale, chunk_size, batch)
+        recorded = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        return SparseAttentionFunction.apply(q, k, v, bias, name, scale, chunk_size, batch, recorded)

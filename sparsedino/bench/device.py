@@ -17,13 +17,41 @@ from typing import Any
 
 import torch
 
-__all__ = ["gpu_environment", "peak_bytes", "sdpa_flash", "synchronize"]
+__all__ = ["gpu_environment", "held_bytes", "peak_bytes", "sdpa_flash", "synchronize"]
 
 
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (a no-op on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _trace_events(prof) -> list[dict]:
+    """The profiler's trace events (its trace can be exported once)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "trace.json")
+        prof.export_chrome_trace(path)
+        with open(path) as fh:
+            return json.load(fh)["traceEvents"]
+
+
+def _memory(events: list[dict]) -> list[tuple[float, int, int]]:
+    """``(time, bytes, total allocated)`` of the memory events, in time order."""
+    memory = [e for e in events if e.get("name") == "[memory]"]
+    return sorted((e["ts"], e["args"]["Bytes"], e["args"]["Total Allocated"]) for e in memory)
+
+
+def _relative(events: list[tuple[float, int, int]], until: float = float("inf")) -> tuple[int, int]:
+    """(peak, last) total allocated up to ``until``, above what was live before the first event.
+
+    The profiler's running total also counts earlier profiled allocations freed while it was off, so the
+    baseline is taken from the first event itself.
+    """
+    if not events:
+        return 0, 0
+    base = events[0][2] - events[0][1]
+    totals = [total - base for ts, _, total in events if ts <= until]
+    return max([0, *totals]), (totals[-1] if totals else 0)
 
 
 def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
@@ -39,13 +67,32 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as fh:
-            events = json.load(fh)["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
-    return max([0, *totals])
+    return _relative(_memory(_trace_events(prof)))[0]
+
+
+def held_bytes(fn: Callable[[], Any], device: torch.device, cleanup: Callable[[], Any] = lambda: None) -> int:
+    """Bytes still allocated after ``fn()`` returns while its result is alive (e.g. a forward's output and
+    everything kept for its backward, however it is kept). ``cleanup`` runs after the result is dropped."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        result = fn()
+        torch.cuda.synchronize(device)
+        held = torch.cuda.memory_allocated(device) - before
+        del result
+        cleanup()
+        return held
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+        with record_function("held_bytes: result complete"):
+            pass
+        del result  # freed while profiling, so later measurements start balanced
+        cleanup()
+    events = _trace_events(prof)
+    mark = min(e["ts"] for e in events if e.get("name") == "held_bytes: result complete")
+    return _relative(_memory(events), until=mark)[1]
 
 
 @contextlib.contextmanager
