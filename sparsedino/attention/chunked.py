@@ -1,35 +1,36 @@
-"""Sparse attention as one autograd op, optionally over blocks of queries with recomputation in backward.
+"""Sparse attention as one autograd op, optionally over tiles of queries with recomputation in backward.
 
 Forward, per tile ``i`` = (a range of batch elements, a block of query rows; everything when
 ``chunk_size == 0``)::
 
-    S_i = scale * Q_i K^T + bias_i        (B, H, C, M)
+    S_i = scale * Q_i K^T + bias_i        (B, H, C, M), float32 (float64 for float64 inputs)
     P_i = normalizer(S_i)                 exact entmax / sparsemax
     O_i = P_i V                           (B, H, C, Dv)
 
-Backward, per block (``P_i`` saved when unchunked, recomputed from q, k, v when chunked)::
+Backward, per tile (``P`` saved when unchunked; recomputed from q, k when tiled)::
 
     dV  += P_i^T dO_i
     dP_i = dO_i V^T
     dS_i = normalizer_backward(P_i, dP_i) * scale
     dQ_i = dS_i K,   dK += dS_i^T Q_i
 
-Unchunked, the op keeps q, k, v and P for backward (the scores S are never kept); chunked, it keeps only
-q, k, v (and the mask), so the extra memory is a few tile temporaries instead of (B, H, N, M).
+Unchunked, the op keeps q, k, v and P for backward (the scores S are never kept); tiled, it keeps q, k, v,
+the mask and, for entmax-1.5 on the native kernels, each row's threshold, so that backward rebuilds P_i
+with one pass over S_i instead of solving again. The (B, H, N, M) buffers (and the tiles' scratch) come
+from :mod:`sparsedino.attention.workspace`, so repeated calls do not re-fault fresh memory.
 
 Why tiles span batch elements before splitting query rows: a matrix product over few query rows is slow
-on CPU (measured: 53-row blocks made ViT-S/16 at 448 px 2.6x slower than one block), and slicing the
-batch dimension keeps every operand contiguous. Rows are split only when one batch element's
-probabilities exceed the tile budget (long sequences).
+on CPU, and slicing the batch dimension keeps every operand contiguous. Rows are split only when one
+batch element's probabilities exceed the tile budget (long sequences).
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
+from sparsedino.attention import workspace
+from sparsedino.attention.entmax import entmax15_recompute, thresholds_supported
 from sparsedino.attention.normalizers import normalize_scores, normalizer_backward
 
 __all__ = ["SparseAttentionFunction"]
@@ -57,23 +58,23 @@ def _bias_tile(bias: Tensor | None, b0: int, b1: int, r0: int, r1: int) -> Tenso
     return bias
 
 
-class _Scratch:
-    """Reusable buffers for the tiles of one call.
+def _compute_dtype(t: Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
-    Why: a fresh multi-megabyte tensor per tile is a fresh mapping whose pages fault on first touch; on the
-    virtual machines measured here that made every tile's matmul and copy about twice as slow. Tiles of one
-    call reuse one buffer per role instead.
-    """
 
-    def __init__(self) -> None:
-        self._flat: dict[str, Tensor] = {}
+def _scores_into(q_i: Tensor, k: Tensor, out: Tensor) -> Tensor:
+    """``out = q_i k^T`` in ``out``'s dtype (float32 / float64): bfloat16 / float16 inputs are upcast, as
+    which keys get exactly zero weight depends on the scores (they are not rounded to the input dtype)."""
+    q_i, k = q_i.to(out.dtype), k.to(out.dtype)
+    return torch.matmul(q_i, k.transpose(-2, -1), out=out)
 
-    def get(self, role: str, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        numel = math.prod(shape)
-        flat = self._flat.get(role)
-        if flat is None or flat.numel() < numel:
-            flat = self._flat[role] = torch.empty(numel, dtype=like.dtype, device=like.device)
-        return flat[:numel].view(shape)
+
+def _part(buf: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """A contiguous tensor of ``shape`` on the front of a scratch buffer (tiles at the edges are smaller)."""
+    numel = 1
+    for d in shape:
+        numel *= d
+    return buf.view(-1)[:numel].view(shape)
 
 
 def _matmul_into(a: Tensor, b: Tensor, dst: Tensor) -> None:
@@ -84,89 +85,127 @@ def _matmul_into(a: Tensor, b: Tensor, dst: Tensor) -> None:
         dst.copy_(torch.matmul(a, b))
 
 
-def _block_probs(
-    q_i: Tensor, k: Tensor, bias_i: Tensor | None, name: str, scale: float, scratch: _Scratch | None = None
-) -> Tensor:
-    """Probabilities of one query block, float32 (float64 for float64 inputs)."""
-    compute = torch.float64 if q_i.dtype == torch.float64 else torch.float32
-    if scratch is not None and q_i.dtype == compute:
-        scores = scratch.get("scores", (*q_i.shape[:3], k.shape[-2]), q_i)  # (B_t, H, C, M)
-        torch.matmul(q_i, k.transpose(-2, -1), out=scores)
-        return normalize_scores(scores, name, scale, bias_i)
-    scores = torch.matmul(q_i, k.transpose(-2, -1)).to(compute)  # (B, H, C, M); scale and bias fused below
-    return normalize_scores(scores, name, scale, bias_i)
+def _bmm_acc(acc: Tensor, a: Tensor, b: Tensor) -> None:
+    """``acc += a @ b`` for 4-D (batch, heads, ., .) operands, without a temporary (``acc`` contiguous)."""
+    acc.view(-1, *acc.shape[-2:]).baddbmm_(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
 
 
 class SparseAttentionFunction(torch.autograd.Function):
-    """``(q, k, v, bias, name, scale, chunk_size, batch_per_tile) -> out``; gradients for q, k, v (not the mask).
+    """``(q, k, v, bias, name, scale, chunk_size, batch_per_tile, recorded) -> out``; gradients for q, k, v.
 
     ``chunk_size`` query rows and ``batch_per_tile`` batch elements make one tile (0 rows = no tiling).
+    ``recorded``: whether autograd records the call (grad mode on and an input needing a gradient; the
+    forward itself cannot tell): only then are the probabilities kept for backward.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, name, scale, chunk_size, batch_per_tile=1):  # type: ignore[override]
+    def forward(ctx, q, k, v, bias, name, scale, chunk_size, batch_per_tile=1, recorded=True):  # type: ignore[override]
         if bias is not None and bias.dim() < 4:
             bias = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))
         # One copy each now instead of one per matmul (timm's q/k/v are strided views of the qkv output);
         # saving them costs what keeping the views alive would.
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        tiles = _tiles(q.shape[0], q.shape[2], chunk_size, batch_per_tile)
-        probs = None
+        b, h, n, _ = q.shape
+        m, compute = k.shape[2], _compute_dtype(q)
+        tiles = _tiles(b, n, chunk_size, batch_per_tile)
+        ctx.name, ctx.scale, ctx.tiles, ctx.lease, ctx.thresholds = name, scale, tiles, (0, 0), False
         if len(tiles) == 1:
-            probs = _block_probs(q, k, bias, name, scale).to(v.dtype)  # (B, H, N, M), kept for backward
+            buf, lease = workspace.take((b, h, n, m), compute, q.device)
+            probs = normalize_scores(_scores_into(q, k, buf), name, scale, bias)  # (B, H, N, M)
+            if probs.dtype != v.dtype:
+                probs = probs.to(v.dtype)
             out = torch.matmul(probs, v)
-        else:
-            out = q.new_empty(q.shape[:3] + v.shape[-1:])
-            scratch = _Scratch()
-            for b0, b1, r0, r1 in tiles:
-                bias_t = _bias_tile(bias, b0, b1, r0, r1)
-                p = _block_probs(q[b0:b1, :, r0:r1], k[b0:b1], bias_t, name, scale, scratch)
-                _matmul_into(p.to(v.dtype), v[b0:b1], out[b0:b1, :, r0:r1])
-        ctx.name, ctx.scale, ctx.tiles = name, scale, tiles
-        ctx.save_for_backward(q, k, v, bias, probs)
+            if probs.data_ptr() == buf.data_ptr() and recorded:
+                ctx.lease = lease  # kept for backward, given back there
+            else:
+                workspace.give(buf, lease)
+            # An attribute, not a saved tensor: a pooled buffer is rewritten once given back, which the
+            # lease detects (a retained graph then recomputes) where autograd's version check would raise.
+            ctx.probs = probs if recorded else None
+            ctx.save_for_backward(q, k, v, bias, None)
+            return out
+        out = q.new_empty(q.shape[:3] + v.shape[-1:])
+        rows = max(r1 - r0 for _, _, r0, r1 in tiles)
+        batch = max(b1 - b0 for b0, b1, _, _ in tiles)
+        scratch, lease = workspace.take((batch, h, rows, m), compute, q.device)
+        thresholds = None
+        if name == "entmax15" and thresholds_supported(scratch, scale):
+            thresholds = torch.empty((b, h, n, 2), dtype=compute, device=q.device)  # per row (off, tau)
+        for b0, b1, r0, r1 in tiles:
+            s = _scores_into(q[b0:b1, :, r0:r1], k[b0:b1], _part(scratch, (b1 - b0, h, r1 - r0, m)))
+            thr = None if thresholds is None else s.new_empty((*s.shape[:-1], 2))
+            p = normalize_scores(s, name, scale, _bias_tile(bias, b0, b1, r0, r1), thr)
+            if thr is not None:
+                thresholds[b0:b1, :, r0:r1] = thr
+            _matmul_into(p.to(v.dtype), v[b0:b1], out[b0:b1, :, r0:r1])
+        workspace.give(scratch, lease)
+        ctx.thresholds = thresholds is not None
+        ctx.save_for_backward(q, k, v, bias, thresholds)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # type: ignore[override]
-        q, k, v, bias, probs = ctx.saved_tensors
+        q, k, v, bias, thresholds = ctx.saved_tensors
         grad_out = grad_out.contiguous()  # e.g. expanded by a .sum(): strided bmm would copy per batch
-        need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        if probs is not None:  # one block, probabilities saved: no accumulators needed
-            dq, dk, dv = _block_grads(q, k, v, probs, grad_out, ctx.name, ctx.scale, need_q, need_k, need_v)
-            return dq, dk, dv, None, None, None, None, None
-        dq = torch.empty_like(q) if need_q else None
-        dk = torch.zeros_like(k) if need_k else None
-        dv = torch.zeros_like(v) if need_v else None
-        scratch = _Scratch()
-        for b0, b1, r0, r1 in ctx.tiles:  # chunked: recompute each tile's probabilities
-            q_t, k_t, v_t = q[b0:b1, :, r0:r1], k[b0:b1], v[b0:b1]
-            do_t = grad_out[b0:b1, :, r0:r1]
-            bias_t = _bias_tile(bias, b0, b1, r0, r1)
-            p = _block_probs(q_t, k_t, bias_t, ctx.name, ctx.scale, scratch).to(v.dtype)
-            if need_v:  # dV += P_t^T dO_t
-                dv[b0:b1].add_(torch.matmul(p.transpose(-2, -1), do_t))
-            if not (need_q or need_k):
-                continue
-            dp = scratch.get("dp", p.shape, p) if p.dtype == v.dtype else None
-            dp = torch.matmul(do_t, v_t.transpose(-2, -1), out=dp)
-            ds = normalizer_backward(p, dp, ctx.name, scale=ctx.scale, inplace=True)
-            del p
-            ds = ds.to(q.dtype)
-            if need_q:
-                _matmul_into(ds, k_t, dq[b0:b1, :, r0:r1])
-            if need_k:  # dK += dS_t^T Q_t
-                dk[b0:b1].add_(torch.matmul(ds.transpose(-2, -1), q_t))
-        return dq, dk, dv, None, None, None, None, None
+        need = ctx.needs_input_grad[:3]
+        if len(ctx.tiles) == 1:
+            probs = ctx.probs
+            if not workspace.valid(probs, ctx.lease):  # retain_graph: the buffer was reused since
+                buf = torch.empty(probs.shape, dtype=_compute_dtype(q), device=q.device)
+                probs = normalize_scores(_scores_into(q, k, buf), ctx.name, ctx.scale, bias).to(v.dtype)
+            grads = _unchunked_grads(q, k, v, probs, grad_out, ctx.name, ctx.scale, need)
+            workspace.give(probs, ctx.lease)
+            return (*grads, None, None, None, None, None, None)
+        return (*_tiled_grads(ctx, q, k, v, bias, thresholds, grad_out, need), *(None,) * 6)
 
 
-def _block_grads(q_i, k, v, p, do_i, name, scale, need_q, need_k, need_v):
-    """Gradients of one query block: (dQ_i, dK contribution, dV contribution), None where not needed."""
-    dv = torch.matmul(p.transpose(-2, -1), do_i) if need_v else None  # (B, H, M, Dv)
+def _unchunked_grads(q, k, v, p, grad_out, name, scale, need):
+    """(dQ, dK, dV) from the saved probabilities, None where not needed."""
+    need_q, need_k, need_v = need
+    dv = torch.matmul(p.transpose(-2, -1), grad_out) if need_v else None  # (B, H, M, Dv)
     if not (need_q or need_k):
         return None, None, dv
-    dp = torch.matmul(do_i, v.transpose(-2, -1))  # (B, H, C, M)
-    ds = normalizer_backward(p, dp, name, scale=scale, inplace=True).to(q_i.dtype)
-    del dp
-    dq = torch.matmul(ds, k) if need_q else None  # (B, H, C, D)
-    dk = torch.matmul(ds.transpose(-2, -1), q_i) if need_k else None  # (B, H, M, D)
+    dp, lease = workspace.take(p.shape, v.dtype, v.device)
+    torch.matmul(grad_out, v.transpose(-2, -1), out=dp)  # (B, H, N, M)
+    ds = normalizer_backward(p, dp, name, scale=scale, inplace=True).to(q.dtype)
+    dq = torch.matmul(ds, k) if need_q else None  # (B, H, N, D)
+    dk = torch.matmul(ds.transpose(-2, -1), q) if need_k else None  # (B, H, M, D)
+    del ds
+    workspace.give(dp, lease)
+    return dq, dk, dv
+
+
+def _tiled_grads(ctx, q, k, v, bias, thresholds, grad_out, need):
+    """(dQ, dK, dV) tile by tile, recomputing each tile's probabilities."""
+    need_q, need_k, need_v = need
+    h = q.shape[1]
+    m, compute = k.shape[2], _compute_dtype(q)
+    dq = torch.empty_like(q) if need_q else None
+    dk = torch.zeros_like(k) if need_k else None
+    dv = torch.zeros_like(v) if need_v else None
+    rows = max(r1 - r0 for _, _, r0, r1 in ctx.tiles)
+    batch = max(b1 - b0 for b0, b1, _, _ in ctx.tiles)
+    scratch, lease = workspace.take((batch, h, rows, m), compute, q.device)
+    dp_buf, dp_lease = workspace.take((batch, h, rows, m), v.dtype, v.device)
+    for b0, b1, r0, r1 in ctx.tiles:
+        q_t, do_t = q[b0:b1, :, r0:r1], grad_out[b0:b1, :, r0:r1]
+        bias_t = _bias_tile(bias, b0, b1, r0, r1)
+        s = _scores_into(q_t, k[b0:b1], _part(scratch, (b1 - b0, h, r1 - r0, m)))
+        if ctx.thresholds:  # one pass from the stored thresholds instead of a solve
+            p = entmax15_recompute(s, ctx.scale, bias_t, thresholds[b0:b1, :, r0:r1].contiguous())
+        else:
+            p = normalize_scores(s, ctx.name, ctx.scale, bias_t)
+        p = p.to(v.dtype)
+        if need_v:  # dV += P_t^T dO_t
+            _bmm_acc(dv[b0:b1], p.transpose(-2, -1), do_t)
+        if not (need_q or need_k):
+            continue
+        dp = torch.matmul(do_t, v[b0:b1].transpose(-2, -1), out=_part(dp_buf, (b1 - b0, h, r1 - r0, m)))
+        ds = normalizer_backward(p, dp, ctx.name, scale=ctx.scale, inplace=True).to(q.dtype)
+        if need_q:
+            _matmul_into(ds, k[b0:b1], dq[b0:b1, :, r0:r1])
+        if need_k:  # dK += dS_t^T Q_t
+            _bmm_acc(dk[b0:b1], ds.transpose(-2, -1), q_t)
+    workspace.give(scratch, lease)
+    workspace.give(dp_buf, dp_lease)
     return dq, dk, dv

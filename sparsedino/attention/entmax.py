@@ -27,7 +27,15 @@ from torch import Tensor
 
 from sparsedino.attention import compiled, native
 
-__all__ = ["entmax15", "entmax15_backward", "entmax15_forward", "entmax_bisect", "sparsemax"]
+__all__ = [
+    "entmax15",
+    "entmax15_backward",
+    "entmax15_forward",
+    "entmax15_recompute",
+    "entmax_bisect",
+    "sparsemax",
+    "thresholds_supported",
+]
 
 # Newton steps before the closed form: enough for > 99% of attention rows at every scale we measured (the
 # rest are fixed by the exact fallback); each step is one pass over the scores.
@@ -95,20 +103,59 @@ def _nan_where_posinf(x: Tensor, dim: int) -> Tensor | None:
     return rows if bool(rows.any()) else None
 
 
-def _rowwise_blocks(fn, x: Tensor, dim: int, *others: Tensor) -> Tensor:
+def _entmax15_block(x: Tensor, scale: float) -> Tensor:
+    """Exact entmax-1.5 of a 2-D block ``x * scale`` along its rows with as few tensor ops as possible.
+
+    The eager CPU path runs this on cache-sized blocks, where each op's fixed cost outweighs its arithmetic:
+    the same algorithm as :func:`_entmax15_newton`, written with one reused buffer, in-place ops, no
+    ``where``: Newton steps from ``tau = -1``; the closed form on the support of the last iterate from the
+    sums of ``d = (z - tau)_+`` (for the shift ``u`` of ``tau``: ``c u^2 - 2 S1 u + S2 - 1 = 0``); the KKT
+    check; the sort for the rows it rejects.
+    """
+    z = x * (0.5 * scale)
+    m = z.amax(-1, keepdim=True)
+    z -= m.masked_fill(m == float("-inf"), 0.0)  # row max 0; fully masked rows stay -inf (-> p = 0)
+    tau = torch.full_like(m, -1.0)
+    d = torch.empty_like(z)
+    for _ in range(NEWTON_STEPS):
+        torch.sub(z, tau, out=d).clamp_min_(0.0)
+        s1 = d.sum(-1, keepdim=True)
+        norm = torch.linalg.vector_norm(d, dim=-1, keepdim=True)
+        tau = tau + (norm - 1.0) * norm / s1.clamp_min(_TINY)
+    torch.sub(z, tau, out=d).clamp_min_(0.0)
+    cnt = (d > 0).sum(-1, keepdim=True, dtype=z.dtype)
+    s1 = d.sum(-1, keepdim=True)
+    s2 = torch.linalg.vector_norm(d, dim=-1, keepdim=True).square_()
+    disc = s1 * s1 - cnt * (s2 - 1.0)
+    tau = tau + (s1 - disc.clamp_min(0.0).sqrt()) / cnt.clamp_min(1.0)
+    torch.sub(z, tau, out=d).clamp_min_(0.0)
+    ok = ((d > 0).sum(-1, keepdim=True, dtype=z.dtype) == cnt) & (disc >= 0)
+    ok |= m.isnan() | (m == float("-inf"))
+    p = d.square_()
+    if not bool(ok.all()):  # rare rows (near-ties at the threshold): exact sort, only those rows
+        rows = ~ok.squeeze(-1)
+        p[rows] = _entmax15_sort(x[rows] * (0.5 * scale))
+    return p
+
+
+def _rowwise_blocks(fn, x: Tensor, dim: int, *others: Tensor, inplace: bool = False) -> Tensor:
     """Apply a row-wise ``fn(x_rows, *other_rows)`` to blocks of about ``_EAGER_BLOCK`` elements.
 
     Used by the eager CPU path: there every op of the solver allocates a full-size temporary; on blocks small
-    enough for the cache (and below malloc's mmap threshold) they stay cached and are recycled.
+    enough for the cache (and below malloc's mmap threshold) they stay cached and are recycled. ``inplace``
+    writes each block's result over its input rows (a temporary the caller owns; rows are independent).
     """
     x2 = x.movedim(dim, -1)
     shape = x2.shape
     x2 = x2.reshape(-1, shape[-1])
     o2 = [o.movedim(dim, -1).reshape(-1, shape[-1]) for o in others]
-    out = torch.empty_like(x2)
+    inplace = inplace and x2.data_ptr() == x.data_ptr() and x.movedim(dim, -1).is_contiguous()
+    out = x2 if inplace else torch.empty_like(x2)
     step = max(1, _EAGER_BLOCK // max(1, shape[-1]))
     for r in range(0, x2.shape[0], step):
-        out[r : r + step] = fn(x2[r : r + step], *(o[r : r + step] for o in o2))
+        res = fn(x2[r : r + step], *(o[r : r + step] for o in o2))
+        if res.data_ptr() != out[r : r + step].data_ptr():  # fn may have written in place already
+            out[r : r + step] = res
     return out.reshape(shape).movedim(-1, dim)
 
 
@@ -152,27 +199,49 @@ def _entmax15_sort(z: Tensor) -> Tensor:
     return torch.where(valid.any(-1, keepdim=True), p, torch.zeros_like(p))
 
 
+def thresholds_supported(x: Tensor, scale: float) -> bool:
+    """Whether :func:`entmax15_forward` can store per-row thresholds for ``x`` (the native CPU kernels)."""
+    return _use_native(x, scale)
+
+
+def _scaled(x: Tensor, scale: float, bias: Tensor | None, inplace: bool) -> tuple[Tensor, float]:
+    """``x * scale + bias`` (in place when ``x`` is a temporary the caller owns) and the scale left to apply."""
+    if bias is None:
+        return x, scale
+    if inplace:
+        return x.mul_(scale).add_(bias), 1.0
+    return torch.add(x * scale, bias), 1.0
+
+
 def entmax15_forward(
-    x: Tensor, dim: int = -1, scale: float = 1.0, bias: Tensor | None = None, inplace: bool = False
+    x: Tensor,
+    dim: int = -1,
+    scale: float = 1.0,
+    bias: Tensor | None = None,
+    inplace: bool = False,
+    thresholds: Tensor | None = None,
 ) -> Tensor:
     """Exact entmax-1.5 of ``x * scale + bias`` (no autograd), in ``x``'s dtype (float32 or float64).
 
     ``bias`` (broadcastable to ``x``, e.g. an additive ``-inf`` attention mask) and ``scale`` are applied
     inside the fused passes, so attention scores need no extra full-size temporaries. ``inplace=True`` lets
-    the native CPU kernel overwrite ``x`` (a temporary the caller owns) with the probabilities.
+    the kernels overwrite ``x`` (a temporary the caller owns) with the probabilities. ``thresholds`` (a
+    contiguous tensor of ``x.shape[:-1] + (2,)``, only when :func:`thresholds_supported`, ``dim`` last)
+    receives each row's threshold for :func:`entmax15_recompute`.
     """
-    if _use_native(x, scale):
-        if bias is not None:
-            x, scale, inplace = torch.add(x * scale, bias), 1.0, True
-        posinf = _nan_where_posinf(x, dim)  # the C kernel treats NaN rows only
-        x_last = x.movedim(dim, -1)
-        inplace = inplace and x_last.is_contiguous()
-        p = native.entmax15_rows(x_last.contiguous(), scale, NEWTON_STEPS, inplace=inplace).movedim(-1, dim)
+    native_path = _use_native(x, scale)
+    if native_path or _eager_blocks(x, dim):
+        inplace = inplace and x.movedim(dim, -1).is_contiguous()
+        x, scale = _scaled(x, scale, bias, inplace)
+        inplace = inplace or bias is not None  # x is now a temporary of ours either way
+        posinf = _nan_where_posinf(x, dim)  # before x may be overwritten; the fused paths treat NaN rows only
+        if not native_path:
+            p = _rowwise_blocks(lambda xb: _entmax15_block(xb, scale), x, dim, inplace=inplace)
+        else:
+            x_last = x.movedim(dim, -1).contiguous()
+            p = native.entmax15_rows(x_last, scale, NEWTON_STEPS, inplace=inplace, thresholds=thresholds)
+            p = p.movedim(-1, dim)
         return p if posinf is None else p.masked_fill_(posinf, float("nan"))
-    if _eager_blocks(x, dim):
-        if bias is not None:
-            x, scale = torch.add(x * scale, bias), 1.0
-        return _rowwise_blocks(lambda xb: entmax15_forward(xb, -1, scale), x, dim)
     p, ok, all_ok = compiled.call("entmax15_newton", _entmax15_newton, x, dim, NEWTON_STEPS, scale, bias)
     if not x.is_meta and not bool(
         all_ok
@@ -184,6 +253,25 @@ def entmax15_forward(
         p_last[rows] = _entmax15_sort(xs.movedim(dim, -1)[rows] * 0.5)
         p = p_last.movedim(-1, dim)
     return p
+
+
+def _entmax15_grad_block(p: Tensor, grad: Tensor, scale: float, inplace: bool) -> Tensor:
+    """:func:`_entmax15_grad` of a 2-D block in few tensor ops (``inplace``: the result overwrites ``grad``)."""
+    g = p.sqrt()
+    q = torch.matmul(g.unsqueeze(-2), grad.unsqueeze(-1)).squeeze(-1)  # sum(g * grad) per row, no temporary
+    q /= g.sum(-1, keepdim=True).clamp_min(_TINY)
+    out = grad.sub_(q) if inplace else grad - q
+    out.mul_(g)
+    return out.mul_(scale) if scale != 1.0 else out
+
+
+def entmax15_recompute(x: Tensor, scale: float, bias: Tensor | None, thresholds: Tensor) -> Tensor:
+    """The probabilities of :func:`entmax15_forward` from the scores ``x`` (last dim, overwritten) and the
+    thresholds it stored: one pass instead of a solve, bit-identical to the forward."""
+    x, scale = _scaled(x, scale, bias, inplace=True)
+    posinf = _nan_where_posinf(x, -1)
+    p = native.entmax15_recompute_rows(x, scale, thresholds)
+    return p if posinf is None else p.masked_fill_(posinf, float("nan"))
 
 
 def _entmax15_grad(p: Tensor, grad: Tensor, dim: int, scale: float) -> Tensor:
@@ -208,7 +296,16 @@ def entmax15_backward(
         inplace = inplace and grad_c.is_contiguous() and grad_c.data_ptr() == grad.data_ptr()
         out = native.entmax15_grad_rows(p.contiguous(), grad_c.contiguous(), float(scale), inplace=inplace)
     elif _eager_blocks(p, dim):
-        out = _rowwise_blocks(lambda gb, pb: _entmax15_grad(pb, gb, -1, float(scale)), grad_c, dim, p)
+        inplace = (inplace or grad_c.data_ptr() != grad.data_ptr()) and grad_c.movedim(
+            dim, -1
+        ).is_contiguous()
+        out = _rowwise_blocks(
+            lambda gb, pb: _entmax15_grad_block(pb, gb, float(scale), inplace),
+            grad_c,
+            dim,
+            p,
+            inplace=inplace,
+        )
     else:
         out = compiled.call("entmax15_grad", _entmax15_grad, p, grad_c, dim, float(scale))
     return out.to(grad.dtype)

@@ -122,10 +122,15 @@ def normalize(scores: Tensor, name: str, dim: int = -1) -> Tensor:
     return entmax_bisect(scores, alpha=normalizer_alpha(name), dim=dim)
 
 
-def normalize_scores(scores: Tensor, name: str, scale: float, bias: Tensor | None) -> Tensor:
-    """Probabilities of ``scores * scale + bias`` along the last dim, without autograd (attention op)."""
+def normalize_scores(
+    scores: Tensor, name: str, scale: float, bias: Tensor | None, thresholds: Tensor | None = None
+) -> Tensor:
+    """Probabilities of ``scores * scale + bias`` along the last dim, without autograd (attention op).
+
+    ``scores`` is a temporary the caller owns (overwritten). ``thresholds``: see ``entmax15_forward``.
+    """
     if name == "entmax15":
-        return entmax15_forward(scores, -1, scale, bias, inplace=True)  # scores are a temporary
+        return entmax15_forward(scores, -1, scale, bias, inplace=True, thresholds=thresholds)
     scores = scores * scale if bias is None else scores * scale + bias
     with torch.no_grad():
         return normalize(scores, name)
@@ -136,15 +141,20 @@ def normalizer_backward(
 ) -> Tensor:
     """Gradient w.r.t. the scores (times ``scale``) from the probabilities ``p`` only (attention op).
 
-    ``inplace=True`` allows overwriting ``grad`` (a temporary the caller owns).
+    Computed in float32 (float64 stays float64), returned in ``grad``'s dtype. ``inplace=True`` allows
+    overwriting ``grad`` (a temporary the caller owns).
     """
     if name == "entmax15":
         return entmax15_backward(p, grad, dim, scale, inplace=inplace)
+    out_dtype = grad.dtype
+    compute = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    p, grad = p.to(compute), grad.to(compute)
     if name == "softmax":
         gp = grad * p
-        return (gp - p * gp.sum(dim, keepdim=True)) * scale
+        return ((gp - p * gp.sum(dim, keepdim=True)) * scale).to(out_dtype)
     alpha = normalizer_alpha(name)
     # alpha-entmax (sparsemax at alpha=2): s = p^(2-alpha) on the support; ds = s*g - s*sum(s*g)/sum(s).
     s = torch.where(p > 0, p.clamp_min(1e-30).pow(2.0 - alpha), torch.zeros_like(p))
     sg = s * grad
-    return (sg - s * sg.sum(dim, keepdim=True) / s.sum(dim, keepdim=True).clamp_min(1e-30)) * scale
+    ds = (sg - s * sg.sum(dim, keepdim=True) / s.sum(dim, keepdim=True).clamp_min(1e-30)) * scale
+    return ds.to(out_dtype)

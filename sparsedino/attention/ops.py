@@ -8,10 +8,16 @@ Paths, chosen per call:
   probabilities and output per block of queries; backward from the saved probabilities (one block) or by
   recomputing them block by block (``chunk_size``), which bounds memory for long sequences.
 * dropout on the probabilities (training) -> the plain autograd composition (probabilities materialised).
+
+Precision: under autocast the sparse paths do what SDPA does (q, k, v cast to the autocast dtype), then
+compute the scores ``q k^T`` and the normaliser (forward and backward) in float32, with autocast off:
+which keys get exactly zero weight depends on the threshold, so the scores are not rounded to bfloat16 /
+float16 first. The probabilities enter the matrix products in the input dtype, as in flash attention.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -70,6 +76,15 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> 
             ) from None
 
 
+def _autocast_inputs(*tensors: Tensor) -> tuple[list[Tensor], contextlib.AbstractContextManager]:
+    """Under autocast: the tensors in the autocast dtype and a context that turns autocast off (else as is)."""
+    device = tensors[0].device.type
+    if device == "meta" or not torch.is_autocast_enabled(device):  # meta: shape-only init, no autocast
+        return list(tensors), contextlib.nullcontext()
+    dtype = torch.get_autocast_dtype(device)
+    return [t.to(dtype) for t in tensors], torch.autocast(device, enabled=False)
+
+
 def auto_chunk_size(q: Tensor, k: Tensor) -> int:
     """Query block size used by ``chunk_size=None``: 0 (no chunking) unless the probabilities are big."""
     b, h, n, _ = q.shape
@@ -100,10 +115,16 @@ def attention_probs(
     scale: float | None = None,
     attn_mask: Tensor | None = None,
 ) -> Tensor:
-    """Materialised attention probabilities (B, H, N, M) (differentiable), for maps and dropout."""
+    """Materialised attention probabilities (B, H, N, M) (differentiable), for maps and dropout.
+
+    Scores and normaliser in float32 (float64 for float64 inputs); returned in the (autocast) input dtype.
+    """
     name = normalizer_name(normalizer)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    return normalize(masked_scores(q, k, scale, attn_mask), name)
+    (q, k), precision = _autocast_inputs(q, k)
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    with precision:
+        return normalize(masked_scores(q.to(compute), k.to(compute), scale, attn_mask), name).to(q.dtype)
 
 
 def masked_scores(q: Tensor, k: Tensor, scale: float, attn_mask: Tensor | None) -> Tensor:
@@ -156,18 +177,18 @@ def attention(
     if name == "softmax":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
-
-    if dropout_p > 0.0:
-        if chunk_size:
-            raise ValueError("the chunked attention path does not support dropout_p > 0 (use chunk_size=0)")
-        probs = F.dropout(attention_probs(q, k, name, scale, attn_mask), p=dropout_p)
-        return torch.matmul(probs, v)
-
-    if attn_mask is None and backends.adasplash_usable(q, k, v, name):
-        return backends.adasplash_attention(q, k, v, name, scale)
-
-    if chunk_size is None:
-        chunk_size = auto_chunk_size(q, k)
-    bias = mask_to_bias(attn_mask, torch.float32 if q.dtype != torch.float64 else q.dtype)
-    batch = batch_per_tile(q, k, chunk_size) if chunk_size else 0
-    return SparseAttentionFunction.apply(q, k, v, bias, name, scale, chunk_size, batch)
+    if dropout_p > 0.0 and chunk_size:
+        raise ValueError("the chunked attention path does not support dropout_p > 0 (use chunk_size=0)")
+    (q, k, v), precision = _autocast_inputs(q, k, v)
+    with precision:
+        if dropout_p > 0.0:
+            probs = F.dropout(attention_probs(q, k, name, scale, attn_mask), p=dropout_p)
+            return torch.matmul(probs, v)
+        if attn_mask is None and backends.adasplash_usable(q, k, v, name):
+            return backends.adasplash_attention(q, k, v, name, scale)
+        if chunk_size is None:
+            chunk_size = auto_chunk_size(q, k)
+        bias = mask_to_bias(attn_mask, torch.float32 if q.dtype != torch.float64 else q.dtype)
+        batch = batch_per_tile(q, k, chunk_size) if chunk_size else 0
+        recorded = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        return SparseAttentionFunction.apply(q, k, v, bias, name, scale, chunk_size, batch, recorded)

@@ -7,8 +7,10 @@ For each shape (B, H, N, D) and implementation it measures, in one process so ra
 * ``ratio``: each time divided by SDPA softmax's time for the same shape in the same run;
 * ``peak MB``: peak of bytes allocated during one forward + backward above what was live before it
   (CPU: the ``Total Allocated`` counter of ``torch.profiler`` memory events; CUDA:
-  ``torch.cuda.max_memory_allocated``) -- includes the tensors saved for backward, temporaries and grads;
-* ``saved MB``: bytes of the distinct tensors autograd keeps for backward (``saved_tensors_hooks``).
+  ``torch.cuda.max_memory_allocated``) -- includes the tensors saved for backward, temporaries and grads
+  (the op's reusable buffers are released first, so they are allocated, and counted, within the step);
+* ``saved MB``: bytes still allocated after one forward while its output is alive: the output and all
+  that is kept for backward.
 
 The first call of a compiled implementation compiles it (excluded from timings by the warm-up).
 """
@@ -16,11 +18,9 @@ The first call of a compiled implementation compiles it (excluded from timings b
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,8 +30,9 @@ import torch
 import torch.nn.functional as F
 
 from sparsedino.atomic import atomic_write_json
-from sparsedino.attention import attention, compile_mode, set_compile
+from sparsedino.attention import attention, compile_mode, set_compile, workspace
 from sparsedino.attention.ops import block_rows
+from sparsedino.bench.device import held_bytes, peak_bytes
 
 SHAPES: dict[str, tuple[int, int, int, int]] = {
     "vit_s16_224": (32, 6, 197, 64),  # ViT-S/16 at 224 px, batch 32
@@ -58,7 +59,8 @@ def _reference_entmax15():
 
 
 def implementations(shape: tuple[int, int, int, int]) -> dict[str, Callable[..., torch.Tensor]]:
-    """Name -> fn(q, k, v) for one shape; the chunked row uses the automatic block size (``block_rows``)."""
+    """Name -> fn(q, k, v) for one shape: "ours entmax15" is the default path (``chunk_size=None``), the
+    tiled row forces tiles of the automatic block size (``block_rows``)."""
     meta = torch.empty(shape, device="meta")
     chunk = block_rows(meta, meta)
     impls: dict[str, Callable[..., torch.Tensor]] = {
@@ -68,47 +70,9 @@ def implementations(shape: tuple[int, int, int, int]) -> dict[str, Callable[...,
     ref = _reference_entmax15()
     if ref is not None:
         impls["entmax.entmax15 (reference)"] = ref
-    impls["ours entmax15"] = lambda q, k, v: attention(q, k, v, "entmax15", chunk_size=0)
-    impls[f"ours entmax15 chunked ({chunk})"] = lambda q, k, v: attention(
-        q, k, v, "entmax15", chunk_size=chunk
-    )
+    impls["ours entmax15"] = lambda q, k, v: attention(q, k, v, "entmax15")  # the default path
+    impls[f"ours entmax15 tiled ({chunk})"] = lambda q, k, v: attention(q, k, v, "entmax15", chunk_size=chunk)
     return impls
-
-
-def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
-    """Peak bytes allocated while running ``fn`` above the bytes live before it."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "trace.json")
-        prof.export_chrome_trace(path)
-        with open(path) as fh:
-            events = json.load(fh)["traceEvents"]
-    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]"]
-    return max([0, *totals])
-
-
-def saved_bytes(fn: Callable[[], Any]) -> int:
-    """Bytes of the distinct storages autograd saves for backward while running ``fn``."""
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        storages[s.data_ptr()] = s.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return sum(storages.values())
 
 
 def bench_shape(shape, repeats: int, warmup: int, device: torch.device, memory: bool = True) -> list[dict]:
@@ -159,16 +123,22 @@ def bench_shape(shape, repeats: int, warmup: int, device: torch.device, memory: 
             "impl": name,
             "fwd_ms": statistics.median(fwd[name]),
             "fwd_bwd_ms": statistics.median(both[name]),
+            "fwd_bwd_min_ms": min(both[name]),
             "n_timed": len(fwd[name]),
         }
         if memory:
-            row["peak_mb"] = peak_bytes(lambda name=name: train_step(name), device) / 2**20
-            row["saved_mb"] = saved_bytes(lambda name=name: impls[name](*tensors[name])) / 2**20
+            # the op's reused buffers are released first, so they are allocated (and counted) in the step
+            workspace.release()
+            step = lambda name=name: (train_step(name), workspace.release())  # noqa: E731
+            row["peak_mb"] = peak_bytes(step, device) / 2**20
+            forward = lambda name=name: impls[name](*tensors[name])  # noqa: E731
+            row["saved_mb"] = held_bytes(forward, device, cleanup=workspace.release) / 2**20
         rows.append(row)
     sdpa = rows[0]
     for row in rows:
         row["fwd_ratio"] = row["fwd_ms"] / sdpa["fwd_ms"]
         row["fwd_bwd_ratio"] = row["fwd_bwd_ms"] / sdpa["fwd_bwd_ms"]
+        row["fwd_bwd_min_ratio"] = row["fwd_bwd_min_ms"] / sdpa["fwd_bwd_min_ms"]
         if memory:
             row["peak_ratio"] = row["peak_mb"] / max(sdpa["peak_mb"], 1e-9)
     return rows
@@ -176,14 +146,17 @@ def bench_shape(shape, repeats: int, warmup: int, device: torch.device, memory: 
 
 def format_table(rows: list[dict]) -> str:
     """Markdown table of benchmark rows."""
-    head = "| shape (B,H,N,D) | implementation | fwd ms | fwd x SDPA | fwd+bwd ms | fwd+bwd x SDPA | peak MB | saved MB |"
-    lines = [head, "|" + "---|" * 8]
+    head = (
+        "| shape (B,H,N,D) | implementation | fwd ms | fwd x SDPA | fwd+bwd ms | fwd+bwd x SDPA "
+        "| fwd+bwd min x SDPA | peak MB | saved MB |"
+    )
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         peak = f"{r['peak_mb']:.1f} ({r['peak_ratio']:.2f}x)" if "peak_mb" in r else "-"
         saved = f"{r['saved_mb']:.1f}" if "saved_mb" in r else "-"
         lines.append(
             f"| {tuple(r['shape'])} | {r['impl']} | {r['fwd_ms']:.1f} | {r['fwd_ratio']:.2f} | "
-            f"{r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ratio']:.2f} | {peak} | {saved} |"
+            f"{r['fwd_bwd_ms']:.1f} | {r['fwd_bwd_ratio']:.2f} | {r['fwd_bwd_min_ratio']:.2f} | {peak} | {saved} |"
         )
     return "\n".join(lines)
 

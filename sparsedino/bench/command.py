@@ -1,4 +1,4 @@
-"""``sparsedino bench {attention,vit,train}``: speed and memory benchmarks (never run by the tests)."""
+"""``sparsedino bench {attention,vit,train,gpu}``: speed and memory benchmarks (never run by the tests)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, str] = {
     "attention": "attention op alone: SDPA softmax vs entmax implementations, fwd and fwd+bwd, peak memory",
     "vit": "one ViT-S/16 training step (forward + backward + AdamW), softmax vs entmax-1.5",
     "train": "one DINO multi-crop training step (2x224 + 8x96 crops), softmax vs entmax-1.5",
+    "gpu": "the first thing to run on a GPU: exactness, speed and a restarted DINO run (--out FILE)",
 }
 
 

@@ -19,11 +19,20 @@ from pathlib import Path
 DEFAULT_JSON = Path("benchmarks/results/train.json")
 
 
-def _make_step(normalizer: str, args: argparse.Namespace):
+def make_step(normalizer: str, args: argparse.Namespace, device: str = "cpu", precision: str = "fp32"):
+    """One DINO training step on fixed random crops as a function ``step() -> (seconds, loss)``.
+
+    Args:
+        normalizer: Attention normaliser of both networks.
+        args: ``arch``, ``patch_size``, ``out_dim``, ``global_size``, ``local_size``, ``n_local``, ``batch``.
+        device: Where the networks and crops live.
+        precision: "fp32" or "bf16" (autocast, as ``run.precision`` does in training).
+    """
     import torch
 
+    from sparsedino.bench.device import synchronize
     from sparsedino.config import load_config
-    from sparsedino.train.build import build_loss, build_networks, build_optimizer
+    from sparsedino.train.build import Precision, build_loss, build_networks, build_optimizer
     from sparsedino.train.distributed import DistInfo
     from sparsedino.train.loop import clip_gradients, ema_update
     from sparsedino.train.settings import TrainConfig
@@ -43,27 +52,32 @@ def _make_step(normalizer: str, args: argparse.Namespace):
             f"optim.batch_size_per_gpu={args.batch}",
         ],
     )
+    dev = torch.device(device)
     torch.manual_seed(0)
-    nets = build_networks(cfg, DistInfo())
-    loss_fn = build_loss(cfg)
+    nets = build_networks(cfg, DistInfo(device=dev))
+    loss_fn = build_loss(cfg).to(dev)
     optimizer = build_optimizer(cfg, nets.student)
     for group in optimizer.param_groups:
         group["lr"] = 1e-4
+    autocast = Precision(precision, dev.type).autocast
     g, lsz, b = args.global_size, args.local_size, args.batch
-    crops = [torch.randn(b, 3, g, g) for _ in range(2)] + [
-        torch.randn(b, 3, lsz, lsz) for _ in range(args.n_local)
+    crops = [torch.randn(b, 3, g, g, device=dev) for _ in range(2)] + [
+        torch.randn(b, 3, lsz, lsz, device=dev) for _ in range(args.n_local)
     ]
 
-    def step() -> float:
+    def step() -> tuple[float, float]:
+        synchronize(dev)
         start = time.perf_counter()
-        teacher_out = nets.teacher(crops[:2])
-        loss = loss_fn(nets.student(crops), teacher_out, 0)
+        with autocast():
+            teacher_out = nets.teacher(crops[:2])
+            loss = loss_fn(nets.student(crops), teacher_out, 0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         clip_gradients(nets.student, 3.0, "per_param")
         optimizer.step()
         ema_update(nets.teacher, nets.student, 0.996)
-        return time.perf_counter() - start
+        value = float(loss.detach())  # waits for the step's work
+        return time.perf_counter() - start, value
 
     return step
 
@@ -95,13 +109,13 @@ def main(argv: Sequence[str]) -> int:
     from sparsedino.atomic import atomic_write_json
     from sparsedino.attention import compile_mode
 
-    steps = {name: _make_step(name, args) for name in args.normalizers}
+    steps = {name: make_step(name, args) for name in args.normalizers}
     times: dict[str, list[float]] = {name: [] for name in args.normalizers}
     total = (args.warmup + args.steps) * len(steps)
     with tqdm(total=total, desc="bench train") as bar:
         for rep in range(args.warmup + args.steps):
             for name, step in steps.items():  # alternate so load drifts hit every normaliser
-                elapsed = step()
+                elapsed, _ = step()
                 if rep >= args.warmup:
                     times[name].append(elapsed)
                 bar.update(1)

@@ -9,12 +9,11 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from sparsedino.config import ConfigError
 from sparsedino.models import DINOHead, MultiCropWrapper, build_vit
 from sparsedino.train.distributed import DistInfo
 from sparsedino.train.loss import DINOLoss
 from sparsedino.train.schedules import param_groups
-from sparsedino.train.settings import TrainConfig
+from sparsedino.train.settings import TrainConfig, check_fp16_device
 
 
 def build_network(cfg: TrainConfig, drop_path_rate: float) -> MultiCropWrapper:
@@ -111,6 +110,6 @@ def resolve_precision(requested: str, device: torch.device) -> Precision:
             requested = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
             requested = "fp32"
-    if requested == "fp16" and device.type != "cuda":
-        raise ConfigError("key 'run.precision': fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+    if requested == "fp16":
+        check_fp16_device(device.type)
     return Precision(requested, device.type)

@@ -39,7 +39,13 @@ log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN/inf; training stopped before the weights were touched."""
+    """The loss or the gradients became NaN/inf; training stopped before the weights were touched."""
+
+
+# fp16: consecutive steps the GradScaler may skip for overflowing gradients before the run is stopped. A
+# healthy run skips a handful while the scale settles from 2**16 (8 in the CPU tests) and then rarely;
+# 32 halvings in a row (scale / 4e9) mean the gradients cannot be represented at any scale.
+MAX_OVERFLOW_STREAK = 32
 
 
 @dataclass
@@ -60,6 +66,20 @@ def make_schedules(cfg: TrainConfig, iters_per_epoch: int, world_size: int) -> S
         momentum=cosine_schedule(o.momentum_teacher, 1.0, o.epochs, iters_per_epoch),
         iters_per_epoch=iters_per_epoch,
     )
+
+
+def gradients_finite(model: nn.Module) -> bool:
+    """Whether every gradient of ``model`` is finite (one fused norm per parameter, one host sync)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
+
+
+def first_nonfinite_gradient(model: nn.Module) -> str:
+    """Name of the first parameter whose gradient holds NaN/inf (for the error message)."""
+    for name, param in model.named_parameters():
+        if param.grad is not None and not bool(param.grad.isfinite().all()):
+            return name
+    return "?"
 
 
 def clip_gradients(model: nn.Module, max_norm: float, mode: str) -> None:
@@ -115,6 +135,7 @@ class Trainer:
         )
         self.sched = make_schedules(cfg, iters, dist_info.world_size)
         self.epoch, self.iteration, self.global_step, self.skipped_total = 0, 0, 0, 0
+        self.overflow_streak = 0  # fp16: consecutive steps skipped by the GradScaler
         # One writer per run folder (main rank): a second `train` on it is refused, naming this pid.
         self.lock = RunLock(self.out, "run.output_dir").acquire() if dist_info.is_main else None
         try:
@@ -189,6 +210,12 @@ class Trainer:
         return loss
 
     def update(self, loss: torch.Tensor, epoch: int) -> None:
+        """Backward, clip, optimiser step (skipped by the fp16 GradScaler on overflow), teacher EMA.
+
+        Raises:
+            NonFiniteLossError: non-finite gradients without a GradScaler, or more than
+                ``MAX_OVERFLOW_STREAK`` consecutive overflowing fp16 steps; nothing has been updated.
+        """
         cfg, scaler, student = self.cfg, self.state.scaler, self.nets.student
         self.optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -196,17 +223,44 @@ class Trainer:
             scaler.unscale_(self.optimizer)
         else:
             loss.backward()
+            # Without a GradScaler nothing would skip the step: stop before NaN reaches the weights (and
+            # the next checkpoint).
+            if not gradients_finite(student):
+                raise NonFiniteLossError(
+                    f"non-finite gradient of {first_nonfinite_gradient(student)!r} at epoch {epoch} iteration "
+                    f"{self.iteration} (step {self.global_step}) with a finite loss; {self._stopped_hint()}"
+                )
         clip_gradients(student, cfg.optim.clip_grad, cfg.optim.clip_mode)
         if epoch < cfg.optim.freeze_last_layer:  # DINO: keep the prototypes fixed at the start
             for name, param in student.named_parameters():
                 if "last_layer" in name:
                     param.grad = None
         if scaler is not None:
-            scaler.step(self.optimizer)
-            scaler.update()
+            scale = scaler.get_scale()
+            scaler.step(self.optimizer)  # skipped when unscale_ found inf/NaN
+            scaler.update()  # ... and then the scale is halved
+            self.overflow_streak = self.overflow_streak + 1 if scaler.get_scale() < scale else 0
+            if self.overflow_streak > MAX_OVERFLOW_STREAK:
+                raise NonFiniteLossError(
+                    f"fp16 gradients overflowed in {self.overflow_streak} consecutive steps (loss scale now "
+                    f"{scaler.get_scale():.3g}) up to epoch {epoch} iteration {self.iteration} (step "
+                    f"{self.global_step}); {self._stopped_hint()}"
+                )
         else:
             self.optimizer.step()
         ema_update(self.nets.teacher, student, float(self.sched.momentum[self.global_step]))
+
+    def _stopped_hint(self) -> str:
+        latest = self.out / LATEST
+        kept = (
+            f"the last good checkpoint {str(latest)!r} is intact"
+            if latest.is_file()
+            else "no checkpoint had been written yet"
+        )
+        return (
+            f"training stopped, {kept}. Try a lower optim.lr, run.precision=bf16/fp32, optim.clip_grad>0 "
+            "or a larger optim.teacher_temp."
+        )
 
     # ---- epochs ------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
@@ -236,16 +290,9 @@ class Trainer:
             )
             loss_value = stats[0].item() / self.dist.world_size
             if not math.isfinite(loss_value):
-                latest = self.out / LATEST
-                kept = (
-                    f"the last good checkpoint {str(latest)!r} is intact"
-                    if latest.is_file()
-                    else "no checkpoint had been written yet"
-                )
                 raise NonFiniteLossError(
                     f"loss is {loss_value} at epoch {epoch} iteration {self.iteration} (step {self.global_step}); "
-                    f"training stopped, {kept}. Try a lower optim.lr, run.precision=bf16/fp32, "
-                    f"optim.clip_grad>0 or a larger optim.teacher_temp."
+                    f"{self._stopped_hint()}"
                 )
             self.update(loss, epoch)
             self.iteration += 1
@@ -266,6 +313,8 @@ class Trainer:
                     "images_per_s": since * global_batch / max(elapsed, 1e-9),
                     "skipped_images": self.skipped_total,
                 }
+                if self.state.scaler is not None:
+                    record["loss_scale"] = self.state.scaler.get_scale()
                 self.logger.log(record, self.global_step)
                 bar.set_postfix(
                     loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['images_per_s']:.1f}"

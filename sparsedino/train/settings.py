@@ -166,6 +166,17 @@ _NON_NEGATIVE = (
 MAX_EPOCHS = 10_000
 
 
+# Device types offered fp16 autocast + GradScaler. CPU autocast and torch.amp.GradScaler("cpu") run the
+# same code path, so the tests add "cpu" to exercise it; for users fp16 is a CUDA mode.
+FP16_DEVICES: tuple[str, ...] = ("cuda",)
+
+
+def check_fp16_device(device_type: str) -> None:
+    """Refuse ``run.precision=fp16`` on a device type outside :data:`FP16_DEVICES`."""
+    if device_type not in FP16_DEVICES:
+        raise ConfigError("key 'run.precision': fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+
+
 def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
@@ -200,8 +211,10 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.run.precision == "fp16":
         import torch
 
-        if cfg.run.device == "cpu" or not torch.cuda.is_available():
-            raise ConfigError("key 'run.precision': fp16 needs a CUDA device; use fp32 or bf16 on CPU")
+        device = "cuda" if cfg.run.device == "auto" else cfg.run.device.split(":")[0]
+        if device == "cuda" and not torch.cuda.is_available():
+            device = "cpu"
+        check_fp16_device(device)
     try:
         validate_normalizer(cfg.model.normalizer)
     except ValueError as err:

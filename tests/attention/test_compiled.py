@@ -128,3 +128,35 @@ def test_native_kernels_split_rows_over_threads_exactly(fast_paths, monkeypatch,
     xr = x.clone().requires_grad_()
     (ref.entmax15(xr) * g).sum().backward()
     assert (ds - xr.grad).abs().max() <= 1e-5
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_thresholds_rebuild_the_forward_probabilities_bit_for_bit(fast_paths):
+    assert native.available(), native.build_error()
+    x = torch.randn(50, 77) * 4
+    x[3] = float("-inf")
+    x[7, :40] = float("-inf")
+    x[9, 5] = float("nan")
+    thr = torch.empty(50, 2)
+    p = native.entmax15_rows(x.clone(), 0.3, 4, thresholds=thr)
+    again = native.entmax15_recompute_rows(x.clone(), 0.3, thr)
+    assert torch.equal(p[torch.arange(50) != 9], again[torch.arange(50) != 9])
+    assert again[9].isnan().all() and (again[3] == 0).all()
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+@pytest.mark.parametrize("masked", [False, True])
+def test_native_tiled_attention_equals_unchunked(fast_paths, masked):
+    # tiled backward rebuilds each tile's probabilities from the thresholds stored in forward
+    q, k, v = (torch.randn(3, 2, 21, 8, requires_grad=True) for _ in range(3))
+    mask = None
+    if masked:
+        mask = torch.rand(3, 1, 21, 21) > 0.3
+        mask[..., 0] = True
+    g = torch.randn(3, 2, 21, 8)
+    full = attention(q, k, v, attn_mask=mask, scale=0.6, chunk_size=0)
+    grads_full = torch.autograd.grad(full, (q, k, v), g)
+    tiled = attention(q, k, v, attn_mask=mask, scale=0.6, chunk_size=5)
+    grads_tiled = torch.autograd.grad(tiled, (q, k, v), g)
+    assert (full - tiled).abs().max() <= 1e-6
+    assert all((a - b).abs().max() <= 1e-5 for a, b in zip(grads_full, grads_tiled))

@@ -176,3 +176,17 @@ def test_large_inputs_processed_in_row_blocks_match_reference():
     assert (x.grad[keep] - xr.grad).abs().max() <= 1e-5
     y = torch.randn(40, 3000)
     assert (entmax15(y, dim=0) - ref.entmax15(y, dim=0)).abs().max() <= 1e-5  # blocks along another dim
+
+
+@pytest.mark.parametrize("steps", [0, 4])
+def test_row_blocks_solve_exactly_when_the_newton_check_fails(monkeypatch, steps):
+    # steps=0: every row fails the KKT check and goes through the exact sort (ties included)
+    monkeypatch.setattr(entmax_module, "NEWTON_STEPS", steps)
+    x = torch.randint(-4, 4, (200, 400)).float() * 0.75
+    x[7] = float("-inf")
+    x[9, 3] = float("nan")
+    p = entmax15(x)
+    rows = torch.ones(200, dtype=torch.bool)
+    rows[[7, 9]] = False
+    assert (p[rows] - ref.entmax15(x[rows])).abs().max() <= 1e-6
+    assert (p[7] == 0).all() and p[9].isnan().all()

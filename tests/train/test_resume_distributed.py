@@ -33,8 +33,17 @@ def _env():
     return env
 
 
-def _train_cmd(overrides):
-    return [sys.executable, "-m", "sparsedino", "train", "dino_cpu_tiny", *overrides]
+# ``sparsedino train`` with fp16 + GradScaler opened to CPU (torch's CPU autocast and GradScaler("cpu") run the
+# code path CUDA uses; for users fp16 stays a CUDA mode).
+_FP16_ON_CPU = (
+    "import sys; import sparsedino.train.settings as s; s.FP16_DEVICES = ('cuda', 'cpu'); "
+    "from sparsedino.cli import main; raise SystemExit(main(sys.argv[1:]))"
+)
+
+
+def _train_cmd(overrides, fp16_on_cpu=False):
+    entry = ["-c", _FP16_ON_CPU] if fp16_on_cpu else ["-m", "sparsedino"]
+    return [sys.executable, *entry, "train", "dino_cpu_tiny", *overrides]
 
 
 def _assert_same_weights(a, b, atol):
@@ -58,19 +67,22 @@ def _steps_logged(out):
     return max(steps, default=0)
 
 
-def test_kill_9_then_resume_matches_uninterrupted_run(image_root, tmp_path, tiny_overrides):
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_kill_9_then_resume_matches_uninterrupted_run(image_root, tmp_path, tiny_overrides, precision):
     extra = [
         "optim.epochs=3",
         "run.checkpoint_every_iters=1",
         "model.drop_path_rate=0.2",
         "optim.freeze_last_layer=1",
+        f"run.precision={precision}",
     ]
     ref, run = tmp_path / "ref", tmp_path / "killed"
+    fp16 = precision == "fp16"
     subprocess.run(
-        _train_cmd(tiny_overrides(image_root, ref, *extra)), env=_env(), check=True, capture_output=True
+        _train_cmd(tiny_overrides(image_root, ref, *extra), fp16), env=_env(), check=True, capture_output=True
     )
 
-    cmd = _train_cmd(tiny_overrides(image_root, run, *extra))
+    cmd = _train_cmd(tiny_overrides(image_root, run, *extra), fp16)
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while _steps_logged(run) < 5 and proc.poll() is None and time.time() < deadline:
@@ -83,6 +95,12 @@ def test_kill_9_then_resume_matches_uninterrupted_run(image_root, tmp_path, tiny
 
     subprocess.run(cmd, env=_env(), check=True, capture_output=True)
     _assert_same_weights(ref, run, atol=1e-6)
+    scalers = [torch.load(r / "checkpoint.pth", weights_only=True)["fp16_scaler"] for r in (ref, run)]
+    assert scalers[0] == scalers[1]
+    if fp16:  # the GradScaler skipped its first steps (scale 2**16 -> 2**8): resumed with its state
+        assert scalers[0]["scale"] < 2.0**16
+    else:
+        assert scalers[0] is None
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [s for s in steps if s] == sorted(s for s in steps if s)  # no duplicated steps after resume
 
