@@ -3,7 +3,7 @@
 Examples::
 
     sparsedino reproduce --out runs/demo                       # cpu-demo preset, embedded data
-    sparsedino reproduce --preset cpu-long --out runs/long     # 2 seeds per arm, spread reported
+    sparsedino reproduce --preset cpu-long --out runs/long     # 3 seeds per arm, paired statistics
     sparsedino reproduce --preset paper --out runs/paper data.imagenet=/data/imagenet \\
         data.voc=/data/VOCdevkit data.ade20k=/data/ade data.cityscapes=/data/cityscapes --dry-run
 
