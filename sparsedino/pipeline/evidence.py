@@ -174,8 +174,8 @@ def instrument_doc(summary: dict) -> Doc:
         noise = control["probe_noise"]
         verdict = "responds as expected" if control["responds"] else "does NOT respond as expected"
         doc.append(("p", f"The instrument {verdict}: mIoU {'falls' if control['miou_falls'] else 'does not fall'} "
-                         f"and background-patch label accuracy {'rises' if control['acc_bg_rises'] else 'does not rise'} "
-                         f"monotonically with l. The largest injection costs {control['largest_drop']:.2f} mIoU points, "
+                         f"monotonically with l, and background-patch label accuracy "
+                         f"{'rises' if control['acc_bg_rises'] else 'does not rise'} monotonically with l. The largest injection costs {control['largest_drop']:.2f} mIoU points, "
                          f"{'more' if control['drop_exceeds_probe_noise'] else 'NOT more'} than the probe noise "
                          f"(range {noise['range']:.2f})"
                          + (f"; one unit of diffusion index costs {drop:.1f} mIoU points (least-squares slope)." if drop is not None else ".")))  # fmt: skip
