@@ -30,8 +30,9 @@ import torch
 from torch import Tensor
 
 from sparsedino.attention import workspace
+from sparsedino.attention.dispatch import normalize_scores, normalizer_backward
 from sparsedino.attention.entmax import entmax15_recompute, thresholds_supported
-from sparsedino.attention.normalizers import normalize_scores, normalizer_backward
+from sparsedino.attention.normalizers import parse_normalizer
 
 __all__ = ["SparseAttentionFunction"]
 
@@ -91,7 +92,7 @@ def _bmm_acc(acc: Tensor, a: Tensor, b: Tensor) -> None:
 
 
 class SparseAttentionFunction(torch.autograd.Function):
-    """``(q, k, v, bias, name, scale, chunk_size, batch_per_tile, recorded) -> out``; gradients for q, k, v.
+    """``(q, k, v, bias, normalizer, scale, chunk_size, batch_per_tile, recorded) -> out``; grads for q, k, v.
 
     ``chunk_size`` query rows and ``batch_per_tile`` batch elements make one tile (0 rows = no tiling).
     ``recorded``: whether autograd records the call (grad mode on and an input needing a gradient; the
@@ -108,6 +109,7 @@ class SparseAttentionFunction(torch.autograd.Function):
         b, h, n, _ = q.shape
         m, compute = k.shape[2], _compute_dtype(q)
         tiles = _tiles(b, n, chunk_size, batch_per_tile)
+        name = parse_normalizer(name)
         ctx.name, ctx.scale, ctx.tiles, ctx.lease, ctx.thresholds = name, scale, tiles, (0, 0), False
         if len(tiles) == 1:
             buf, lease = workspace.take((b, h, n, m), compute, q.device)
@@ -129,7 +131,7 @@ class SparseAttentionFunction(torch.autograd.Function):
         batch = max(b1 - b0 for b0, b1, _, _ in tiles)
         scratch, lease = workspace.take((batch, h, rows, m), compute, q.device)
         thresholds = None
-        if name == "entmax15" and thresholds_supported(scratch, scale):
+        if name.kind == "entmax15" and thresholds_supported(scratch, scale):
             thresholds = torch.empty((b, h, n, 2), dtype=compute, device=q.device)  # per row (off, tau)
         for b0, b1, r0, r1 in tiles:
             s = _scores_into(q[b0:b1, :, r0:r1], k[b0:b1], _part(scratch, (b1 - b0, h, r1 - r0, m)))

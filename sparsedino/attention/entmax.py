@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from sparsedino.attention import compiled, native
+from sparsedino.attention.gradients import TINY, entmax_grad, entmax_support_weights
 
 __all__ = [
     "entmax15",
@@ -40,7 +41,6 @@ __all__ = [
 # Newton steps before the closed form: enough for > 99% of attention rows at every scale we measured (the
 # rest are fixed by the exact fallback); each step is one pass over the scores.
 NEWTON_STEPS = 4
-_TINY = 1e-30
 # Bisection steps of alpha-entmax: enough for float32/float64 resolution of the threshold.
 BISECT_STEPS = 50
 # Elements per row block in the eager CPU path (fits in L2 cache and below malloc's mmap threshold).
@@ -73,7 +73,7 @@ def _entmax15_newton(
         d = (z - tau).clamp_min(0.0)
         s1 = d.sum(dim, keepdim=True)
         norm = (d * d).sum(dim, keepdim=True).sqrt()
-        tau = tau + (norm - 1.0) * norm / s1.clamp_min(_TINY)
+        tau = tau + (norm - 1.0) * norm / s1.clamp_min(TINY)
     # Support statistics at the last tau: count, sum and sum of squares of z over {z > tau}.
     support = z > tau
     zs = torch.where(support, z, torch.zeros_like(z))
@@ -121,7 +121,7 @@ def _entmax15_block(x: Tensor, scale: float) -> Tensor:
         torch.sub(z, tau, out=d).clamp_min_(0.0)
         s1 = d.sum(-1, keepdim=True)
         norm = torch.linalg.vector_norm(d, dim=-1, keepdim=True)
-        tau = tau + (norm - 1.0) * norm / s1.clamp_min(_TINY)
+        tau = tau + (norm - 1.0) * norm / s1.clamp_min(TINY)
     torch.sub(z, tau, out=d).clamp_min_(0.0)
     cnt = (d > 0).sum(-1, keepdim=True, dtype=z.dtype)
     s1 = d.sum(-1, keepdim=True)
@@ -159,28 +159,6 @@ def _rowwise_blocks(fn, x: Tensor, dim: int, *others: Tensor, inplace: bool = Fa
     return out.reshape(shape).movedim(-1, dim)
 
 
-def _eager_blocks(x: Tensor, dim: int) -> bool:
-    """Whether the tensor-op CPU path should process ``x`` in row blocks (large, several rows, no C kernels)."""
-    return (
-        x.device.type == "cpu"
-        and x.numel() > 2 * _EAGER_BLOCK
-        and x.numel() > x.shape[dim]
-        and not (compiled.native_allowed() and native.available())
-    )
-
-
-def _use_native(x: Tensor, scale: float) -> bool:
-    """Row-fused C kernels: CPU float32/64 inputs, when the compile policy allows native code."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and scale > 0
-        and x.numel() > 0
-        and compiled.native_allowed()
-        and native.available()
-    )
-
-
 def _entmax15_sort(z: Tensor) -> Tensor:
     """Exact entmax-1.5 of ``z = x / 2`` along the last dim by sorting (used for the few rejected rows)."""
     m = z.amax(-1, keepdim=True)
@@ -201,7 +179,7 @@ def _entmax15_sort(z: Tensor) -> Tensor:
 
 def thresholds_supported(x: Tensor, scale: float) -> bool:
     """Whether :func:`entmax15_forward` can store per-row thresholds for ``x`` (the native CPU kernels)."""
-    return _use_native(x, scale)
+    return compiled.entmax15_backend(x, -1, scale, _EAGER_BLOCK) == "native"
 
 
 def _scaled(x: Tensor, scale: float, bias: Tensor | None, inplace: bool) -> tuple[Tensor, float]:
@@ -229,8 +207,9 @@ def entmax15_forward(
     contiguous tensor of ``x.shape[:-1] + (2,)``, only when :func:`thresholds_supported`, ``dim`` last)
     receives each row's threshold for :func:`entmax15_recompute`.
     """
-    native_path = _use_native(x, scale)
-    if native_path or _eager_blocks(x, dim):
+    backend = compiled.entmax15_backend(x, dim, scale, _EAGER_BLOCK)
+    native_path = backend == "native"
+    if backend != "compiled":
         inplace = inplace and x.movedim(dim, -1).is_contiguous()
         x, scale = _scaled(x, scale, bias, inplace)
         inplace = inplace or bias is not None  # x is now a temporary of ours either way
@@ -259,7 +238,7 @@ def _entmax15_grad_block(p: Tensor, grad: Tensor, scale: float, inplace: bool) -
     """:func:`_entmax15_grad` of a 2-D block in few tensor ops (``inplace``: the result overwrites ``grad``)."""
     g = p.sqrt()
     q = torch.matmul(g.unsqueeze(-2), grad.unsqueeze(-1)).squeeze(-1)  # sum(g * grad) per row, no temporary
-    q /= g.sum(-1, keepdim=True).clamp_min(_TINY)
+    q /= g.sum(-1, keepdim=True).clamp_min(TINY)
     out = grad.sub_(q) if inplace else grad - q
     out.mul_(g)
     return out.mul_(scale) if scale != 1.0 else out
@@ -278,7 +257,7 @@ def _entmax15_grad(p: Tensor, grad: Tensor, dim: int, scale: float) -> Tensor:
     """Backward of entmax-1.5 from its output: with g = sqrt(p), dz = g * dp - g * sum(g * dp) / sum(g)."""
     g = p.sqrt()
     gd = g * grad
-    q = gd.sum(dim, keepdim=True) / g.sum(dim, keepdim=True).clamp_min(_TINY)
+    q = gd.sum(dim, keepdim=True) / g.sum(dim, keepdim=True).clamp_min(TINY)
     return (gd - g * q) * scale
 
 
@@ -292,10 +271,11 @@ def entmax15_backward(
     """
     ct = _compute_dtype(grad)
     p, grad_c = p.to(ct), grad.to(ct)
-    if _use_native(p, 1.0) and dim in (-1, p.dim() - 1):
+    backend = compiled.entmax15_backend(p, dim, 1.0, _EAGER_BLOCK, last_dim_only=True)
+    if backend == "native":
         inplace = inplace and grad_c.is_contiguous() and grad_c.data_ptr() == grad.data_ptr()
         out = native.entmax15_grad_rows(p.contiguous(), grad_c.contiguous(), float(scale), inplace=inplace)
-    elif _eager_blocks(p, dim):
+    elif backend == "eager":
         inplace = (inplace or grad_c.data_ptr() != grad.data_ptr()) and grad_c.movedim(
             dim, -1
         ).is_contiguous()
@@ -375,10 +355,7 @@ class _SparsemaxFunction(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (p,) = ctx.saved_tensors
         ct = _compute_dtype(grad)
-        support = (p > 0).to(ct)
-        g = grad.to(ct) * support
-        mean = g.sum(ctx.dim, keepdim=True) / support.sum(ctx.dim, keepdim=True).clamp_min(1.0)
-        return (g - support * mean).to(grad.dtype), None
+        return entmax_grad(p.to(ct), grad.to(ct), 2.0, ctx.dim).to(grad.dtype), None
 
 
 def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
@@ -398,7 +375,7 @@ def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
 # --------------------------------------------------------------------------------------------------------------
 # alpha-entmax by bisection
 # --------------------------------------------------------------------------------------------------------------
-def _bisect_forward(x: Tensor, alpha: Tensor, dim: int, n_iter: int, tiny: float = _TINY) -> Tensor:
+def _bisect_forward(x: Tensor, alpha: Tensor, dim: int, n_iter: int, tiny: float = TINY) -> Tensor:
     """p = max((alpha - 1) x - tau, 0) ** (1 / (alpha - 1)) with tau found by bisection, rows renormalised.
 
     (``tiny`` is an argument so that TorchScript, which cannot read module globals, compiles this too.)
@@ -442,16 +419,13 @@ class _EntmaxBisectFunction(torch.autograd.Function):
         dim = ctx.dim
         g = grad.to(p.dtype)
         pos = p > 0
-        # dp_i / d x_j = s_i (delta_ij - s_j / sum s), with s = p^(2 - alpha) on the support.
-        s = torch.where(pos, p.clamp_min(_TINY).pow(2.0 - alpha), torch.zeros_like(p))
-        sum_s = s.sum(dim, keepdim=True).clamp_min(_TINY)
-        sd = s * g
-        dx = sd - s * sd.sum(dim, keepdim=True) / sum_s
+        s, sum_s = weights = entmax_support_weights(p, alpha, dim)
+        dx = entmax_grad(p, g, alpha, dim, weights=weights)
         dalpha = None
         if ctx.needs_input_grad[1]:
             # dp_i / d alpha = (-p_i log p_i + s_i (x_i - tau')) / (alpha - 1),
             # tau' = (sum s x - sum p log p) / sum s (keeps the sum at 1).
-            plogp = torch.where(pos, p * p.clamp_min(_TINY).log(), torch.zeros_like(p))
+            plogp = torch.where(pos, p * p.clamp_min(TINY).log(), torch.zeros_like(p))
             sx = torch.where(pos, s * xc, torch.zeros_like(p))
             tau_d = (sx.sum(dim, keepdim=True) - plogp.sum(dim, keepdim=True)) / sum_s
             dp_da = (-plogp + sx - s * tau_d) / (alpha - 1.0)
