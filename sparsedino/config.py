@@ -147,6 +147,34 @@ def check_device(value: str, key: str) -> None:
             raise ConfigError(f"key {key!r} is {value!r} but this machine has {have}; use auto or cpu")
 
 
+def check_normalizer(value: Any, key: str):
+    """Parse an attention normaliser setting (any documented spelling) into its value, once.
+
+    Returns:
+        The :class:`sparsedino.attention.Normalizer` (canonical name, alpha, kernel family).
+
+    Raises:
+        ConfigError: naming ``key`` (a config key or a command-line option) and the accepted spellings.
+    """
+    from sparsedino.attention import parse_normalizer
+
+    try:
+        return parse_normalizer(value)
+    except ValueError as err:
+        raise ConfigError(f"key {key!r}: {err}") from err
+
+
+def check_normalizers(values: Sequence[Any], key: str) -> list:
+    """:func:`check_normalizer` of each value, in order; ConfigError naming ``key`` when two are the same
+    normaliser spelled differently (``entmax15`` and ``entmax-1.5``)."""
+    specs = [check_normalizer(value, key) for value in values]
+    names = [spec.name for spec in specs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"key {key!r}: {', '.join(repeated)} given more than once ({list(values)})")
+    return specs
+
+
 def config_to_dict(cfg: Any) -> dict:
     """A plain ``dict`` copy of an OmegaConf config or a dataclass instance (for JSON and checkpoints)."""
     if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):

@@ -73,7 +73,7 @@ def model_metadata(cfg: Any, epoch: int, iteration: int) -> dict[str, Any]:
     """What :func:`sparsedino.models.load_backbone` needs to rebuild the backbone."""
     from sparsedino.attention import normalizer_name
 
-    m = cfg.model
+    m = cfg.model  # (normalizer: canonical already when loaded by load_train_config; kept for callers' cfgs)
     return {
         "format_version": FORMAT_VERSION,
         "arch": m.arch,
@@ -143,8 +143,24 @@ def save_snapshot(path: Path, state: TrainState, cfg: Any, epoch: int) -> None:
     )
 
 
+def _canonical_normalizer(model: Any) -> Any:
+    """A stored ``model`` section with its normaliser in canonical spelling (checkpoints written before
+    configs were canonicalised keep the user's spelling, e.g. ``entmax-1.5``); anything else as is."""
+    from sparsedino.attention import normalizer_name
+
+    if not isinstance(model, dict) or "normalizer" not in model:
+        return model
+    try:
+        return {**model, "normalizer": normalizer_name(model["normalizer"])}
+    except ValueError:
+        return model  # an invalid stored value: reported as a difference below
+
+
 def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
+    """Resume only into the same model and batch layout (normalisers compared in canonical spelling)."""
     current = config_to_dict(cfg)
+    current["model"] = _canonical_normalizer(current["model"])
+    stored = {**stored, "model": _canonical_normalizer(stored.get("model", {}))}
     keys = ["model", "data.global_crops_number", "data.local_crops_number", "optim.batch_size_per_gpu"]
     for key in keys:
         section, _, leaf = key.partition(".")
