@@ -164,6 +164,16 @@ def check_device(value: str, key: str) -> None:
             raise ConfigError(f"key {key!r} is {value!r} but this machine has {have}; use auto or cpu")
 
 
+def resolve_device(name: str):
+    """The ``torch.device`` of a device setting: ``"auto"`` -> CUDA when available, else CPU; anything
+    else (``cpu``, ``cuda``, ``cuda:N``, checked by :func:`check_device`) is passed to ``torch.device``."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def check_normalizer(value: Any, key: str):
     """Parse an attention normaliser setting (any documented spelling) into its value, once.
 

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from sparsedino.attention import workspace
 from sparsedino.attention.dispatch import normalize_scores, normalizer_backward
-from sparsedino.attention.entmax import entmax15_recompute, thresholds_supported
+from sparsedino.attention.entmax import compute_dtype, entmax15_recompute, thresholds_supported
 from sparsedino.attention.normalizers import parse_normalizer
 
 __all__ = ["SparseAttentionFunction"]
@@ -57,10 +57,6 @@ def _bias_tile(bias: Tensor | None, b0: int, b1: int, r0: int, r1: int) -> Tenso
     if bias.shape[-2] != 1:
         bias = bias[..., r0:r1, :]
     return bias
-
-
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _scores_into(q_i: Tensor, k: Tensor, out: Tensor) -> Tensor:
@@ -107,7 +103,7 @@ class SparseAttentionFunction(torch.autograd.Function):
         # saving them costs what keeping the views alive would.
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         b, h, n, _ = q.shape
-        m, compute = k.shape[2], _compute_dtype(q)
+        m, compute = k.shape[2], compute_dtype(q)
         tiles = _tiles(b, n, chunk_size, batch_per_tile)
         name = parse_normalizer(name)
         ctx.name, ctx.scale, ctx.tiles, ctx.lease, ctx.thresholds = name, scale, tiles, (0, 0), False
@@ -153,7 +149,7 @@ class SparseAttentionFunction(torch.autograd.Function):
         if len(ctx.tiles) == 1:
             probs = ctx.probs
             if not workspace.valid(probs, ctx.lease):  # retain_graph: the buffer was reused since
-                buf = torch.empty(probs.shape, dtype=_compute_dtype(q), device=q.device)
+                buf = torch.empty(probs.shape, dtype=compute_dtype(q), device=q.device)
                 probs = normalize_scores(_scores_into(q, k, buf), ctx.name, ctx.scale, bias).to(v.dtype)
             grads = _unchunked_grads(q, k, v, probs, grad_out, ctx.name, ctx.scale, need)
             workspace.give(probs, ctx.lease)
@@ -181,7 +177,7 @@ def _tiled_grads(ctx, q, k, v, bias, thresholds, grad_out, need):
     """(dQ, dK, dV) tile by tile, recomputing each tile's probabilities."""
     need_q, need_k, need_v = need
     h = q.shape[1]
-    m, compute = k.shape[2], _compute_dtype(q)
+    m, compute = k.shape[2], compute_dtype(q)
     dq = torch.empty_like(q) if need_q else None
     dk = torch.zeros_like(k) if need_k else None
     dv = torch.zeros_like(v) if need_v else None

@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from sparsedino.attention import backends
-from sparsedino.attention.entmax import entmax15_backward, entmax15_forward
+from sparsedino.attention.entmax import compute_dtype, entmax15_backward, entmax15_forward
 from sparsedino.attention.gradients import entmax_grad, softmax_grad
 from sparsedino.attention.normalizers import Normalizer, normalize, parse_normalizer
 
@@ -109,7 +109,7 @@ def normalizer_backward(
     if spec.kind == "entmax15":
         return entmax15_backward(p, grad, dim, scale, inplace=inplace)
     out_dtype = grad.dtype
-    compute = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    compute = compute_dtype(grad)
     p, grad = p.to(compute), grad.to(compute)
     if spec.is_softmax:
         return softmax_grad(p, grad, dim, scale).to(out_dtype)

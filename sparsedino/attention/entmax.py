@@ -29,6 +29,7 @@ from sparsedino.attention import compiled, native
 from sparsedino.attention.gradients import TINY, entmax_grad, entmax_support_weights
 
 __all__ = [
+    "compute_dtype",
     "entmax15",
     "entmax15_backward",
     "entmax15_forward",
@@ -47,7 +48,9 @@ BISECT_STEPS = 50
 _EAGER_BLOCK = 1 << 15
 
 
-def _compute_dtype(x: Tensor) -> torch.dtype:
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype every normaliser (and the attention op's scores) computes in: float64 stays float64,
+    anything else (float32, bfloat16, float16) is computed in float32."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
@@ -269,7 +272,7 @@ def entmax15_backward(
     Computed in float32 (float64 stays float64) and returned in ``grad``'s dtype; ``inplace=True`` lets
     the native CPU kernel overwrite ``grad`` (a temporary the caller owns).
     """
-    ct = _compute_dtype(grad)
+    ct = compute_dtype(grad)
     p, grad_c = p.to(ct), grad.to(ct)
     backend = compiled.entmax15_backend(p, dim, 1.0, _EAGER_BLOCK, last_dim_only=True)
     if backend == "native":
@@ -296,7 +299,7 @@ class _Entmax15Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
-        p = entmax15_forward(x.to(_compute_dtype(x)), dim).to(x.dtype)
+        p = entmax15_forward(x.to(compute_dtype(x)), dim).to(x.dtype)
         ctx.dim = dim
         ctx.save_for_backward(p)
         return p
@@ -345,7 +348,7 @@ def _sparsemax_forward(x: Tensor) -> Tensor:
 class _SparsemaxFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
-        ct = _compute_dtype(x)
+        ct = compute_dtype(x)
         p = _sparsemax_forward(x.to(ct).movedim(dim, -1)).movedim(-1, dim).to(x.dtype)
         ctx.dim = dim
         ctx.save_for_backward(p)
@@ -354,7 +357,7 @@ class _SparsemaxFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         (p,) = ctx.saved_tensors
-        ct = _compute_dtype(grad)
+        ct = compute_dtype(grad)
         return entmax_grad(p.to(ct), grad.to(ct), 2.0, ctx.dim).to(grad.dtype), None
 
 
@@ -405,7 +408,7 @@ def _bisect_forward(x: Tensor, alpha: Tensor, dim: int, n_iter: int, tiny: float
 class _EntmaxBisectFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor, dim: int, n_iter: int) -> Tensor:  # type: ignore[override]
-        ct = _compute_dtype(x)
+        ct = compute_dtype(x)
         xc, ac = x.to(ct), alpha.to(ct)
         p = _bisect_forward(xc, ac, dim, n_iter)
         ctx.dim = dim
@@ -452,7 +455,7 @@ def entmax_bisect(
     if not torch.is_tensor(alpha):
         if not float(alpha) > 1.0:
             raise ValueError(f"entmax_bisect needs alpha > 1, got alpha={alpha!r}")
-        alpha_t = torch.tensor(float(alpha), dtype=_compute_dtype(x), device=x.device)
+        alpha_t = torch.tensor(float(alpha), dtype=compute_dtype(x), device=x.device)
     else:
         alpha_t = alpha
         if not alpha_t.is_meta and bool((alpha_t.detach() <= 1.0).any()):

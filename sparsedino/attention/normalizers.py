@@ -31,7 +31,6 @@ __all__ = [
     "Normalizer",
     "canonical_alpha",
     "normalize",
-    "normalizer_alpha",
     "normalizer_name",
     "parse_normalizer",
     "validate_normalizer",
@@ -140,11 +139,6 @@ def normalizer_name(value: str | float | Normalizer) -> str:
 def validate_normalizer(value: str | float | Normalizer) -> str:
     """Check ``value`` names a normaliser; returns the canonical name (ValueError naming the value if not)."""
     return parse_normalizer(value).name
-
-
-def normalizer_alpha(value: str | float | Normalizer) -> float:
-    """The entmax alpha of a normaliser (1.0 for softmax)."""
-    return parse_normalizer(value).alpha
 
 
 def canonical_alpha(name: str) -> float:

@@ -27,6 +27,7 @@ from torch import Tensor
 from sparsedino.attention import backends
 from sparsedino.attention.chunked import SparseAttentionFunction
 from sparsedino.attention.dispatch import attention_path
+from sparsedino.attention.entmax import compute_dtype
 from sparsedino.attention.normalizers import Normalizer, normalize, parse_normalizer
 
 __all__ = [
@@ -123,7 +124,7 @@ def attention_probs(
     spec = parse_normalizer(normalizer)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     (q, k), precision = _autocast_inputs(q, k)
-    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    compute = compute_dtype(q)
     with precision:
         return normalize(masked_scores(q.to(compute), k.to(compute), scale, attn_mask), spec).to(q.dtype)
 

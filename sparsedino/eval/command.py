@@ -124,7 +124,7 @@ def run_protocol(protocol: str, model, cfg, out: Path | None = None) -> dict:
         raise ConfigError("data_root is empty: pass --data ROOT or data_root=...")
     check_fits_model(protocol, model, cfg)
     if protocol == "video":
-        from sparsedino.eval.features import resolve_device
+        from sparsedino.config import resolve_device
         from sparsedino.eval.video import BackboneFeatures, build_davis, run_video
 
         dataset = build_davis(cfg)

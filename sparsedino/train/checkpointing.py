@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,19 @@ SUMMARY = "train_summary.json"  # written when a run has finished its last epoch
 FORMAT_VERSION = 1
 
 
+EPOCH_SNAPSHOT_GLOB = "checkpoint_epoch*.pth"
+_EPOCH_SNAPSHOT = re.compile(r"checkpoint_epoch(\d+)\.pth$")
+
+
 def epoch_snapshot_name(epoch: int) -> str:
     """File name of the weights-only snapshot after ``epoch`` completed epochs."""
     return f"checkpoint_epoch{epoch:04d}.pth"
+
+
+def snapshot_epoch(name: str) -> int | None:
+    """The epoch of a snapshot file name (as :func:`epoch_snapshot_name` writes it), None for other names."""
+    match = _EPOCH_SNAPSHOT.search(name)
+    return int(match.group(1)) if match else None
 
 
 def rng_state() -> dict[str, Any]:

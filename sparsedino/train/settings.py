@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
-from sparsedino.config import ConfigError, check_device, check_normalizer
+from sparsedino.config import ConfigError, check_device, check_normalizer, resolve_device
 
 
 @dataclass
@@ -219,12 +219,7 @@ def validate(cfg: TrainConfig) -> None:
         )
     check_device(cfg.run.device, "run.device")
     if cfg.run.precision == "fp16":
-        import torch
-
-        device = "cuda" if cfg.run.device == "auto" else cfg.run.device.split(":")[0]
-        if device == "cuda" and not torch.cuda.is_available():
-            device = "cpu"
-        check_fp16_device(device)
+        check_fp16_device(resolve_device(cfg.run.device).type)  # (a missing CUDA device: rejected above)
     check_normalizer(cfg.model.normalizer, "model.normalizer")
     if not 0.0 <= cfg.model.drop_path_rate < 1.0:
         raise ConfigError(f"key 'model.drop_path_rate' must be in [0, 1), got {cfg.model.drop_path_rate}")
