@@ -31,7 +31,8 @@ from torch import Tensor
 
 from sparsedino.attention import workspace
 from sparsedino.attention.dispatch import normalize_scores, normalizer_backward
-from sparsedino.attention.entmax import compute_dtype, entmax15_recompute, thresholds_supported
+from sparsedino.attention.entmax import entmax15_recompute, thresholds_supported
+from sparsedino.attention.gradients import compute_dtype
 from sparsedino.attention.normalizers import parse_normalizer
 
 __all__ = ["SparseAttentionFunction"]

@@ -25,8 +25,8 @@ kind           forward (no autograd)                       backward (from the pr
 "entmax15"     :func:`.entmax.entmax15_forward`            :func:`.entmax.entmax15_backward`
                (tiled + native: thresholds kept, backward  (backend as the forward's)
                rebuilds P with :func:`.entmax.entmax15_recompute`)
-"sparsemax"    :func:`.entmax.sparsemax` (sort)            :func:`.gradients.entmax_grad`, alpha = 2
-"bisect"       :func:`.entmax.entmax_bisect`               :func:`.gradients.entmax_grad`
+"sparsemax"    :func:`.alpha_entmax.sparsemax` (sort)      :func:`.gradients.entmax_grad`, alpha = 2
+"bisect"       :func:`.alpha_entmax.entmax_bisect`         :func:`.gradients.entmax_grad`
 "softmax"      ``torch.softmax``                           :func:`.gradients.softmax_grad`
 =============  ==========================================  ===========================================
 
@@ -50,8 +50,8 @@ import torch
 from torch import Tensor
 
 from sparsedino.attention import backends
-from sparsedino.attention.entmax import compute_dtype, entmax15_backward, entmax15_forward
-from sparsedino.attention.gradients import entmax_grad, softmax_grad
+from sparsedino.attention.entmax import entmax15_backward, entmax15_forward
+from sparsedino.attention.gradients import compute_dtype, entmax_grad, softmax_grad
 from sparsedino.attention.normalizers import Normalizer, normalize, parse_normalizer
 
 __all__ = ["attention_path", "normalize_scores", "normalizer_backward"]

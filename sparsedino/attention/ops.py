@@ -27,7 +27,7 @@ from torch import Tensor
 from sparsedino.attention import backends
 from sparsedino.attention.chunked import SparseAttentionFunction
 from sparsedino.attention.dispatch import attention_path
-from sparsedino.attention.entmax import compute_dtype
+from sparsedino.attention.gradients import compute_dtype
 from sparsedino.attention.normalizers import Normalizer, normalize, parse_normalizer
 
 __all__ = [

@@ -21,7 +21,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsedino.attention.entmax import BISECT_STEPS, _bisect_forward, _entmax15_sort, _sparsemax_forward
+from sparsedino.attention.alpha_entmax import BISECT_STEPS, _bisect_forward, _sparsemax_forward
+from sparsedino.attention.entmax import _entmax15_sort
 from sparsedino.attention.gradients import TINY
 from sparsedino.attention.normalizers import canonical_alpha
 from sparsedino.attention.ops import masked_scores
