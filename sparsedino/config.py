@@ -1,4 +1,4 @@
-"""Typed configuration: dataclass defaults < YAML file < ``key=value`` overrides.
+"""Typed configuration: dataclass defaults < YAML file (< its ``base`` file first) < ``key=value`` overrides.
 
 Every command that takes a config describes it as a (nested) dataclass. :func:`load_config` merges the
 three layers with OmegaConf in struct mode, so an unknown key or a value of the wrong type is rejected
@@ -24,6 +24,8 @@ from sparsedino.errors import UserError
 T = TypeVar("T")
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
+# Top-level YAML key naming the file a config file extends (merged first): not a setting of any schema.
+BASE_KEY = "base"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -89,13 +91,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
         raise TypeError(f"schema must be a dataclass type, got {schema!r}")
     cfg = OmegaConf.structured(schema)
     OmegaConf.set_struct(cfg, True)
-    layers: list[tuple[str, DictConfig]] = []
-    if path is not None:
-        file = resolve_config_path(path)
-        try:
-            layers.append((f"config file {str(file)!r}", OmegaConf.load(file)))
-        except Exception as err:  # yaml.YAMLError, OSError
-            raise ConfigError(f"config file {str(file)!r} could not be read: {err}") from err
+    layers = _file_layers(path, ()) if path is not None else []
     if overrides:
         layers.append(("command-line overrides", parse_overrides(overrides)))
     for source, layer in layers:
@@ -111,6 +107,27 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     _check_finite(OmegaConf.to_container(cfg, resolve=True), "")
     OmegaConf.set_readonly(cfg, True)
     return cfg  # type: ignore[return-value]
+
+
+def _file_layers(path: str | Path, seen: tuple[Path, ...]) -> list[tuple[str, Any]]:
+    """The layers of a YAML file: those of its ``base`` (a preset name or a path relative to the file),
+    then its own keys. A preset states only what differs from its base."""
+    file = resolve_config_path(path)
+    source = f"config file {str(file)!r}"
+    if file.resolve() in seen:
+        raise ConfigError(f"{source}: 'base' chain loops back to itself")
+    try:
+        layer = OmegaConf.load(file)
+    except Exception as err:  # yaml.YAMLError, OSError
+        raise ConfigError(f"{source} could not be read: {err}") from err
+    if not isinstance(layer, DictConfig) or BASE_KEY not in layer:
+        return [(source, layer)]
+    base = layer.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{source}: key {BASE_KEY!r} must name a preset or a YAML file, got {base!r}")
+    relative = file.parent / base
+    base_path = relative if relative.is_file() else base
+    return [*_file_layers(base_path, (*seen, file.resolve())), (source, layer)]
 
 
 def _check_finite(node: Any, key: str) -> None:
@@ -145,6 +162,44 @@ def check_device(value: str, key: str) -> None:
                 else "no CUDA device (torch.cuda.is_available() is False)"
             )
             raise ConfigError(f"key {key!r} is {value!r} but this machine has {have}; use auto or cpu")
+
+
+def resolve_device(name: str):
+    """The ``torch.device`` of a device setting: ``"auto"`` -> CUDA when available, else CPU; anything
+    else (``cpu``, ``cuda``, ``cuda:N``, checked by :func:`check_device`) is passed to ``torch.device``."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_normalizer(value: Any, key: str):
+    """Parse an attention normaliser setting (any documented spelling) into its value, once.
+
+    Returns:
+        The :class:`sparsedino.attention.Normalizer` (canonical name, alpha, kernel family).
+
+    Raises:
+        ConfigError: naming ``key`` (a config key or a command-line option) and the accepted spellings.
+    """
+    from sparsedino.attention import parse_normalizer
+
+    try:
+        return parse_normalizer(value)
+    except ValueError as err:
+        raise ConfigError(f"key {key!r}: {err}") from err
+
+
+def check_normalizers(values: Sequence[Any], key: str) -> list:
+    """:func:`check_normalizer` of each value, in order; ConfigError naming ``key`` when two are the same
+    normaliser spelled differently (``entmax15`` and ``entmax-1.5``)."""
+    specs = [check_normalizer(value, key) for value in values]
+    names = [spec.name for spec in specs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"key {key!r}: {', '.join(repeated)} given more than once ({list(values)})")
+    return specs
 
 
 def config_to_dict(cfg: Any) -> dict:

@@ -6,7 +6,11 @@ Public API::
     attention(q, k, v, normalizer="entmax15", ...)      # (B, H, N, D) attention, softmax -> SDPA
     SparseAttention, make_attn_layer                    # timm ``attn_layer``
     sparsify(model, normalizer), collect_attention(model)
+    Normalizer, parse_normalizer                        # the normaliser as a value (any spelling -> one)
     normalizer_name, validate_normalizer, set_compile
+
+Which kernel runs for which normaliser and backend (SDPA, adasplash, the fused op whole or tiled; native C,
+eager row blocks, torch.compile) is stated in one table: :mod:`sparsedino.attention.dispatch`.
 
 Importing this package registers ``vit_{tiny,small,base}_patch16_224_entmax15`` and
 ``vit_small_patch8_224_entmax15`` with timm.
@@ -16,10 +20,17 @@ from sparsedino.attention import timm_models  # noqa: F401  (registers the timm 
 from sparsedino.attention.compiled import compile_mode, set_compile
 from sparsedino.attention.entmax import entmax15, entmax_bisect, sparsemax
 from sparsedino.attention.layers import SparseAttention, collect_attention, make_attn_layer, sparsify
-from sparsedino.attention.normalizers import normalize, normalizer_name, validate_normalizer
+from sparsedino.attention.normalizers import (
+    Normalizer,
+    normalize,
+    normalizer_name,
+    parse_normalizer,
+    validate_normalizer,
+)
 from sparsedino.attention.ops import attention, attention_probs
 
 __all__ = [
+    "Normalizer",
     "SparseAttention",
     "attention",
     "attention_probs",
@@ -30,6 +41,7 @@ __all__ = [
     "make_attn_layer",
     "normalize",
     "normalizer_name",
+    "parse_normalizer",
     "set_compile",
     "sparsemax",
     "sparsify",

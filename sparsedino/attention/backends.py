@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparsedino.attention.normalizers import normalizer_alpha
+from sparsedino.attention.normalizers import Normalizer, parse_normalizer
 
 __all__ = ["DEVICE_TYPES", "ENABLED", "LaunchPlan", "adasplash_attention", "adasplash_usable", "launch_plan"]
 
@@ -81,11 +81,12 @@ def _installed() -> bool:
     return _available
 
 
-def adasplash_usable(q: Tensor, k: Tensor, v: Tensor, name: str) -> bool:
+def adasplash_usable(q: Tensor, k: Tensor, v: Tensor, normalizer: str | Normalizer) -> bool:
     """Whether the adasplash kernel can run these inputs (the one switch; never on CPU in production)."""
-    if not (ENABLED and q.device.type in DEVICE_TYPES and name != "softmax" and _installed()):
+    spec = parse_normalizer(normalizer)
+    if not (ENABLED and q.device.type in DEVICE_TYPES and _installed()):
         return False
-    if not 1.0 < normalizer_alpha(name) <= 2.0:
+    if not 1.0 < spec.alpha <= 2.0:  # (softmax is alpha 1)
         return False
     if q.shape != k.shape or k.shape != v.shape or q.shape[-1] not in HEAD_DIMS or q.shape[2] == 0:
         return False
@@ -95,11 +96,13 @@ def adasplash_usable(q: Tensor, k: Tensor, v: Tensor, name: str) -> bool:
     return q.requires_grad or not grads
 
 
-def adasplash_attention(q: Tensor, k: Tensor, v: Tensor, name: str, scale: float) -> Tensor:
+def adasplash_attention(
+    q: Tensor, k: Tensor, v: Tensor, normalizer: str | Normalizer, scale: float
+) -> Tensor:
     """alpha-entmax attention (B, H, N, D) through adasplash, laid out by :func:`launch_plan`."""
     from adasplash import adasplash
 
-    alpha = normalizer_alpha(name)
+    alpha = parse_normalizer(normalizer).alpha
     # adasplash applies the standard 1/sqrt(d) scale inside its kernels; fold any other scale into q.
     default = q.shape[-1] ** -0.5
     if scale != default:

@@ -30,8 +30,10 @@ import torch
 from torch import Tensor
 
 from sparsedino.attention import workspace
+from sparsedino.attention.dispatch import normalize_scores, normalizer_backward
 from sparsedino.attention.entmax import entmax15_recompute, thresholds_supported
-from sparsedino.attention.normalizers import normalize_scores, normalizer_backward
+from sparsedino.attention.gradients import compute_dtype
+from sparsedino.attention.normalizers import parse_normalizer
 
 __all__ = ["SparseAttentionFunction"]
 
@@ -56,10 +58,6 @@ def _bias_tile(bias: Tensor | None, b0: int, b1: int, r0: int, r1: int) -> Tenso
     if bias.shape[-2] != 1:
         bias = bias[..., r0:r1, :]
     return bias
-
-
-def _compute_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
 
 
 def _scores_into(q_i: Tensor, k: Tensor, out: Tensor) -> Tensor:
@@ -91,7 +89,7 @@ def _bmm_acc(acc: Tensor, a: Tensor, b: Tensor) -> None:
 
 
 class SparseAttentionFunction(torch.autograd.Function):
-    """``(q, k, v, bias, name, scale, chunk_size, batch_per_tile, recorded) -> out``; gradients for q, k, v.
+    """``(q, k, v, bias, normalizer, scale, chunk_size, batch_per_tile, recorded) -> out``; grads for q, k, v.
 
     ``chunk_size`` query rows and ``batch_per_tile`` batch elements make one tile (0 rows = no tiling).
     ``recorded``: whether autograd records the call (grad mode on and an input needing a gradient; the
@@ -106,8 +104,9 @@ class SparseAttentionFunction(torch.autograd.Function):
         # saving them costs what keeping the views alive would.
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         b, h, n, _ = q.shape
-        m, compute = k.shape[2], _compute_dtype(q)
+        m, compute = k.shape[2], compute_dtype(q)
         tiles = _tiles(b, n, chunk_size, batch_per_tile)
+        name = parse_normalizer(name)
         ctx.name, ctx.scale, ctx.tiles, ctx.lease, ctx.thresholds = name, scale, tiles, (0, 0), False
         if len(tiles) == 1:
             buf, lease = workspace.take((b, h, n, m), compute, q.device)
@@ -129,7 +128,7 @@ class SparseAttentionFunction(torch.autograd.Function):
         batch = max(b1 - b0 for b0, b1, _, _ in tiles)
         scratch, lease = workspace.take((batch, h, rows, m), compute, q.device)
         thresholds = None
-        if name == "entmax15" and thresholds_supported(scratch, scale):
+        if name.kind == "entmax15" and thresholds_supported(scratch, scale):
             thresholds = torch.empty((b, h, n, 2), dtype=compute, device=q.device)  # per row (off, tau)
         for b0, b1, r0, r1 in tiles:
             s = _scores_into(q[b0:b1, :, r0:r1], k[b0:b1], _part(scratch, (b1 - b0, h, r1 - r0, m)))
@@ -151,7 +150,7 @@ class SparseAttentionFunction(torch.autograd.Function):
         if len(ctx.tiles) == 1:
             probs = ctx.probs
             if not workspace.valid(probs, ctx.lease):  # retain_graph: the buffer was reused since
-                buf = torch.empty(probs.shape, dtype=_compute_dtype(q), device=q.device)
+                buf = torch.empty(probs.shape, dtype=compute_dtype(q), device=q.device)
                 probs = normalize_scores(_scores_into(q, k, buf), ctx.name, ctx.scale, bias).to(v.dtype)
             grads = _unchunked_grads(q, k, v, probs, grad_out, ctx.name, ctx.scale, need)
             workspace.give(probs, ctx.lease)
@@ -179,7 +178,7 @@ def _tiled_grads(ctx, q, k, v, bias, thresholds, grad_out, need):
     """(dQ, dK, dV) tile by tile, recomputing each tile's probabilities."""
     need_q, need_k, need_v = need
     h = q.shape[1]
-    m, compute = k.shape[2], _compute_dtype(q)
+    m, compute = k.shape[2], compute_dtype(q)
     dq = torch.empty_like(q) if need_q else None
     dk = torch.zeros_like(k) if need_k else None
     dv = torch.zeros_like(v) if need_v else None

@@ -27,8 +27,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["call", "compile_mode", "native_allowed", "set_compile"]
+from sparsedino.attention import native
+
+__all__ = ["call", "compile_mode", "entmax15_backend", "native_allowed", "set_compile"]
 
 _override: bool | None = None
 _broken: str | None = None  # reason compilation was given up in "auto" mode
@@ -63,6 +66,38 @@ def compile_mode() -> str:
 def native_allowed() -> bool:
     """Whether natively compiled kernels may run now (policy not "0", and not inside a torch.compile trace)."""
     return compile_mode() != "0" and not torch.compiler.is_compiling()
+
+
+def entmax15_backend(x: Tensor, dim: int, scale: float, eager_block: int, last_dim_only: bool = False) -> str:
+    """Which entmax-1.5 row kernels run on ``x`` (the row level of the table in
+    :mod:`sparsedino.attention.dispatch`).
+
+    Returns:
+        ``"native"``: the C kernels (CPU float32/float64, ``scale > 0``, non-empty, policy allows native
+        code, the library built; ``last_dim_only``: the backward kernel also needs ``dim`` last);
+        ``"eager"``: tensor ops over cache-sized row blocks (CPU, more than ``2 * eager_block`` elements in
+        several rows, no C kernels); ``"compiled"``: the tensor-op solver through :func:`call` (torch.compile
+        by the policy, eager when it is off).
+    """
+    cpu = x.device.type == "cpu"
+    if (
+        cpu
+        and x.dtype in (torch.float32, torch.float64)
+        and scale > 0
+        and x.numel() > 0
+        and native_allowed()
+        and native.available()
+        and (not last_dim_only or dim in (-1, x.dim() - 1))
+    ):
+        return "native"
+    if (
+        cpu
+        and x.numel() > 2 * eager_block
+        and x.numel() > x.shape[dim]
+        and not (native_allowed() and native.available())
+    ):
+        return "eager"
+    return "compiled"
 
 
 def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -10,8 +10,8 @@ All three map scores ``x`` to probabilities along ``dim`` that can be exactly ze
   ``tau`` reproduces exactly the support it was computed on (a KKT check). The rare rows that fail the check
   are solved exactly by sorting.
 * ``entmax_bisect``: any ``alpha > 1`` (float or tensor broadcastable to ``x``, e.g. one per head),
-  differentiable in ``x`` and ``alpha``.
-* ``sparsemax``: Euclidean projection onto the simplex, sort based.
+  differentiable in ``x`` and ``alpha`` (in :mod:`sparsedino.attention.alpha_entmax`, re-exported here).
+* ``sparsemax``: Euclidean projection onto the simplex, sort based (likewise).
 
 Masking convention (all three): entries equal to ``-inf`` get exactly 0; a row that is entirely ``-inf`` gets
 all zeros (never NaN), which is what a fully masked attention row should contribute. A row holding ``+inf``
@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 
 from sparsedino.attention import compiled, native
+from sparsedino.attention.alpha_entmax import entmax_bisect, sparsemax  # (re-exported: one import path)
+from sparsedino.attention.gradients import TINY, compute_dtype
 
 __all__ = [
     "entmax15",
@@ -40,15 +42,8 @@ __all__ = [
 # Newton steps before the closed form: enough for > 99% of attention rows at every scale we measured (the
 # rest are fixed by the exact fallback); each step is one pass over the scores.
 NEWTON_STEPS = 4
-_TINY = 1e-30
-# Bisection steps of alpha-entmax: enough for float32/float64 resolution of the threshold.
-BISECT_STEPS = 50
 # Elements per row block in the eager CPU path (fits in L2 cache and below malloc's mmap threshold).
 _EAGER_BLOCK = 1 << 15
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -73,7 +68,7 @@ def _entmax15_newton(
         d = (z - tau).clamp_min(0.0)
         s1 = d.sum(dim, keepdim=True)
         norm = (d * d).sum(dim, keepdim=True).sqrt()
-        tau = tau + (norm - 1.0) * norm / s1.clamp_min(_TINY)
+        tau = tau + (norm - 1.0) * norm / s1.clamp_min(TINY)
     # Support statistics at the last tau: count, sum and sum of squares of z over {z > tau}.
     support = z > tau
     zs = torch.where(support, z, torch.zeros_like(z))
@@ -121,7 +116,7 @@ def _entmax15_block(x: Tensor, scale: float) -> Tensor:
         torch.sub(z, tau, out=d).clamp_min_(0.0)
         s1 = d.sum(-1, keepdim=True)
         norm = torch.linalg.vector_norm(d, dim=-1, keepdim=True)
-        tau = tau + (norm - 1.0) * norm / s1.clamp_min(_TINY)
+        tau = tau + (norm - 1.0) * norm / s1.clamp_min(TINY)
     torch.sub(z, tau, out=d).clamp_min_(0.0)
     cnt = (d > 0).sum(-1, keepdim=True, dtype=z.dtype)
     s1 = d.sum(-1, keepdim=True)
@@ -159,28 +154,6 @@ def _rowwise_blocks(fn, x: Tensor, dim: int, *others: Tensor, inplace: bool = Fa
     return out.reshape(shape).movedim(-1, dim)
 
 
-def _eager_blocks(x: Tensor, dim: int) -> bool:
-    """Whether the tensor-op CPU path should process ``x`` in row blocks (large, several rows, no C kernels)."""
-    return (
-        x.device.type == "cpu"
-        and x.numel() > 2 * _EAGER_BLOCK
-        and x.numel() > x.shape[dim]
-        and not (compiled.native_allowed() and native.available())
-    )
-
-
-def _use_native(x: Tensor, scale: float) -> bool:
-    """Row-fused C kernels: CPU float32/64 inputs, when the compile policy allows native code."""
-    return (
-        x.device.type == "cpu"
-        and x.dtype in (torch.float32, torch.float64)
-        and scale > 0
-        and x.numel() > 0
-        and compiled.native_allowed()
-        and native.available()
-    )
-
-
 def _entmax15_sort(z: Tensor) -> Tensor:
     """Exact entmax-1.5 of ``z = x / 2`` along the last dim by sorting (used for the few rejected rows)."""
     m = z.amax(-1, keepdim=True)
@@ -201,7 +174,7 @@ def _entmax15_sort(z: Tensor) -> Tensor:
 
 def thresholds_supported(x: Tensor, scale: float) -> bool:
     """Whether :func:`entmax15_forward` can store per-row thresholds for ``x`` (the native CPU kernels)."""
-    return _use_native(x, scale)
+    return compiled.entmax15_backend(x, -1, scale, _EAGER_BLOCK) == "native"
 
 
 def _scaled(x: Tensor, scale: float, bias: Tensor | None, inplace: bool) -> tuple[Tensor, float]:
@@ -229,8 +202,9 @@ def entmax15_forward(
     contiguous tensor of ``x.shape[:-1] + (2,)``, only when :func:`thresholds_supported`, ``dim`` last)
     receives each row's threshold for :func:`entmax15_recompute`.
     """
-    native_path = _use_native(x, scale)
-    if native_path or _eager_blocks(x, dim):
+    backend = compiled.entmax15_backend(x, dim, scale, _EAGER_BLOCK)
+    native_path = backend == "native"
+    if backend != "compiled":
         inplace = inplace and x.movedim(dim, -1).is_contiguous()
         x, scale = _scaled(x, scale, bias, inplace)
         inplace = inplace or bias is not None  # x is now a temporary of ours either way
@@ -259,7 +233,7 @@ def _entmax15_grad_block(p: Tensor, grad: Tensor, scale: float, inplace: bool) -
     """:func:`_entmax15_grad` of a 2-D block in few tensor ops (``inplace``: the result overwrites ``grad``)."""
     g = p.sqrt()
     q = torch.matmul(g.unsqueeze(-2), grad.unsqueeze(-1)).squeeze(-1)  # sum(g * grad) per row, no temporary
-    q /= g.sum(-1, keepdim=True).clamp_min(_TINY)
+    q /= g.sum(-1, keepdim=True).clamp_min(TINY)
     out = grad.sub_(q) if inplace else grad - q
     out.mul_(g)
     return out.mul_(scale) if scale != 1.0 else out
@@ -278,7 +252,7 @@ def _entmax15_grad(p: Tensor, grad: Tensor, dim: int, scale: float) -> Tensor:
     """Backward of entmax-1.5 from its output: with g = sqrt(p), dz = g * dp - g * sum(g * dp) / sum(g)."""
     g = p.sqrt()
     gd = g * grad
-    q = gd.sum(dim, keepdim=True) / g.sum(dim, keepdim=True).clamp_min(_TINY)
+    q = gd.sum(dim, keepdim=True) / g.sum(dim, keepdim=True).clamp_min(TINY)
     return (gd - g * q) * scale
 
 
@@ -290,12 +264,13 @@ def entmax15_backward(
     Computed in float32 (float64 stays float64) and returned in ``grad``'s dtype; ``inplace=True`` lets
     the native CPU kernel overwrite ``grad`` (a temporary the caller owns).
     """
-    ct = _compute_dtype(grad)
+    ct = compute_dtype(grad)
     p, grad_c = p.to(ct), grad.to(ct)
-    if _use_native(p, 1.0) and dim in (-1, p.dim() - 1):
+    backend = compiled.entmax15_backend(p, dim, 1.0, _EAGER_BLOCK, last_dim_only=True)
+    if backend == "native":
         inplace = inplace and grad_c.is_contiguous() and grad_c.data_ptr() == grad.data_ptr()
         out = native.entmax15_grad_rows(p.contiguous(), grad_c.contiguous(), float(scale), inplace=inplace)
-    elif _eager_blocks(p, dim):
+    elif backend == "eager":
         inplace = (inplace or grad_c.data_ptr() != grad.data_ptr()) and grad_c.movedim(
             dim, -1
         ).is_contiguous()
@@ -316,7 +291,7 @@ class _Entmax15Function(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
-        p = entmax15_forward(x.to(_compute_dtype(x)), dim).to(x.dtype)
+        p = entmax15_forward(x.to(compute_dtype(x)), dim).to(x.dtype)
         ctx.dim = dim
         ctx.save_for_backward(p)
         return p
@@ -339,153 +314,3 @@ def entmax15(x: Tensor, dim: int = -1) -> Tensor:
         Probabilities, same shape and dtype as ``x`` (float16 / bfloat16 are computed in float32).
     """
     return _Entmax15Function.apply(x, dim)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# sparsemax
-# --------------------------------------------------------------------------------------------------------------
-def _sparsemax_forward(x: Tensor) -> Tensor:
-    """Exact sparsemax along the last dim by sorting."""
-    m = x.amax(-1, keepdim=True)
-    finite = m > float("-inf")
-    z = x - torch.where(finite, m, torch.zeros_like(m))
-    zs, _ = torch.sort(z, dim=-1, descending=True)
-    valid = zs > float("-inf")
-    zs0 = torch.where(valid, zs, torch.zeros_like(zs))
-    k = torch.arange(1, z.shape[-1] + 1, device=z.device, dtype=z.dtype)
-    taus = (zs0.cumsum(-1) - 1.0) / k
-    support = ((taus < zs) & valid).sum(-1, keepdim=True).clamp_min(1)
-    tau = taus.gather(-1, support - 1)
-    p = (z - tau).clamp_min(0.0)
-    p = torch.where(finite, p, torch.zeros_like(p))
-    undefined = (m == float("inf")) | m.isnan()
-    return torch.where(undefined, torch.full_like(p, float("nan")), p)  # +inf / NaN row: NaN, as softmax
-
-
-class _SparsemaxFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, dim: int) -> Tensor:  # type: ignore[override]
-        ct = _compute_dtype(x)
-        p = _sparsemax_forward(x.to(ct).movedim(dim, -1)).movedim(-1, dim).to(x.dtype)
-        ctx.dim = dim
-        ctx.save_for_backward(p)
-        return p
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (p,) = ctx.saved_tensors
-        ct = _compute_dtype(grad)
-        support = (p > 0).to(ct)
-        g = grad.to(ct) * support
-        mean = g.sum(ctx.dim, keepdim=True) / support.sum(ctx.dim, keepdim=True).clamp_min(1.0)
-        return (g - support * mean).to(grad.dtype), None
-
-
-def sparsemax(x: Tensor, dim: int = -1) -> Tensor:
-    """Exact sparsemax (Euclidean projection onto the probability simplex) along ``dim``.
-
-    Args:
-        x: Scores. ``-inf`` entries get exactly 0; an all ``-inf`` row gives all zeros; a row holding ``+inf``
-            or NaN gives NaN (as softmax).
-        dim: Dimension to normalise over.
-
-    Returns:
-        Probabilities, same shape and dtype as ``x``.
-    """
-    return _SparsemaxFunction.apply(x, dim)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# alpha-entmax by bisection
-# --------------------------------------------------------------------------------------------------------------
-def _bisect_forward(x: Tensor, alpha: Tensor, dim: int, n_iter: int, tiny: float = _TINY) -> Tensor:
-    """p = max((alpha - 1) x - tau, 0) ** (1 / (alpha - 1)) with tau found by bisection, rows renormalised.
-
-    (``tiny`` is an argument so that TorchScript, which cannot read module globals, compiles this too.)
-    """
-    am1 = alpha - 1.0
-    xs = x * am1
-    m = xs.amax(dim, keepdim=True)
-    finite = m > float("-inf")
-    xs = xs - torch.where(finite, m, torch.zeros_like(m))  # row max 0: tau in [-1, -(1/n)^(alpha-1)]
-    n = x.shape[dim]
-    lo = torch.full_like(m, -1.0)
-    hi = -((1.0 / n) ** am1) * torch.ones_like(m)
-    power = 1.0 / am1
-    for _ in range(n_iter):
-        mid = 0.5 * (lo + hi)
-        mass = (xs - mid).clamp_min(0.0).pow(power).sum(dim, keepdim=True)
-        above = mass >= 1.0  # tau too small -> move the lower end up
-        lo = torch.where(above, mid, lo)
-        hi = torch.where(above, hi, mid)
-    p = (xs - 0.5 * (lo + hi)).clamp_min(0.0).pow(power)
-    p = p / p.sum(dim, keepdim=True).clamp_min(tiny)
-    p = torch.where(finite, p, torch.zeros_like(p))
-    undefined = (m == float("inf")) | m.isnan()
-    return torch.where(undefined, torch.full_like(p, float("nan")), p)  # +inf / NaN row: NaN, as softmax
-
-
-class _EntmaxBisectFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, alpha: Tensor, dim: int, n_iter: int) -> Tensor:  # type: ignore[override]
-        ct = _compute_dtype(x)
-        xc, ac = x.to(ct), alpha.to(ct)
-        p = _bisect_forward(xc, ac, dim, n_iter)
-        ctx.dim = dim
-        ctx.alpha_dtype = alpha.dtype
-        ctx.save_for_backward(xc if alpha.requires_grad else None, ac, p)
-        return p.to(x.dtype)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):  # type: ignore[override]
-        xc, alpha, p = ctx.saved_tensors
-        dim = ctx.dim
-        g = grad.to(p.dtype)
-        pos = p > 0
-        # dp_i / d x_j = s_i (delta_ij - s_j / sum s), with s = p^(2 - alpha) on the support.
-        s = torch.where(pos, p.clamp_min(_TINY).pow(2.0 - alpha), torch.zeros_like(p))
-        sum_s = s.sum(dim, keepdim=True).clamp_min(_TINY)
-        sd = s * g
-        dx = sd - s * sd.sum(dim, keepdim=True) / sum_s
-        dalpha = None
-        if ctx.needs_input_grad[1]:
-            # dp_i / d alpha = (-p_i log p_i + s_i (x_i - tau')) / (alpha - 1),
-            # tau' = (sum s x - sum p log p) / sum s (keeps the sum at 1).
-            plogp = torch.where(pos, p * p.clamp_min(_TINY).log(), torch.zeros_like(p))
-            sx = torch.where(pos, s * xc, torch.zeros_like(p))
-            tau_d = (sx.sum(dim, keepdim=True) - plogp.sum(dim, keepdim=True)) / sum_s
-            dp_da = (-plogp + sx - s * tau_d) / (alpha - 1.0)
-            dalpha = (g * dp_da).sum(dim, keepdim=True).sum_to_size(alpha.shape).to(ctx.alpha_dtype)
-        return dx.to(grad.dtype), dalpha, None, None
-
-
-def entmax_bisect(
-    x: Tensor, alpha: float | Tensor = 1.5, dim: int = -1, n_iter: int = BISECT_STEPS
-) -> Tensor:
-    """alpha-entmax along ``dim`` by bisection on the threshold, for any ``alpha > 1``.
-
-    Args:
-        x: Scores. ``-inf`` entries get exactly 0; an all ``-inf`` row gives all zeros; a row holding ``+inf``
-            or NaN gives NaN (as softmax).
-        alpha: A float, or a tensor broadcastable to ``x`` (e.g. one value per head, shape (1, H, 1, 1));
-            differentiable when it requires grad. ``alpha -> 1`` approaches softmax, ``alpha = 2`` is sparsemax.
-        dim: Dimension to normalise over.
-        n_iter: Bisection steps (50 reaches float32/float64 resolution of the threshold).
-
-    Returns:
-        Probabilities, same shape and dtype as ``x``.
-    """
-    if not torch.is_tensor(alpha):
-        if not float(alpha) > 1.0:
-            raise ValueError(f"entmax_bisect needs alpha > 1, got alpha={alpha!r}")
-        alpha_t = torch.tensor(float(alpha), dtype=_compute_dtype(x), device=x.device)
-    else:
-        alpha_t = alpha
-        if not alpha_t.is_meta and bool((alpha_t.detach() <= 1.0).any()):
-            raise ValueError(
-                f"entmax_bisect needs alpha > 1 everywhere, got min alpha={alpha_t.min().item()}"
-            )
-    # Give alpha x's number of dims so it broadcasts with the reduced (keepdim) rows.
-    if alpha_t.dim() < x.dim():
-        alpha_t = alpha_t.reshape((1,) * (x.dim() - alpha_t.dim()) + tuple(alpha_t.shape))
-    return _EntmaxBisectFunction.apply(x, alpha_t, dim, n_iter)

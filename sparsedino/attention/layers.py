@@ -28,7 +28,7 @@ from timm.layers import Attention, register_notrace_function, use_fused_attn
 from torch import Tensor, nn
 
 from sparsedino.attention import scripted
-from sparsedino.attention.normalizers import normalizer_name
+from sparsedino.attention.normalizers import Normalizer, normalizer_name, parse_normalizer
 from sparsedino.attention.ops import attention, attention_probs
 
 __all__ = [
@@ -57,7 +57,7 @@ class SparseAttention(nn.Module):
         attn_drop: Dropout on the attention probabilities.
         proj_drop: Dropout after the projection.
         norm_layer: Norm constructor for ``qk_norm`` / ``scale_norm``.
-        normalizer: "softmax", "entmax15", "sparsemax", "entmax<alpha>" or a float alpha.
+        normalizer: A :class:`~sparsedino.attention.normalizers.Normalizer` or any spelling it parses.
         scale: Score scale (default ``head_dim ** -0.5``). Entmax is not scale invariant: it sets sparsity.
         chunk_size: Query block size for the memory-bounded path (None = automatic, 0 = never).
         device: Parameter device.
@@ -80,7 +80,7 @@ class SparseAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
         norm_layer: type[nn.Module] | None = None,
-        normalizer: str | float = "entmax15",
+        normalizer: str | float | Normalizer = "entmax15",
         scale: float | None = None,
         chunk_size: int | None = None,
         device: torch.device | str | None = None,
@@ -119,11 +119,16 @@ class SparseAttention(nn.Module):
         return self._normalizer
 
     @normalizer.setter
-    def normalizer(self, value: str | float) -> None:
-        self._normalizer = normalizer_name(value)
+    def normalizer(self, value: str | float | Normalizer) -> None:
+        spec = parse_normalizer(value)
+        # Plain attributes, which TorchScript reads: the canonical name and the answer to "softmax?".
+        self._normalizer = spec.name
+        self._softmax = spec.is_softmax
 
     @classmethod
-    def from_timm(cls, attn: nn.Module, normalizer: str | float = "entmax15", scale: float | None = None):
+    def from_timm(
+        cls, attn: nn.Module, normalizer: str | float | Normalizer = "entmax15", scale: float | None = None
+    ):
         """Wrap an existing timm ``Attention`` (its submodules are reused, not copied)."""
         new = cls.__new__(cls)
         nn.Module.__init__(new)
@@ -171,7 +176,7 @@ class SparseAttention(nn.Module):
             if not torch.jit.is_scripting() and self._recorder is not None:
                 self._recorder.append(probs.detach().float())
             x = self.attn_drop(probs) @ v
-        elif self._normalizer == "softmax":
+        elif self._softmax:
             # scale=None when default, so outputs match timm's Attention bit for bit
             scale: float | None = None if self.scale == self.head_dim**-0.5 else self.scale
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
@@ -186,7 +191,9 @@ class SparseAttention(nn.Module):
 
 
 def make_attn_layer(
-    normalizer: str | float = "entmax15", scale: float | None = None, chunk_size: int | None = None
+    normalizer: str | float | Normalizer = "entmax15",
+    scale: float | None = None,
+    chunk_size: int | None = None,
 ) -> type[SparseAttention]:
     """A ``SparseAttention`` subclass with other defaults, for ``timm.create_model(..., attn_layer=...)``.
 
@@ -260,7 +267,9 @@ def _combine_masks(attn_mask: Tensor, causal: Tensor) -> Tensor:
     return attn_mask.masked_fill(~causal, float("-inf"))
 
 
-def sparsify(model: nn.Module, normalizer: str | float = "entmax15", scale: float | None = None) -> nn.Module:
+def sparsify(
+    model: nn.Module, normalizer: str | float | Normalizer = "entmax15", scale: float | None = None
+) -> nn.Module:
     """Switch every attention of a timm ViT to ``normalizer``, in place; the state dict is unchanged.
 
     timm ``Attention`` modules (plain, DINOv2-style with layer scale, register variants) are replaced by

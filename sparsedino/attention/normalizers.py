@@ -1,39 +1,38 @@
-"""Names of the attention normalisers and their (probabilities, gradient) kernels.
+"""The attention normaliser as a value: parsed once from any documented spelling into a :class:`Normalizer`.
 
-A normaliser is given as a string or as the entmax ``alpha``:
+==========================================  =============  =====  ===========  ==================================
+spellings accepted (case-insensitive)       ``.name``      alpha  ``.kind``    meaning
+==========================================  =============  =====  ===========  ==================================
+"softmax", 1.0, "1"                         "softmax"      1.0    "softmax"    dense softmax (SDPA when fused)
+"entmax15", "entmax-1.5", "entmax1.5",      "entmax15"     1.5    "entmax15"   exact entmax-1.5 (sort-free
+"entmax_15", "1.5", 1.5                                                        solver)
+"sparsemax", "entmax2", 2.0                 "sparsemax"    2.0    "sparsemax"  exact sparsemax
+"entmax1.25", "entmax-1.25", "1.25", 1.25   "entmax1.25"   1.25   "bisect"     alpha-entmax by bisection, any
+                                                                               alpha > 1
+==========================================  =============  =====  ===========  ==================================
 
-==================  =====================  ==========================================
-value               canonical name         meaning
-==================  =====================  ==========================================
-"softmax", 1.0      "softmax"              dense softmax (SDPA when fused)
-"entmax15", 1.5     "entmax15"             exact entmax-1.5 (sort-free solver)
-"sparsemax", 2.0    "sparsemax"            exact sparsemax
-1.25, "entmax1.25"  "entmax1.25"           alpha-entmax by bisection, any alpha > 1
-==================  =====================  ==========================================
+``.name`` is the canonical spelling: what checkpoints, configs written by the trainer, reports and layers
+store and compare. Commands parse their setting once (config load or CLI parse) with
+:func:`parse_normalizer`; everything below receives the value (or its canonical name).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from sparsedino.attention.entmax import (
-    entmax15,
-    entmax15_backward,
-    entmax15_forward,
-    entmax_bisect,
-    sparsemax,
-)
+from sparsedino.attention.entmax import entmax15, entmax_bisect, sparsemax
 
 __all__ = [
+    "Normalizer",
     "canonical_alpha",
     "normalize",
-    "normalize_scores",
-    "normalizer_alpha",
-    "normalizer_backward",
     "normalizer_name",
+    "parse_normalizer",
     "validate_normalizer",
 ]
 
@@ -47,6 +46,30 @@ _ALIASES = {
     "entmax2": "sparsemax",
     "entmax2.0": "sparsemax",
 }
+_KINDS = {"softmax": "softmax", "entmax15": "entmax15", "sparsemax": "sparsemax"}
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """A parsed attention normaliser (immutable; build it with :func:`parse_normalizer`).
+
+    Attributes:
+        name: Canonical spelling ("softmax", "entmax15", "sparsemax", "entmax1.25", ...).
+        alpha: entmax alpha (1.0 = softmax, 2.0 = sparsemax).
+        kind: Kernel family: "softmax", "entmax15", "sparsemax" or "bisect" (any other alpha).
+    """
+
+    name: str
+    alpha: float
+    kind: str
+
+    @property
+    def is_softmax(self) -> bool:
+        """Whether this is dense softmax (the one place the question is answered)."""
+        return self.kind == "softmax"
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def _from_alpha(alpha: float, original: object) -> str:
@@ -63,12 +86,7 @@ def _from_alpha(alpha: float, original: object) -> str:
     return f"entmax{alpha:g}"
 
 
-def normalizer_name(value: str | float) -> str:
-    """Canonical name of a normaliser ("softmax", "entmax15", "sparsemax", "entmax1.25", ...).
-
-    Raises:
-        ValueError: naming the value if it is not a known normaliser or a valid alpha.
-    """
+def _canonical(value: str | float) -> str:
     if isinstance(value, bool):
         raise ValueError(f"invalid attention normalizer {value!r}")
     if isinstance(value, (int, float)):
@@ -77,27 +95,50 @@ def normalizer_name(value: str | float) -> str:
         key = value.strip().lower()
         if key in _ALIASES:
             return _ALIASES[key]
-        if key.startswith("entmax"):
-            try:
-                alpha = float(key[len("entmax") :].lstrip("-_"))
-            except ValueError:
-                alpha = None
-            if alpha is not None:
-                return _from_alpha(alpha, value)
+        number = key[len("entmax") :].lstrip("-_") if key.startswith("entmax") else key
+        try:
+            alpha = float(number)
+        except ValueError:
+            alpha = None
+        if alpha is not None:
+            return _from_alpha(alpha, value)
     raise ValueError(
         f"invalid attention normalizer {value!r}: expected 'softmax', 'entmax15', 'sparsemax', "
-        "'entmax<alpha>' (e.g. 'entmax1.25') or a float alpha >= 1"
+        "'entmax<alpha>' (e.g. 'entmax1.25'), or an alpha >= 1 (e.g. 1.5)"
     )
 
 
-def validate_normalizer(value: str | float) -> str:
+@functools.lru_cache(maxsize=256, typed=True)
+def _parse(value: str | float) -> Normalizer:
+    name = _canonical(value)
+    return Normalizer(name, canonical_alpha(name), _KINDS.get(name, "bisect"))
+
+
+def parse_normalizer(value: str | float | Normalizer) -> Normalizer:
+    """The :class:`Normalizer` of any documented spelling, an alpha, or a :class:`Normalizer` (returned as is).
+
+    Raises:
+        ValueError: naming the value if it is not a known normaliser or a valid alpha.
+    """
+    if isinstance(value, Normalizer):
+        return value
+    if not isinstance(value, (str, int, float)):
+        raise ValueError(f"invalid attention normalizer {value!r}")
+    return _parse(value)
+
+
+def normalizer_name(value: str | float | Normalizer) -> str:
+    """Canonical name of a normaliser ("softmax", "entmax15", "sparsemax", "entmax1.25", ...).
+
+    Raises:
+        ValueError: naming the value if it is not a known normaliser or a valid alpha.
+    """
+    return parse_normalizer(value).name
+
+
+def validate_normalizer(value: str | float | Normalizer) -> str:
     """Check ``value`` names a normaliser; returns the canonical name (ValueError naming the value if not)."""
-    return normalizer_name(value)
-
-
-def normalizer_alpha(name: str | float) -> float:
-    """The entmax alpha of a normaliser (1.0 for softmax)."""
-    return canonical_alpha(normalizer_name(name))
+    return parse_normalizer(value).name
 
 
 def canonical_alpha(name: str) -> float:
@@ -111,50 +152,13 @@ def canonical_alpha(name: str) -> float:
     return float(name[6:])  # "entmax<alpha>"
 
 
-def normalize(scores: Tensor, name: str, dim: int = -1) -> Tensor:
-    """Apply the (canonical) normaliser ``name`` along ``dim`` (differentiable)."""
-    if name == "softmax":
+def normalize(scores: Tensor, normalizer: str | float | Normalizer, dim: int = -1) -> Tensor:
+    """Apply ``normalizer`` along ``dim`` (differentiable)."""
+    spec = parse_normalizer(normalizer)
+    if spec.is_softmax:
         return torch.softmax(scores, dim=dim)
-    if name == "entmax15":
+    if spec.kind == "entmax15":
         return entmax15(scores, dim=dim)
-    if name == "sparsemax":
+    if spec.kind == "sparsemax":
         return sparsemax(scores, dim=dim)
-    return entmax_bisect(scores, alpha=normalizer_alpha(name), dim=dim)
-
-
-def normalize_scores(
-    scores: Tensor, name: str, scale: float, bias: Tensor | None, thresholds: Tensor | None = None
-) -> Tensor:
-    """Probabilities of ``scores * scale + bias`` along the last dim, without autograd (attention op).
-
-    ``scores`` is a temporary the caller owns (overwritten). ``thresholds``: see ``entmax15_forward``.
-    """
-    if name == "entmax15":
-        return entmax15_forward(scores, -1, scale, bias, inplace=True, thresholds=thresholds)
-    scores = scores * scale if bias is None else scores * scale + bias
-    with torch.no_grad():
-        return normalize(scores, name)
-
-
-def normalizer_backward(
-    p: Tensor, grad: Tensor, name: str, dim: int = -1, scale: float = 1.0, inplace: bool = False
-) -> Tensor:
-    """Gradient w.r.t. the scores (times ``scale``) from the probabilities ``p`` only (attention op).
-
-    Computed in float32 (float64 stays float64), returned in ``grad``'s dtype. ``inplace=True`` allows
-    overwriting ``grad`` (a temporary the caller owns).
-    """
-    if name == "entmax15":
-        return entmax15_backward(p, grad, dim, scale, inplace=inplace)
-    out_dtype = grad.dtype
-    compute = torch.float64 if grad.dtype == torch.float64 else torch.float32
-    p, grad = p.to(compute), grad.to(compute)
-    if name == "softmax":
-        gp = grad * p
-        return ((gp - p * gp.sum(dim, keepdim=True)) * scale).to(out_dtype)
-    alpha = normalizer_alpha(name)
-    # alpha-entmax (sparsemax at alpha=2): s = p^(2-alpha) on the support; ds = s*g - s*sum(s*g)/sum(s).
-    s = torch.where(p > 0, p.clamp_min(1e-30).pow(2.0 - alpha), torch.zeros_like(p))
-    sg = s * grad
-    ds = (sg - s * sg.sum(dim, keepdim=True) / s.sum(dim, keepdim=True).clamp_min(1e-30)) * scale
-    return ds.to(out_dtype)
+    return entmax_bisect(scores, alpha=spec.alpha, dim=dim)

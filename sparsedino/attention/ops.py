@@ -1,13 +1,13 @@
 """``attention(q, k, v, normalizer=...)``: scaled dot-product attention with a sparse normaliser.
 
-Paths, chosen per call:
+Paths, chosen per call by :func:`sparsedino.attention.dispatch.attention_path` (the table there):
 
 * ``"softmax"`` -> ``F.scaled_dot_product_attention`` (fused, never materialises probabilities).
+* dropout on the probabilities (training) -> the plain autograd composition (probabilities materialised).
 * sparse normaliser, CUDA, ``adasplash`` installed and inputs within its constraints -> adasplash kernel.
 * sparse normaliser otherwise -> :class:`~sparsedino.attention.chunked.SparseAttentionFunction`: scores,
   probabilities and output per block of queries; backward from the saved probabilities (one block) or by
   recomputing them block by block (``chunk_size``), which bounds memory for long sequences.
-* dropout on the probabilities (training) -> the plain autograd composition (probabilities materialised).
 
 Precision: under autocast the sparse paths do what SDPA does (q, k, v cast to the autocast dtype), then
 compute the scores ``q k^T`` and the normaliser (forward and backward) in float32, with autocast off:
@@ -26,7 +26,9 @@ from torch import Tensor
 
 from sparsedino.attention import backends
 from sparsedino.attention.chunked import SparseAttentionFunction
-from sparsedino.attention.normalizers import normalize, normalizer_name
+from sparsedino.attention.dispatch import attention_path
+from sparsedino.attention.gradients import compute_dtype
+from sparsedino.attention.normalizers import Normalizer, normalize, parse_normalizer
 
 __all__ = [
     "AUTO_CHUNK_BYTES",
@@ -111,7 +113,7 @@ def batch_per_tile(q: Tensor, k: Tensor, rows: int) -> int:
 def attention_probs(
     q: Tensor,
     k: Tensor,
-    normalizer: str | float = "entmax15",
+    normalizer: str | float | Normalizer = "entmax15",
     scale: float | None = None,
     attn_mask: Tensor | None = None,
 ) -> Tensor:
@@ -119,12 +121,12 @@ def attention_probs(
 
     Scores and normaliser in float32 (float64 for float64 inputs); returned in the (autocast) input dtype.
     """
-    name = normalizer_name(normalizer)
+    spec = parse_normalizer(normalizer)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     (q, k), precision = _autocast_inputs(q, k)
-    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    compute = compute_dtype(q)
     with precision:
-        return normalize(masked_scores(q.to(compute), k.to(compute), scale, attn_mask), name).to(q.dtype)
+        return normalize(masked_scores(q.to(compute), k.to(compute), scale, attn_mask), spec).to(q.dtype)
 
 
 def masked_scores(q: Tensor, k: Tensor, scale: float, attn_mask: Tensor | None) -> Tensor:
@@ -145,7 +147,7 @@ def attention(
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    normalizer: str | float = "entmax15",
+    normalizer: str | float | Normalizer = "entmax15",
     scale: float | None = None,
     attn_mask: Tensor | None = None,
     dropout_p: float = 0.0,
@@ -157,7 +159,8 @@ def attention(
         q: Queries (B, H, N, D).
         k: Keys (B, H, M, D).
         v: Values (B, H, M, Dv).
-        normalizer: "softmax", "entmax15", "sparsemax", "entmax<alpha>" or a float alpha >= 1.
+        normalizer: A :class:`~sparsedino.attention.normalizers.Normalizer` or any spelling it parses
+            ("softmax", "entmax15", "entmax-1.5", "1.5", "sparsemax", "entmax<alpha>", an alpha >= 1).
         scale: Score scale, default ``D ** -0.5``. Entmax is not scale invariant: this sets the sparsity.
         attn_mask: Bool (True = attend) or additive float mask broadcastable to (B, H, N, M), like SDPA.
             Fully masked rows give zero output with sparse normalisers (NaN-free), as SDPA's softmax does not.
@@ -170,25 +173,26 @@ def attention(
     Returns:
         Output (B, H, N, Dv).
     """
-    name = normalizer_name(normalizer)
+    spec = parse_normalizer(normalizer)
     _check_inputs(q, k, v, attn_mask)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 0):
         raise ValueError(f"chunk_size must be None or an int >= 0, got {chunk_size!r}")
-    if name == "softmax":
+    if attention_path(q, k, v, spec, attn_mask, dropout_p) == "sdpa":  # before the casts: SDPA does its own
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if dropout_p > 0.0 and chunk_size:
         raise ValueError("the chunked attention path does not support dropout_p > 0 (use chunk_size=0)")
     (q, k, v), precision = _autocast_inputs(q, k, v)
     with precision:
-        if dropout_p > 0.0:
-            probs = F.dropout(attention_probs(q, k, name, scale, attn_mask), p=dropout_p)
+        path = attention_path(q, k, v, spec, attn_mask, dropout_p)
+        if path == "materialise":
+            probs = F.dropout(attention_probs(q, k, spec, scale, attn_mask), p=dropout_p)
             return torch.matmul(probs, v)
-        if attn_mask is None and backends.adasplash_usable(q, k, v, name):
-            return backends.adasplash_attention(q, k, v, name, scale)
+        if path == "adasplash":
+            return backends.adasplash_attention(q, k, v, spec, scale)
         if chunk_size is None:
             chunk_size = auto_chunk_size(q, k)
         bias = mask_to_bias(attn_mask, torch.float32 if q.dtype != torch.float64 else q.dtype)
         batch = batch_per_tile(q, k, chunk_size) if chunk_size else 0
         recorded = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        return SparseAttentionFunction.apply(q, k, v, bias, name, scale, chunk_size, batch, recorded)
+        return SparseAttentionFunction.apply(q, k, v, bias, spec, scale, chunk_size, batch, recorded)

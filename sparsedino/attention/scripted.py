@@ -21,20 +21,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsedino.attention.entmax import (
-    _TINY,
-    BISECT_STEPS,
-    _bisect_forward,
-    _entmax15_sort,
-    _sparsemax_forward,
-)
+from sparsedino.attention.alpha_entmax import BISECT_STEPS, _bisect_forward, _sparsemax_forward
+from sparsedino.attention.entmax import _entmax15_sort
+from sparsedino.attention.gradients import TINY
 from sparsedino.attention.normalizers import canonical_alpha
 from sparsedino.attention.ops import masked_scores
 
 __all__ = ["attention_probs", "probs"]
 
 
-def probs(scores: Tensor, alpha: float, tiny: float = _TINY, steps: int = BISECT_STEPS) -> Tensor:
+def probs(scores: Tensor, alpha: float, tiny: float = TINY, steps: int = BISECT_STEPS) -> Tensor:
     """alpha-entmax of ``scores`` along the last dim (1 = softmax); exact values, exact gradient w.r.t. scores.
 
     (``tiny`` and ``steps`` are arguments because TorchScript cannot read module globals.)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sparsedino.attention import attention, backends, compiled
+from sparsedino.attention.gradients import TINY
 from sparsedino.bench.device import peak_bytes, sdpa_flash, synchronize
 
 PATHS = ("sdpa", "adasplash", "compiled", "eager")
@@ -111,7 +112,7 @@ def exactness(path: str, fn, shape, dtype, device) -> dict[str, Any]:
     out.backward(grad_out)
     got = [out.detach(), q.grad, k.grad, v.grad]
     ref = _reference(path, q, k, v, grad_out)
-    errors = [float((g.double() - r).abs().max() / r.abs().max().clamp_min(1e-30)) for g, r in zip(got, ref)]
+    errors = [float((g.double() - r).abs().max() / r.abs().max().clamp_min(TINY)) for g, r in zip(got, ref)]
     finite = all(bool(g.isfinite().all()) for g in got)
     tol = TOLERANCE[dtype]
     return {

@@ -66,8 +66,10 @@ def _losses(out: Path) -> dict[int, float]:
 
 def _weight_difference(a: Path, b: Path) -> float:
     """Largest relative difference between two checkpoints' student/teacher weights and DINO centre."""
-    ca = torch.load(a / "checkpoint.pth", weights_only=True, map_location="cpu")
-    cb = torch.load(b / "checkpoint.pth", weights_only=True, map_location="cpu")
+    from sparsedino.train.checkpointing import LATEST
+
+    ca = torch.load(a / LATEST, weights_only=True, map_location="cpu")
+    cb = torch.load(b / LATEST, weights_only=True, map_location="cpu")
     worst = 0.0
     for part in ("student", "teacher", "dino_loss"):
         for key, va in ca[part].items():

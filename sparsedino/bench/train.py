@@ -99,7 +99,9 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--normalizers", nargs="+", default=["softmax", "entmax15"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args(list(argv))
+    from sparsedino.config import check_normalizers
 
+    args.normalizers = [spec.name for spec in check_normalizers(args.normalizers, "--normalizers")]
     import torch
 
     if args.threads > 0:

@@ -20,9 +20,10 @@ import timm
 import torch
 
 from sparsedino.atomic import atomic_write_json
-from sparsedino.attention import sparsify
+from sparsedino.attention import parse_normalizer, sparsify
 from sparsedino.attention.compiled import set_compile
 from sparsedino.bench.attention import DEFAULT_JSON_DIR, environment
+from sparsedino.config import check_normalizers
 
 ARCHS = {
     "vit_small_patch16_224": "ViT-S/16",
@@ -38,7 +39,7 @@ def build_models(arch: str, img_size: int, normalizers: Sequence[str]) -> dict[s
     models = {}
     for name in normalizers:
         model = copy.deepcopy(base)
-        if name != "softmax":
+        if not parse_normalizer(name).is_softmax:
             sparsify(model, name)
         models[name] = model.train()
     return models
@@ -61,9 +62,10 @@ def main(argv: Sequence[str]) -> int:
     args = parser.parse_args(list(argv))
     if args.repeats < 1 or args.batch_size < 1:
         parser.error("--repeats and --batch-size must be >= 1")
+    given = [n.strip() for n in args.normalizers.split(",") if n.strip()]
+    normalizers = [spec.name for spec in check_normalizers(given, "--normalizers")]
     if args.no_compile:
         set_compile(False)
-    normalizers = [n.strip() for n in args.normalizers.split(",") if n.strip()]
     env = environment(torch.device("cpu"))
     print(
         f"# ViT training-step benchmark  {args.arch} batch {args.batch_size} {args.img_size}px  "

@@ -14,12 +14,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sparsedino.data.labels import IGNORE_INDEX
+
+# DINO's input normalisation, ImageNet's mean and std: timm's constants are their one home.
+IMAGENET_MEAN = IMAGENET_DEFAULT_MEAN
+IMAGENET_STD = IMAGENET_DEFAULT_STD
 
 
 def _short_side_size(height: int, width: int, short: int) -> tuple[int, int]:
@@ -87,7 +91,7 @@ def make_seg_train_transform(
     hflip: bool = True,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-    ignore_index: int = 255,
+    ignore_index: int = IGNORE_INDEX,
 ) -> v2.Compose:
     """The mmseg/DINOv2 train pipeline: random short-side scale, random crop (ignore-padded), flip, normalise.
 

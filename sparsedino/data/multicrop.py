@@ -19,8 +19,7 @@ from PIL import Image, ImageFilter
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from sparsedino.data.joint_transforms import IMAGENET_MEAN, IMAGENET_STD
 
 
 class RandomGaussianBlur:

@@ -21,9 +21,8 @@ from torchvision import tv_tensors
 
 from sparsedino.data.images import BadImageError, load_rgb
 from sparsedino.data.joint_transforms import make_seg_eval_transform
+from sparsedino.data.labels import IGNORE_INDEX
 from sparsedino.errors import DataError, MissingDataError
-
-IGNORE_INDEX = 255
 
 
 class SegmentationDataset(Dataset):

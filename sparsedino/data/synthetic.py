@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from sparsedino.data.labels import IGNORE_INDEX
 from sparsedino.data.palettes import class_colours, jittered_class_colours, object_colours, voc_palette
 
 __all__ = ["class_colours", "class_names", "class_pairs", "make_scene", "scene_rng", "voc_palette",
@@ -59,7 +60,6 @@ __all__ = ["class_colours", "class_names", "class_pairs", "make_scene", "scene_r
 SHAPES = ("disc", "square", "triangle", "cross", "ring", "star")
 TEXTURES = ("stripes", "checker", "dots", "solid")
 MAX_CLASSES = len(SHAPES) * len(TEXTURES)
-IGNORE_INDEX = 255
 COLOUR_MODES = ("random", "class", "shared", "marker", "metamer")
 METAMER_TEXTURES = ("stripes", "checker")  # the 50/50 patterns that keep a metamer pair's mean colour
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from sparsedino.attention.gradients import TINY
 from sparsedino.diagnose.pca import pca_project
 
 
@@ -28,7 +29,7 @@ def cls_attention_mask(cls_attn: torch.Tensor, keep: float = 0.6) -> torch.Tenso
         (..., M) bool mask.
     """
     a = cls_attn.float()
-    a = a / a.sum(-1, keepdim=True).clamp_min(1e-30)
+    a = a / a.sum(-1, keepdim=True).clamp_min(TINY)
     vals = a.sort(dim=-1, descending=True).values
     before = vals.cumsum(-1) - vals  # mass of the patches ranked strictly before
     n_kept = (before < keep).sum(-1, keepdim=True).clamp_min(1)  # (..., 1) patches needed

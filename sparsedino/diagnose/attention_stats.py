@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from sparsedino.attention.gradients import TINY
+
 
 def attention_entropy(attn: torch.Tensor, num_prefix: int) -> torch.Tensor:
     """Shannon entropy (nats) of each patch query's attention row over all N keys, 0 log 0 = 0.
@@ -72,7 +74,7 @@ def mean_attention_distance(
     mass = a.sum(-1)  # (B, H, hw)
     dist = patch_distances(grid, patch_size).to(a.device)
     weighted = (a * dist).sum(-1)
-    return torch.where(mass > 0, weighted / mass.clamp_min(1e-30), torch.full_like(mass, float("nan")))
+    return torch.where(mass > 0, weighted / mass.clamp_min(TINY), torch.full_like(mass, float("nan")))
 
 
 def cls_patch_attention(
@@ -89,7 +91,7 @@ def cls_patch_attention(
         a = a.mean(1)  # (B, hw)
     total = a.sum(-1, keepdim=True)
     uniform = torch.full_like(a, 1.0 / a.shape[-1])
-    return torch.where(total > 0, a / total.clamp_min(1e-30), uniform)
+    return torch.where(total > 0, a / total.clamp_min(TINY), uniform)
 
 
 def cls_foreground_mass(cls_attn: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -106,4 +108,4 @@ def cls_foreground_mass(cls_attn: torch.Tensor, fg: torch.Tensor, valid: torch.T
     """
     on_valid = (cls_attn * valid).sum(-1)
     on_fg = (cls_attn * (fg & valid)).sum(-1)
-    return torch.where(on_valid > 0, on_fg / on_valid.clamp_min(1e-30), torch.full_like(on_fg, float("nan")))
+    return torch.where(on_valid > 0, on_fg / on_valid.clamp_min(TINY), torch.full_like(on_fg, float("nan")))

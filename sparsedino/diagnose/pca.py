@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from sparsedino.attention.gradients import TINY
+
 
 def pca_project(feats: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     """Project features on their first ``k`` principal components.
@@ -22,7 +24,7 @@ def pca_project(feats: torch.Tensor, k: int = 3) -> tuple[torch.Tensor, torch.Te
     _, s, vh = torch.linalg.svd(x, full_matrices=False)  # vh (min(M, C), C)
     k = min(k, vh.shape[0])
     var = s.square()
-    return x @ vh[:k].T, var[:k] / var.sum().clamp_min(1e-30)
+    return x @ vh[:k].T, var[:k] / var.sum().clamp_min(TINY)
 
 
 def pca_rgb(feats: torch.Tensor, grid: tuple[int, int], fit_on: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,13 +17,12 @@ resolved config beside them.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sparsedino.config import ConfigError, save_config
+from sparsedino.config import ConfigError, check_normalizer, save_config
 from sparsedino.eval.settings import PROTOCOLS, load_protocol_config
 
 _HELP = """
@@ -67,18 +66,10 @@ def _parser(protocol: str) -> argparse.ArgumentParser:
 
 
 def normalizer_option(value: str | None):
-    """``--normalizer`` as :func:`sparsedino.models.load_backbone` takes it (checked, naming the option)."""
-    if value is None:
-        return None
-    from sparsedino.attention import validate_normalizer
-
-    with contextlib.suppress(ValueError):
-        value = float(value)  # "1.5" -> alpha 1.5
-    try:
-        validate_normalizer(value)
-    except ValueError as err:
-        raise ConfigError(f"--normalizer: {err}") from err
-    return value
+    """``--normalizer`` parsed once (any documented spelling, e.g. ``entmax-1.5`` or ``1.5``) into the
+    :class:`sparsedino.attention.Normalizer` that :func:`sparsedino.models.load_backbone` takes; None if
+    not given. ConfigError naming the option otherwise."""
+    return None if value is None else check_normalizer(value, "--normalizer")
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -133,7 +124,7 @@ def run_protocol(protocol: str, model, cfg, out: Path | None = None) -> dict:
         raise ConfigError("data_root is empty: pass --data ROOT or data_root=...")
     check_fits_model(protocol, model, cfg)
     if protocol == "video":
-        from sparsedino.eval.features import resolve_device
+        from sparsedino.config import resolve_device
         from sparsedino.eval.video import BackboneFeatures, build_davis, run_video
 
         dataset = build_davis(cfg)

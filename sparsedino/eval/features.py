@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from sparsedino.atomic import atomic_write_bytes
+from sparsedino.config import resolve_device
 
 CACHE_FORMAT = "sparsedino-features-v1"
 # An attribute that evaluation-time edits of a model's features set (e.g. diagnose/injection.py): part of the
@@ -356,10 +357,3 @@ def extract_for_protocol(
         dtype=dtype,
         desc=f"features[{tag}]",
     )
-
-
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)

@@ -179,7 +179,8 @@ def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dic
             evaluation transform; ``augment`` mode swaps the train transform for the augmenting one.
         cfg: :class:`sparsedino.eval.settings.LinearConfig`.
     """
-    from sparsedino.eval.features import extract_for_protocol, resolve_device
+    from sparsedino.config import resolve_device
+    from sparsedino.eval.features import extract_for_protocol
 
     model_depth = len(model.blocks)
     blocks = [n for n in cfg.n_last_blocks if n <= model_depth]  # a 3-block model has no "last 4"

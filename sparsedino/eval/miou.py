@@ -16,6 +16,8 @@ import math
 
 import torch
 
+from sparsedino.data.labels import IGNORE_INDEX
+
 
 class ConfusionMatrix:
     """Accumulate a (num_classes, num_classes) confusion matrix (rows = target, columns = prediction).
@@ -25,7 +27,7 @@ class ConfusionMatrix:
         ignore_index: target value to skip.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)

@@ -19,9 +19,8 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from sparsedino.data.labels import IGNORE_INDEX
 from sparsedino.eval.miou import ConfusionMatrix
-
-IGNORE_INDEX = 255
 
 
 def patch_label_histograms(masks: torch.Tensor, patch: int, num_classes: int) -> torch.Tensor:

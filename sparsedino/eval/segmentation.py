@@ -30,10 +30,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from sparsedino.eval.features import FeatureSet, forward_tokens, resolve_device, resolve_layers
+from sparsedino.config import resolve_device
+from sparsedino.data.labels import IGNORE_INDEX
+from sparsedino.eval.features import FeatureSet, forward_tokens, resolve_layers
 from sparsedino.eval.miou import ConfusionMatrix
-
-IGNORE_INDEX = 255
 
 
 class LinearSegHead(nn.Module):

@@ -9,13 +9,16 @@ checkpoints are interchangeable and load into stock timm models.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
+
+if TYPE_CHECKING:
+    from sparsedino.attention import Normalizer
 
 # Architecture table: name -> (embed_dim, depth, num_heads). The widths/depths are DINO's / DeiT's.
 # ``vit_pico`` is a tiny model for CPU tests and demos (not a published architecture).
@@ -115,7 +118,7 @@ def build_vit(
     arch: str = "vit_small",
     patch_size: int = 16,
     img_size: int = 224,
-    normalizer: str | float = "entmax15",
+    normalizer: str | float | Normalizer = "entmax15",
     drop_path_rate: float = 0.0,
     num_registers: int = 0,
     dynamic_img_size: bool = True,

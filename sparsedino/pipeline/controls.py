@@ -23,8 +23,6 @@ from sparsedino.pipeline.runner import _load_final, _with, _write_json
 from sparsedino.pipeline.settings import resolve_arm
 from sparsedino.pipeline.stages import Stage
 
-EPOCH0_CHECKPOINT = "checkpoint_epoch0000.pth"
-
 
 def control_stages(plan: RunPlan) -> list[Stage]:
     """Every calibration stage the plan's ``controls`` section asks for (none when disabled)."""
@@ -71,8 +69,9 @@ def _floor_stages(plan: RunPlan) -> list[Stage]:
 
         def run(stage_dir: Path, rid=rid, train_cfg=train_cfg) -> dict:
             from sparsedino.models import load_backbone
+            from sparsedino.train.checkpointing import epoch_snapshot_name
 
-            path = Path(train_cfg.run.output_dir) / EPOCH0_CHECKPOINT
+            path = Path(train_cfg.run.output_dir) / epoch_snapshot_name(0)
             if not path.is_file():
                 raise FileNotFoundError(
                     f"{path} is missing: the floor needs the initialisation snapshot, written when "
@@ -154,7 +153,7 @@ def _video_jf(plan: RunPlan, model) -> float | None:
     """J&F-Mean (0-1) of DINO's video label propagation with ``model`` (None when the video stage is off)."""
     if plan.video is None:
         return None
-    from sparsedino.eval.features import resolve_device
+    from sparsedino.config import resolve_device
     from sparsedino.eval.video import BackboneFeatures, build_davis, run_video
 
     vcfg = plan.video

@@ -9,15 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from pathlib import Path
 
 from sparsedino.config import config_to_dict, save_config
 from sparsedino.pipeline.plan import RunPlan
 from sparsedino.pipeline.stages import Stage
-
-LATEST_CHECKPOINT = "checkpoint.pth"
-_EPOCH_FILE = re.compile(r"checkpoint_epoch(\d+)\.pth$")
 
 
 def data_stages(plan: RunPlan) -> list[Stage]:
@@ -149,16 +145,17 @@ def _data_dep(plan: RunPlan) -> list[str]:
 
 def _load_final(plan: RunPlan, rid: str):
     from sparsedino.models import load_backbone
+    from sparsedino.train.checkpointing import LATEST
 
-    return load_backbone(Path(plan.train[rid].run.output_dir) / LATEST_CHECKPOINT)
+    return load_backbone(Path(plan.train[rid].run.output_dir) / LATEST)
 
 
 def _epoch_checkpoints(plan: RunPlan, rid: str) -> list[tuple[int, Path]]:
+    from sparsedino.train.checkpointing import EPOCH_SNAPSHOT_GLOB, snapshot_epoch
+
     folder = Path(plan.train[rid].run.output_dir)
     found = sorted(
-        (int(m.group(1)), p)
-        for p in folder.glob("checkpoint_epoch*.pth")
-        if (m := _EPOCH_FILE.search(p.name))
+        (epoch, p) for p in folder.glob(EPOCH_SNAPSHOT_GLOB) if (epoch := snapshot_epoch(p.name)) is not None
     )
     every = max(1, plan.cfg.curve.every_epochs)
     init = [(e, p) for e, p in found if e == 0]  # the initialisation: where every curve starts

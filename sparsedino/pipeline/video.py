@@ -46,7 +46,7 @@ def video_stages(plan) -> list[Stage]:
     """The clips (embedded data only), the oracle / constant-feature references and one stage per run."""
     if plan.video is None:
         return []
-    from sparsedino.eval.features import resolve_device
+    from sparsedino.config import resolve_device
     from sparsedino.eval.video import (
         BackboneFeatures,
         ConstantFeatures,

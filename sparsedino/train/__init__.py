@@ -11,10 +11,13 @@ __all__ = ["NonFiniteLossError", "TrainConfig", "load_train_config", "run_traini
 
 
 def load_train_config(path=None, overrides=()) -> TrainConfig:
-    """``load_config(TrainConfig, path, overrides)`` plus range/choice checks (errors name the key)."""
+    """``load_config(TrainConfig, path, overrides)`` plus range/choice checks (errors name the key).
+
+    ``model.normalizer`` comes back in its canonical spelling (``entmax-1.5`` -> ``entmax15``).
+    """
     from sparsedino.config import load_config
-    from sparsedino.train.settings import validate
+    from sparsedino.train.settings import canonical, validate
 
     cfg = load_config(TrainConfig, path, overrides)
     validate(cfg)
-    return cfg
+    return canonical(cfg)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,9 +33,19 @@ SUMMARY = "train_summary.json"  # written when a run has finished its last epoch
 FORMAT_VERSION = 1
 
 
+EPOCH_SNAPSHOT_GLOB = "checkpoint_epoch*.pth"
+_EPOCH_SNAPSHOT = re.compile(r"checkpoint_epoch(\d+)\.pth$")
+
+
 def epoch_snapshot_name(epoch: int) -> str:
     """File name of the weights-only snapshot after ``epoch`` completed epochs."""
     return f"checkpoint_epoch{epoch:04d}.pth"
+
+
+def snapshot_epoch(name: str) -> int | None:
+    """The epoch of a snapshot file name (as :func:`epoch_snapshot_name` writes it), None for other names."""
+    match = _EPOCH_SNAPSHOT.search(name)
+    return int(match.group(1)) if match else None
 
 
 def rng_state() -> dict[str, Any]:
@@ -73,7 +84,7 @@ def model_metadata(cfg: Any, epoch: int, iteration: int) -> dict[str, Any]:
     """What :func:`sparsedino.models.load_backbone` needs to rebuild the backbone."""
     from sparsedino.attention import normalizer_name
 
-    m = cfg.model
+    m = cfg.model  # (normalizer: canonical already when loaded by load_train_config; kept for callers' cfgs)
     return {
         "format_version": FORMAT_VERSION,
         "arch": m.arch,
@@ -143,8 +154,24 @@ def save_snapshot(path: Path, state: TrainState, cfg: Any, epoch: int) -> None:
     )
 
 
+def _canonical_normalizer(model: Any) -> Any:
+    """A stored ``model`` section with its normaliser in canonical spelling (checkpoints written before
+    configs were canonicalised keep the user's spelling, e.g. ``entmax-1.5``); anything else as is."""
+    from sparsedino.attention import normalizer_name
+
+    if not isinstance(model, dict) or "normalizer" not in model:
+        return model
+    try:
+        return {**model, "normalizer": normalizer_name(model["normalizer"])}
+    except ValueError:
+        return model  # an invalid stored value: reported as a difference below
+
+
 def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
+    """Resume only into the same model and batch layout (normalisers compared in canonical spelling)."""
     current = config_to_dict(cfg)
+    current["model"] = _canonical_normalizer(current["model"])
+    stored = {**stored, "model": _canonical_normalizer(stored.get("model", {}))}
     keys = ["model", "data.global_crops_number", "data.local_crops_number", "optim.batch_size_per_gpu"]
     for key in keys:
         section, _, leaf = key.partition(".")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from sparsedino.config import resolve_device
+
 
 @dataclass
 class DistInfo:
@@ -61,7 +63,7 @@ def launcher_env() -> tuple[int, int, int] | None:
 
 def pick_device(requested: str, local_rank: int) -> torch.device:
     """``auto`` -> the local rank's GPU when CUDA is available, else CPU."""
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+    if resolve_device(requested) == torch.device("cuda"):  # "cuda", or "auto" with CUDA available
         if not torch.cuda.is_available():
             raise RuntimeError("run.device=cuda but CUDA is not available")
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
@@ -91,15 +93,6 @@ def cleanup() -> None:
     """Leave the process group (if any)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks (identity without a process group)."""
-    if dist.is_available() and dist.is_initialized():
-        value = value.clone()
-        dist.all_reduce(value)
-        value /= dist.get_world_size()
-    return value
 
 
 def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ from sparsedino.train.data import ResumableDistributedSampler, build_dataset, bu
 from sparsedino.train.distributed import DistInfo, all_reduce_sum, cleanup, gather_objects, init_distributed
 from sparsedino.train.metrics import MetricLogger, truncate_jsonl
 from sparsedino.train.schedules import cosine_schedule
-from sparsedino.train.settings import TrainConfig, validate
+from sparsedino.train.settings import TrainConfig, canonical, validate
 
 log = logging.getLogger(__name__)
 
@@ -382,6 +382,7 @@ def run_training(cfg: TrainConfig) -> Path:
         NonFiniteLossError: the loss became NaN/inf.
     """
     validate(cfg)
+    cfg = canonical(cfg)  # (a config built without load_train_config may spell the normaliser otherwise)
     check_output_dir(cfg.run.output_dir, "run.output_dir")
     owned = not (dist.is_available() and dist.is_initialized())
     dist_info = init_distributed(cfg.run.device, cfg.run.dist_timeout_s)

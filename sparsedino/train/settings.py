@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
-from sparsedino.config import ConfigError, check_device
+from sparsedino.config import ConfigError, check_device, check_normalizer, resolve_device
 
 
 @dataclass
@@ -23,7 +23,8 @@ class ModelSettings:
     arch: str = "vit_small"  # vit_pico | vit_tiny | vit_small | vit_base | vit_large
     patch_size: int = 16
     img_size: int = 224  # position-embedding grid (other sizes are interpolated)
-    normalizer: str = "entmax15"  # softmax | entmax15 | sparsemax | entmax<alpha> e.g. entmax1.25
+    normalizer: str = "entmax15"  # softmax | entmax15 | sparsemax | entmax<alpha> e.g. entmax1.25 (canonical
+    # name once loaded: entmax-1.5 / 1.5 -> entmax15)
     attn_scale: float | None = None  # None = head_dim ** -0.5 (entmax sparsity depends on it)
     num_registers: int = 0  # register tokens (Darcet et al.), the natural baseline
     drop_path_rate: float = 0.1  # student only
@@ -177,6 +178,17 @@ def check_fp16_device(device_type: str) -> None:
         raise ConfigError("key 'run.precision': fp16 needs a CUDA device; use fp32 or bf16 on CPU")
 
 
+def canonical(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with ``model.normalizer`` in its canonical spelling (``cfg`` itself when it already is), so
+    that checkpoints, the written config and resume checks all see one spelling per normaliser."""
+    name = check_normalizer(cfg.model.normalizer, "model.normalizer").name
+    if name == cfg.model.normalizer:
+        return cfg
+    out = OmegaConf.merge(cfg, {"model": {"normalizer": name}})
+    OmegaConf.set_readonly(out, True)
+    return out  # type: ignore[return-value]
+
+
 def _get(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
         cfg = getattr(cfg, part)
@@ -185,8 +197,6 @@ def _get(cfg: Any, dotted: str) -> Any:
 
 def validate(cfg: TrainConfig) -> None:
     """Check choices, ranges and cross-field constraints; raise :class:`ConfigError` naming the key."""
-    from sparsedino.attention import validate_normalizer
-
     for key, choices in _CHOICES.items():
         if _get(cfg, key) not in choices:
             raise ConfigError(f"key {key!r}: {_get(cfg, key)!r} is not one of {', '.join(choices)}")
@@ -209,16 +219,8 @@ def validate(cfg: TrainConfig) -> None:
         )
     check_device(cfg.run.device, "run.device")
     if cfg.run.precision == "fp16":
-        import torch
-
-        device = "cuda" if cfg.run.device == "auto" else cfg.run.device.split(":")[0]
-        if device == "cuda" and not torch.cuda.is_available():
-            device = "cpu"
-        check_fp16_device(device)
-    try:
-        validate_normalizer(cfg.model.normalizer)
-    except ValueError as err:
-        raise ConfigError(f"key 'model.normalizer': {err}") from err
+        check_fp16_device(resolve_device(cfg.run.device).type)  # (a missing CUDA device: rejected above)
+    check_normalizer(cfg.model.normalizer, "model.normalizer")
     if not 0.0 <= cfg.model.drop_path_rate < 1.0:
         raise ConfigError(f"key 'model.drop_path_rate' must be in [0, 1), got {cfg.model.drop_path_rate}")
     if cfg.data.global_crops_number < 2:

@@ -1,6 +1,10 @@
 """The fast paths the eager test-suite does not take: native CPU kernels, torch.compile, the switch."""
 
+import ast
+import re
 import shutil
+from fnmatch import fnmatch
+from pathlib import Path
 
 import entmax as ref
 import pytest
@@ -160,3 +164,31 @@ def test_native_tiled_attention_equals_unchunked(fast_paths, masked):
     grads_tiled = torch.autograd.grad(tiled, (q, k, v), g)
     assert (full - tiled).abs().max() <= 1e-6
     assert all((a - b).abs().max() <= 1e-5 for a, b in zip(grads_full, grads_tiled))
+
+
+def test_kernel_source_ships_with_the_package():
+    """The C files are package data (a wheel without them would silently fall back to tensor ops)."""
+    root = Path(native.__file__).resolve().parents[2]
+    section = (root / "pyproject.toml").read_text().split("[tool.setuptools.package-data]")[1]
+    patterns = ast.literal_eval(re.search(r"^sparsedino = (\[.*\])$", section, re.M).group(1))
+    for name in native.SOURCE_FILES:
+        rel = (native.SOURCE_DIR / name).relative_to(root / "sparsedino").as_posix()
+        assert (native.SOURCE_DIR / name).is_file()
+        assert any(fnmatch(rel, p) for p in patterns), rel
+
+
+@pytest.mark.skipif(not HAS_CC, reason="no C compiler")
+def test_build_cache_key_follows_the_source_contents(monkeypatch, tmp_path):
+    """An edited kernel source gets a new cached library (the key hashes the files, not their names)."""
+    src = tmp_path / "csrc"
+    shutil.copytree(native.SOURCE_DIR, src)
+    monkeypatch.setattr(native, "SOURCE_DIR", src)
+    compiler = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    flags = native.compile_flags(openmp=False)
+    first = native._compile(compiler, flags, tmp_path / "cache")
+    assert native._compile(compiler, flags, tmp_path / "cache") == first  # cached
+    impl = src / native.SOURCE_FILES[1]
+    impl.write_text(impl.read_text() + "\n/* edited */\n")
+    second = native._compile(compiler, flags, tmp_path / "cache")
+    assert second != first and second.is_file()
+    assert "-DSPARSEDINO_TINY=1e-30" in flags

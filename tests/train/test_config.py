@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-import yaml
+import json
+from pathlib import Path
 
-from sparsedino.config import ConfigError
+import pytest
+
+from sparsedino.config import ConfigError, config_to_dict
 from sparsedino.train import load_train_config
 from sparsedino.train.command import main
 
@@ -20,12 +22,40 @@ def test_presets_load_and_validate(preset):
         assert cfg.model.normalizer == preset.split("_")[-1]
 
 
-def test_paper_presets_differ_only_in_normalizer():
-    soft = load_train_config("dino_vits16_softmax", ["data.path=x"])
-    ent = load_train_config("dino_vits16_entmax15", ["data.path=x"])
-    assert soft.model.normalizer == "softmax" and ent.model.normalizer == "entmax15"
-    soft_d = yaml.safe_load(yaml.safe_dump(dict(soft.optim)))
-    assert soft_d == yaml.safe_load(yaml.safe_dump(dict(ent.optim)))
+RESOLVED = Path(__file__).parent / "data" / "train_presets_resolved.json"
+
+
+@pytest.mark.parametrize("preset", ["dino_vits16_softmax", "dino_vits16_entmax15", "dino_cpu_tiny"])
+def test_presets_resolve_to_the_recorded_whole_configs(preset):
+    """Presets state only what differs from their base; what they resolve to is unchanged, key by key
+    (recorded from the full presets before they were reduced to overrides)."""
+    cfg = config_to_dict(load_train_config(preset, ["data.path=/data/imagenet"]))
+    assert cfg == json.loads(RESOLVED.read_text())[preset]
+
+
+def test_paper_presets_differ_only_in_normalizer_and_output_dir():
+    soft = config_to_dict(load_train_config("dino_vits16_softmax", ["data.path=x"]))
+    ent = config_to_dict(load_train_config("dino_vits16_entmax15", ["data.path=x"]))
+    assert (soft["model"].pop("normalizer"), ent["model"].pop("normalizer")) == ("softmax", "entmax15")
+    assert (soft["run"].pop("output_dir"), ent["run"].pop("output_dir")) == (
+        "runs/dino_vits16_softmax",
+        "runs/dino_vits16_entmax15",
+    )
+    assert soft == ent  # every other key of every section
+
+
+def test_a_config_file_extends_its_base(tmp_path):
+    """``base:`` names a preset or a file next to this one; the file's own keys win; loops are refused."""
+    (tmp_path / "mine.yaml").write_text("base: dino_cpu_tiny\noptim:\n  epochs: 3\n")
+    (tmp_path / "child.yaml").write_text("base: mine.yaml\nrun:\n  seed: 7\n")
+    cfg = load_train_config(tmp_path / "child.yaml")
+    assert (cfg.model.arch, cfg.optim.epochs, cfg.run.seed) == ("vit_pico", 3, 7)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_train_config(tmp_path / "loop.yaml")
+    (tmp_path / "bad.yaml").write_text("base: no_such_preset\n")
+    with pytest.raises(ConfigError, match="no_such_preset"):
+        load_train_config(tmp_path / "bad.yaml")
 
 
 def test_unknown_key_is_rejected_naming_it(capsys):
