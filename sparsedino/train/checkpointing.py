@@ -82,6 +82,7 @@ def model_metadata(cfg: Any, epoch: int, iteration: int) -> dict[str, Any]:
         "normalizer": normalizer_name(m.normalizer),
         "attn_scale": m.attn_scale,
         "num_registers": m.num_registers,
+        "learn_alpha": m.learn_alpha,
         "out_dim": m.out_dim,
         "epoch": epoch,
         "iteration": iteration,
@@ -143,6 +144,10 @@ def save_snapshot(path: Path, state: TrainState, cfg: Any, epoch: int) -> None:
     )
 
 
+# Model keys added after the checkpoint format was fixed, with the value that reproduces older checkpoints.
+ADDED_MODEL_KEYS = {"learn_alpha": False}
+
+
 def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
     current = config_to_dict(cfg)
     keys = ["model", "data.global_crops_number", "data.local_crops_number", "optim.batch_size_per_gpu"]
@@ -150,6 +155,8 @@ def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
         section, _, leaf = key.partition(".")
         old = stored.get(section, {})
         new = current[section]
+        if section == "model" and isinstance(old, dict):
+            old = {**ADDED_MODEL_KEYS, **old}  # written before these keys existed: their default applies
         if leaf:
             old, new = old.get(leaf), new[leaf]
         if old != new:

@@ -26,6 +26,7 @@ class ModelSettings:
     normalizer: str = "entmax15"  # softmax | entmax15 | sparsemax | entmax<alpha> e.g. entmax1.25
     attn_scale: float | None = None  # None = head_dim ** -0.5 (entmax sparsity depends on it)
     num_registers: int = 0  # register tokens (Darcet et al.), the natural baseline
+    learn_alpha: bool = False  # entmax alpha learned per head, from the normaliser's (needs an entmax one)
     drop_path_rate: float = 0.1  # student only
     out_dim: int = 65536
     hidden_dim: int = 2048
@@ -219,6 +220,13 @@ def validate(cfg: TrainConfig) -> None:
         validate_normalizer(cfg.model.normalizer)
     except ValueError as err:
         raise ConfigError(f"key 'model.normalizer': {err}") from err
+    if cfg.model.learn_alpha:
+        from sparsedino.attention.adaptive import initial_alpha
+
+        try:
+            initial_alpha(cfg.model.normalizer)
+        except ValueError as err:
+            raise ConfigError(f"key 'model.learn_alpha': true with model.normalizer: {err}") from err
     if not 0.0 <= cfg.model.drop_path_rate < 1.0:
         raise ConfigError(f"key 'model.drop_path_rate' must be in [0, 1), got {cfg.model.drop_path_rate}")
     if cfg.data.global_crops_number < 2:
