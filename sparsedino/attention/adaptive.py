@@ -37,6 +37,7 @@ __all__ = [
     "entmax_adaptive",
     "initial_alpha",
     "learned_alphas",
+    "used_alphas",
 ]
 
 # The learned alpha lives in [ALPHA_MIN, ALPHA_MAX], inside (1, 2]. Below ~1.01 alpha-entmax is softmax to
@@ -270,5 +271,10 @@ def learned_alphas(model: nn.Module) -> list[list[float]] | None:
     found = [m.alpha for m in model.modules() if isinstance(m, SparseAttention) and m.alpha is not None]
     if not found:
         return None
+    return [used_alphas(raw) for raw in found]
+
+
+def used_alphas(raw: Tensor) -> list[float]:
+    """The alphas a stored parameter (H,) stands for (:func:`bounded_alpha`), as floats to 6 decimals."""
     with torch.no_grad():
-        return [[round(float(a), 6) for a in bounded_alpha(raw.detach())] for raw in found]
+        return [round(float(a), 6) for a in bounded_alpha(raw.detach().float())]

@@ -27,16 +27,16 @@ def state_alphas(state: dict[str, torch.Tensor]) -> list[list[float]] | None:
     Returns:
         Per-block lists of per-head alphas in block order, or None when the state has no learned alpha.
     """
-    from sparsedino.attention.adaptive import bounded_alpha
+    from sparsedino.attention.adaptive import used_alphas
 
     found = {}
     for key, value in state.items():
         match = _ALPHA_KEY.search(key)
         if match:
-            found[int(match.group(1))] = bounded_alpha(value.detach().float())
+            found[int(match.group(1))] = used_alphas(value)
     if not found:
         return None
-    return [[round(float(a), 4) for a in found[i]] for i in sorted(found)]
+    return [found[i] for i in sorted(found)]
 
 
 def checkpoint_alphas(path: Path) -> list[list[float]] | None:
