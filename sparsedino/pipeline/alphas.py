@@ -70,9 +70,9 @@ def learned_alpha_doc(results: dict[str, dict], run_ids: list[str]) -> tuple[Doc
         [
             rid,
             str(i),
-            *(f"{a:.3f}" for a in block),
+            *(f"{a:.4f}" for a in block),
             *([""] * (heads - len(block))),
-            f"{sum(block) / len(block):.3f}",
+            f"{sum(block) / len(block):.4f}",
         ]
         for rid, blocks in learned.items()
         for i, block in enumerate(blocks)

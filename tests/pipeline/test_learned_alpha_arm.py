@@ -35,6 +35,6 @@ def test_report_section_lists_each_head_and_block_mean():
     doc, data = learned_alpha_doc(results, ["softmax-s0", "entmax-learned-alpha-s0"])
     assert data == {"entmax-learned-alpha-s0": [[1.25, 1.75, 2.0], [1.5, 1.5, 1.01]]}
     text = render_markdown(doc)
-    assert "| entmax-learned-alpha-s0 | 0 | 1.250 | 1.750 | 2.000 | 1.667 |" in text
-    assert "| entmax-learned-alpha-s0 | 1 | 1.500 | 1.500 | 1.010 | 1.337 |" in text
+    assert "| entmax-learned-alpha-s0 | 0 | 1.2500 | 1.7500 | 2.0000 | 1.6667 |" in text
+    assert "| entmax-learned-alpha-s0 | 1 | 1.5000 | 1.5000 | 1.0100 | 1.3367 |" in text
     assert learned_alpha_doc({"train/softmax-s0": {}}, ["softmax-s0"]) == ([], {})

@@ -74,3 +74,19 @@ def test_tiny_run_learns_alphas_checkpoints_and_resumes_them(image_root, tmp_pat
     assert learned_alphas(model) == checkpoint_alphas(out / "checkpoint.pth")
     assert learned_alphas(load_backbone(out / "checkpoint.pth", normalizer="softmax")[0]) is None
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 48)
+
+
+def test_checkpoints_written_before_the_key_existed_still_resume(image_root, tmp_path, tiny_overrides):
+    out = tmp_path / "old"
+    run_training(load_train_config("dino_cpu_tiny", tiny_overrides(image_root, out, "optim.epochs=1")))
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    del ckpt["args"]["model"]["learn_alpha"]  # as written by a version without the key
+    torch.save(ckpt, out / "checkpoint.pth")
+    trainer = Trainer(load_train_config("dino_cpu_tiny", tiny_overrides(image_root, out)), DistInfo())
+    trainer.close()
+    assert trainer.epoch == 1  # resumed, not refused
+    with pytest.raises(ConfigError, match=r"model"):  # a real difference is still refused
+        Trainer(
+            load_train_config("dino_cpu_tiny", tiny_overrides(image_root, out, "model.learn_alpha=true")),
+            DistInfo(),
+        )
