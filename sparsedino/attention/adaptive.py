@@ -46,6 +46,12 @@ __all__ = [
 ALPHA_MIN = 1.01
 ALPHA_MAX = 2.0
 _TINY = 1e-30
+# Newton steps on the threshold before rows that have not converged are solved by bisection.
+NEWTON_STEPS = 8
+# Accepted |sum(p) - 1| before renormalisation, per unit of the exponent 1 / (alpha - 1): p = d^(1/(alpha-1))
+# amplifies the rounding of d by that exponent (Newton itself has converged by then: the measured failures at
+# a fixed tolerance did not change between 6 and 12 steps, only with alpha).
+_MASS_TOL = {torch.float32: 1e-6, torch.float64: 1e-14}
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -59,6 +65,44 @@ def _per_head(alpha: Tensor, x: Tensor) -> Tensor:
     return alpha
 
 
+def _newton_forward(x: Tensor, alpha: Tensor, steps: int = NEWTON_STEPS) -> Tensor:
+    """alpha-entmax of ``x`` (compute dtype) along the last dim: Newton on the threshold, bisection fallback.
+
+    With ``z = (alpha - 1) x`` (row max moved to 0), ``d = (z - tau)_+`` and ``q = 1 / (alpha - 1)``, the
+    threshold solves ``||d||_q = 1``. That q-norm is convex and decreasing in ``tau`` and nearly linear (as
+    entmax-1.5's 2-norm), so Newton from the lower bound ``tau = -1`` rises monotonically to the root in a
+    few steps, each one pass with one ``pow``; bisection needs ~50 such passes. Rows whose mass is not 1 to
+    the dtype's precision after ``steps`` are solved again by bisection, so the result is exact either way.
+
+    Returns:
+        Probabilities (rows renormalised), zeros for fully masked rows, NaN for rows holding +inf or NaN.
+    """
+    am1 = alpha - 1.0
+    z = x * am1
+    m = z.amax(-1, keepdim=True)
+    finite = m > float("-inf")
+    z = z - torch.where(finite, m, torch.zeros_like(m))  # row max 0: tau in [-1, 0)
+    q = 1.0 / am1
+    tau = torch.full_like(m, -1.0)
+    for _ in range(steps):
+        d = (z - tau).clamp_min(0.0)
+        dq1 = torch.where(d > 0, d.pow(q - 1.0), torch.zeros_like(d))  # d^(q-1), 0 off the support
+        s_q1 = dq1.sum(-1, keepdim=True)
+        norm = (dq1 * d).sum(-1, keepdim=True).pow(am1)  # ||d||_q
+        tau = tau + (norm - 1.0) * norm.pow(q - 1.0) / s_q1.clamp_min(_TINY)
+    p = (z - tau).clamp_min(0.0).pow(q)
+    mass = p.sum(-1, keepdim=True)
+    p = p / mass.clamp_min(_TINY)
+    undefined = (m == float("inf")) | m.isnan()
+    ok = ((mass - 1.0).abs() <= _MASS_TOL[x.dtype] * q) | ~finite | undefined
+    p = torch.where(finite, p, torch.zeros_like(p))
+    p = torch.where(undefined, torch.full_like(p, float("nan")), p)  # +inf / NaN row: NaN, as softmax
+    if not bool(ok.all()):  # rare slow rows: bisection, only those rows
+        rows = ~ok.squeeze(-1)
+        p[rows] = _bisect_forward(x[rows], alpha.expand_as(m)[rows], -1, BISECT_STEPS)
+    return p
+
+
 class _EntmaxAdaptiveFunction(torch.autograd.Function):
     """alpha-entmax along the last dim; backward from the probabilities only (no scores saved)."""
 
@@ -66,7 +110,7 @@ class _EntmaxAdaptiveFunction(torch.autograd.Function):
     def forward(ctx, x: Tensor, alpha: Tensor) -> Tensor:  # type: ignore[override]
         ct = _compute_dtype(x)
         a = alpha.to(ct)
-        p = _bisect_forward(x.to(ct), a, -1, BISECT_STEPS)  # (..., N, M), compute dtype
+        p = _newton_forward(x.to(ct), a)  # (..., N, M), compute dtype
         ctx.alpha_shape, ctx.alpha_dtype = alpha.shape, alpha.dtype
         ctx.save_for_backward(p, a)
         return p.to(x.dtype)

@@ -152,3 +152,16 @@ def test_learned_alpha_model_trains_traces_and_reports_alphas():
     assert len(traced) == 2
     for fx_map, hook_map in zip(traced.values(), hooked.values()):
         torch.testing.assert_close(fx_map, hook_map)
+
+
+def test_rows_newton_leaves_unconverged_are_solved_by_bisection():
+    from sparsedino.attention.adaptive import _newton_forward
+
+    x = 3.0 * torch.randn(2, 4, 5, 9, dtype=torch.float64)
+    x[0, 1, 2] = float("-inf")  # a fully masked row stays zeros on the fallback path too
+    alpha = torch.tensor(ALPHAS, dtype=torch.float64).reshape(4, 1, 1)
+    p = _newton_forward(x, alpha, steps=0)  # no Newton step: every row falls back to bisection
+    torch.testing.assert_close(
+        p, torch.nan_to_num(_reference(x, alpha.flatten()), nan=0.0), atol=1e-12, rtol=0
+    )
+    assert torch.equal(p[0, 1, 2], torch.zeros(9, dtype=torch.float64))
