@@ -28,6 +28,7 @@ from timm.layers import Attention, register_notrace_function, use_fused_attn
 from torch import Tensor, nn
 
 from sparsedino.attention import scripted
+from sparsedino.attention.adaptive import adaptive_attention_probs, alpha_parameter, bounded_alpha
 from sparsedino.attention.normalizers import Normalizer, normalizer_name, parse_normalizer
 from sparsedino.attention.ops import attention, attention_probs
 
@@ -39,6 +40,10 @@ __all__ = [
     "sparse_attention",
     "sparsify",
 ]
+
+# torch.fx leaves of the learned-alpha path (graph nodes ``*attn.bounded_alpha`` / ``*attn.adaptive_attention_probs``)
+torch.fx.wrap("bounded_alpha")
+torch.fx.wrap("adaptive_attention_probs")
 
 
 class SparseAttention(nn.Module):
@@ -60,6 +65,9 @@ class SparseAttention(nn.Module):
         normalizer: A :class:`~sparsedino.attention.normalizers.Normalizer` or any spelling it parses.
         scale: Score scale (default ``head_dim ** -0.5``). Entmax is not scale invariant: it sets sparsity.
         chunk_size: Query block size for the memory-bounded path (None = automatic, 0 = never).
+        learn_alpha: Learn the entmax alpha of each head (parameter ``alpha`` (H,), starting at the
+            normaliser's alpha, used clamped into (1, 2]; see :mod:`sparsedino.attention.adaptive`). The
+            probabilities are then always materialised (alpha-entmax by bisection).
         device: Parameter device.
         dtype: Parameter dtype.
     """
@@ -83,6 +91,7 @@ class SparseAttention(nn.Module):
         normalizer: str | float | Normalizer = "entmax15",
         scale: float | None = None,
         chunk_size: int | None = None,
+        learn_alpha: bool = False,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -112,6 +121,9 @@ class SparseAttention(nn.Module):
         self.gate = nn.Linear(dim, self.attn_dim, bias=qkv_bias, **dd) if gated else None
         self.proj = nn.Linear(self.attn_dim, dim_out, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
+        self.register_parameter(
+            "alpha", alpha_parameter(num_heads, normalizer, **dd) if learn_alpha else None
+        )
 
     @property
     def normalizer(self) -> str:
@@ -143,11 +155,13 @@ class SparseAttention(nn.Module):
         for name in ("qkv", "q_norm", "k_norm", "attn_drop", "norm", "proj", "proj_drop"):
             setattr(new, name, getattr(attn, name))
         new.gate = getattr(attn, "gate", None)
+        new.register_parameter("alpha", None)
         new.train(attn.training)
         return new
 
     def extra_repr(self) -> str:
-        return f"num_heads={self.num_heads}, normalizer={self.normalizer!r}, scale={self.scale:.4g}"
+        learned = ", learn_alpha=True" if self.alpha is not None else ""
+        return f"num_heads={self.num_heads}, normalizer={self.normalizer!r}, scale={self.scale:.4g}{learned}"
 
     def _needs_probs(self) -> bool:
         """Whether the computation itself needs the probabilities (dropout on them, or unfused mode)."""
@@ -168,11 +182,14 @@ class SparseAttention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         attn_mask = _self_attn_mask(q, attn_mask, is_causal)
 
-        materialise = self._needs_probs()
+        materialise = self._needs_probs() or self.alpha is not None  # learned alpha: bisection on the map
         if not torch.jit.is_scripting():  # TorchScript has no hooks or recorders
             materialise = materialise or self._observed()
         if materialise:
-            probs = attention_map(q, k, self._normalizer, self.scale, attn_mask)  # (B, H, N, N)
+            if self.alpha is not None and not torch.jit.is_scripting():  # (H,) learned alphas win
+                probs = adaptive_attention_probs(q, k, bounded_alpha(self.alpha), self.scale, attn_mask)
+            else:
+                probs = attention_map(q, k, self._normalizer, self.scale, attn_mask)  # (B, H, N, N)
             if not torch.jit.is_scripting() and self._recorder is not None:
                 self._recorder.append(probs.detach().float())
             x = self.attn_drop(probs) @ v

@@ -76,7 +76,9 @@ def load_backbone(
     Args:
         path: ``.pth`` / ``.pt`` / ``.safetensors`` file.
         normalizer: attention normaliser to build with; None = the one stored in the checkpoint, or
-            ``"softmax"`` for foreign files (official DINO, timm).
+            ``"softmax"`` for foreign files (official DINO, timm). A checkpoint with learned per-head
+            alphas (``blocks.*.attn.alpha``) is rebuilt with them when None; a given normaliser replaces
+            them (the alphas are then not loaded).
         arch: expected architecture; None = stored or inferred from shapes. A mismatch is an error.
         which: ``"teacher"`` or ``"student"`` for training checkpoints (ignored for bare state dicts).
         img_size: image size the position embeddings are laid out for; None = as stored.
@@ -141,8 +143,11 @@ def _build_backbone(
         raise CheckpointError(
             f"checkpoint {str(path)!r}: {num_heads!r} heads do not divide width {shape['embed_dim']}"
         )
+    learn_alpha = any(key.endswith(".attn.alpha") for key in state)
     if normalizer is None:
         normalizer = _stored_normalizer(meta, path)
+    elif learn_alpha:  # the caller's normaliser replaces the learned alphas
+        state, learn_alpha = {k: v for k, v in state.items() if not k.endswith(".attn.alpha")}, False
     scale = meta.get("attn_scale")
     if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
         raise CheckpointError(f"checkpoint {str(path)!r}: stored attn_scale {scale!r} is not a number > 0")
@@ -165,6 +170,7 @@ def _build_backbone(
         normalizer=normalizer,
         num_registers=shape["num_registers"],
         attn_scale=scale,
+        learn_alpha=learn_alpha,
         **timm_kwargs,
     )
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}

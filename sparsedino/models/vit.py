@@ -124,6 +124,7 @@ def build_vit(
     dynamic_img_size: bool = True,
     attn_scale: float | None = None,
     pos_embed_mode: str = "dino",
+    learn_alpha: bool = False,
     **timm_kwargs: Any,
 ) -> VisionTransformer:
     """Build a timm ``VisionTransformer`` backbone whose attention uses ``normalizer``.
@@ -143,6 +144,8 @@ def build_vit(
         pos_embed_mode: ``"dino"`` (default): DINO's position-embedding interpolation for other input sizes
             (:class:`DinoVisionTransformer`) and DINO's [CLS] initialisation (truncated normal, std 0.02);
             ``"timm"``: timm's antialiased resize and [CLS] std 1e-6.
+        learn_alpha: learn the entmax alpha of every head (parameters ``blocks.*.attn.alpha``, starting at
+            ``normalizer``'s alpha, used clamped into (1, 2]); needs an entmax ``normalizer``.
         **timm_kwargs: forwarded to ``VisionTransformer`` (they override the ``arch`` table, e.g.
             ``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``, ``init_values``).
 
@@ -179,4 +182,9 @@ def build_vit(
         model = DinoVisionTransformer(**kwargs)
         if model.cls_token is not None:
             trunc_normal_(model.cls_token, std=0.02)  # DINO's init (timm: normal, std 1e-6)
-    return sparsify(model, normalizer, scale=attn_scale)
+    sparsify(model, normalizer, scale=attn_scale)
+    if learn_alpha:
+        from sparsedino.attention.adaptive import enable_learned_alpha
+
+        enable_learned_alpha(model)
+    return model

@@ -209,10 +209,10 @@ def check_training_processes(plan: RunPlan) -> None:
 
 
 def _run_overrides(plan: RunPlan, rid: str) -> list[str]:
-    """The per-run overrides :func:`build_plan` adds to the training preset (normaliser, seed, paths)."""
+    """The per-run overrides :func:`build_plan` adds to the training preset (arm, seed, paths)."""
     t = plan.train[rid]
     return [
-        f"model.normalizer={t.model.normalizer}",
+        *resolve_arm(plan.arm_of[rid])[1],  # the normaliser and what else defines the arm (e.g. registers)
         f"run.seed={t.run.seed}",
         f"data.path={t.data.path}",
         f"run.output_dir={t.run.output_dir}",

@@ -20,6 +20,7 @@ from sparsedino.atomic import atomic_write_json
 from sparsedino.diagnose.figures import save_figure
 from sparsedino.diagnose.report import Doc, fmt, write_documents
 from sparsedino.diagnose.scores import SCORES
+from sparsedino.pipeline.alphas import learned_alpha_doc
 from sparsedino.pipeline.evidence import instrument_doc, paired_doc, summarise
 from sparsedino.pipeline.plan import RunPlan, describe
 from sparsedino.pipeline.statistics import format_mean_std, summarise_values
@@ -179,6 +180,8 @@ def write_report(
     doc += [("img", str(p.relative_to(out)), p.stem.replace("_", " ")) for p in figures if p is not None]
     diag_doc, diag_last = _diagnostics(plan, results, out)
     doc += diag_doc
+    alpha_doc, alphas = learned_alpha_doc(results, plan.run_ids)
+    doc += alpha_doc
     video_doc, video = video_section(plan, results, out)
     doc += video_doc
     report = {
@@ -197,6 +200,7 @@ def write_report(
         "runs": {key: value for key, value in results.items()},
         "diagnostics_last_block": diag_last,
         "video": video,
+        "learned_alpha": alphas,
         "plan": describe(plan),
         "figures": [str(p.relative_to(out)) for p in figures if p is not None] + video.get("figures", []),
     }

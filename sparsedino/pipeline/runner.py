@@ -50,10 +50,18 @@ def train_stages(plan: RunPlan) -> list[Stage]:
             out = Path(train_cfg.run.output_dir)
             if finished_training(train_cfg) is None:
                 out = Path(run_training(train_cfg))
-            return {"output_dir": str(out), **_training_summary(out)}
+            result = {"output_dir": str(out), **_training_summary(out)}
+            if train_cfg.model.learn_alpha:
+                from sparsedino.pipeline.alphas import checkpoint_alphas
+                from sparsedino.train.checkpointing import LATEST
+
+                result["learned_alpha"] = checkpoint_alphas(out / LATEST)
+            return result
 
         settings = {k: v for k, v in config_to_dict(train_cfg).items() if k != "run"}
         settings["seed"] = train_cfg.run.seed
+        if not settings["model"].get("learn_alpha"):  # runs finished before the key existed stay valid
+            settings["model"].pop("learn_alpha", None)
         epochs = train_cfg.optim.epochs
         stages.append(
             Stage(f"train/{rid}", run, settings, estimate_s=25.0 * epochs, depends_on=_data_dep(plan))

@@ -128,6 +128,8 @@ class ReproduceConfig:
 ARM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "softmax-reg4": ("softmax", ["model.num_registers=4"]),  # Darcet et al.'s fix for attention artifacts
     "entmax15-reg4": ("entmax15", ["model.num_registers=4"]),
+    # beyond the paper: alpha learned per head from 1.5, clamped into (1, 2] (Correia et al. 2019)
+    "entmax-learned-alpha": ("entmax15", ["model.learn_alpha=true"]),
 }
 
 

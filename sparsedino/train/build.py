@@ -27,6 +27,7 @@ def build_network(cfg: TrainConfig, drop_path_rate: float) -> MultiCropWrapper:
         drop_path_rate=drop_path_rate,
         num_registers=m.num_registers,
         attn_scale=m.attn_scale,
+        learn_alpha=m.learn_alpha,
     )
     head = DINOHead(
         backbone.embed_dim,

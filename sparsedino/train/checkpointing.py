@@ -93,6 +93,7 @@ def model_metadata(cfg: Any, epoch: int, iteration: int) -> dict[str, Any]:
         "normalizer": normalizer_name(m.normalizer),
         "attn_scale": m.attn_scale,
         "num_registers": m.num_registers,
+        "learn_alpha": m.learn_alpha,
         "out_dim": m.out_dim,
         "epoch": epoch,
         "iteration": iteration,
@@ -167,6 +168,10 @@ def _canonical_normalizer(model: Any) -> Any:
         return model  # an invalid stored value: reported as a difference below
 
 
+# Model keys added after the checkpoint format was fixed, with the value that reproduces older checkpoints.
+ADDED_MODEL_KEYS = {"learn_alpha": False}
+
+
 def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
     """Resume only into the same model and batch layout (normalisers compared in canonical spelling)."""
     current = config_to_dict(cfg)
@@ -177,6 +182,8 @@ def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
         section, _, leaf = key.partition(".")
         old = stored.get(section, {})
         new = current[section]
+        if section == "model" and isinstance(old, dict):
+            old = {**ADDED_MODEL_KEYS, **old}  # written before these keys existed: their default applies
         if leaf:
             old, new = old.get(leaf), new[leaf]
         if old != new:

@@ -27,6 +27,7 @@ class ModelSettings:
     # name once loaded: entmax-1.5 / 1.5 -> entmax15)
     attn_scale: float | None = None  # None = head_dim ** -0.5 (entmax sparsity depends on it)
     num_registers: int = 0  # register tokens (Darcet et al.), the natural baseline
+    learn_alpha: bool = False  # entmax alpha learned per head, from the normaliser's (needs an entmax one)
     drop_path_rate: float = 0.1  # student only
     out_dim: int = 65536
     hidden_dim: int = 2048
@@ -221,6 +222,13 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.run.precision == "fp16":
         check_fp16_device(resolve_device(cfg.run.device).type)  # (a missing CUDA device: rejected above)
     check_normalizer(cfg.model.normalizer, "model.normalizer")
+    if cfg.model.learn_alpha:
+        from sparsedino.attention.adaptive import initial_alpha
+
+        try:
+            initial_alpha(cfg.model.normalizer)
+        except ValueError as err:
+            raise ConfigError(f"key 'model.learn_alpha': true with model.normalizer: {err}") from err
     if not 0.0 <= cfg.model.drop_path_rate < 1.0:
         raise ConfigError(f"key 'model.drop_path_rate' must be in [0, 1), got {cfg.model.drop_path_rate}")
     if cfg.data.global_crops_number < 2:
