@@ -252,15 +252,10 @@ class Trainer:
 
     def _stopped_hint(self) -> str:
         latest = self.out / LATEST
-        kept = (
-            f"the last good checkpoint {str(latest)!r} is intact"
-            if latest.is_file()
-            else "no checkpoint had been written yet"
-        )
-        return (
-            f"training stopped, {kept}. Try a lower optim.lr, run.precision=bf16/fp32, optim.clip_grad>0 "
-            "or a larger optim.teacher_temp."
-        )
+        kept = f"the last good checkpoint {str(latest)!r} is intact"
+        kept = kept if latest.is_file() else "no checkpoint had been written yet"
+        tips = "a lower optim.lr, run.precision=bf16/fp32, optim.clip_grad>0 or a larger optim.teacher_temp"
+        return f"training stopped, {kept}. Try {tips}."
 
     # ---- epochs ------------------------------------------------------------------------------
     def train_epoch(self, epoch: int) -> float:
