@@ -13,13 +13,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from sparsedino.attention import collect_attention
 from sparsedino.config import ConfigError, config_to_dict
 from sparsedino.diagnose import alignment, attention_stats, diffusion, norms
+from sparsedino.diagnose.batches import ResizeCollate
 from sparsedino.diagnose.dense_probe import dense_probe_scores
 from sparsedino.diagnose.masks import image_labels, patch_foreground, pure_background
 from sparsedino.diagnose.pca import pca_rgb
@@ -65,30 +65,6 @@ def validate_model(model: torch.nn.Module, cfg: DiagnoseConfig) -> None:
             f"img_size={native[0]} or rebuild it with dynamic_img_size=True"
         )
     resolve_layers(list(cfg.layers), len(model.blocks))
-
-
-def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize an image (3, H, W) bilinearly and its mask (H, W) by nearest neighbour to size x size."""
-    img = F.interpolate(
-        image[None].float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False
-    )
-    msk = F.interpolate(mask[None, None].float(), size=(size, size), mode="nearest")
-    return img[0], msk[0, 0].long()
-
-
-class _Collate:
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __call__(self, items: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        for img, msk in items:
-            if img.ndim != 3 or msk.ndim != 2 or tuple(img.shape[1:]) != tuple(msk.shape):
-                raise ValueError(
-                    f"dataset items must be (image (3, H, W), mask (H, W)); got image {tuple(img.shape)} "
-                    f"and mask {tuple(msk.shape)}"
-                )
-        pairs = [resize_pair(torch.as_tensor(img), torch.as_tensor(msk), self.size) for img, msk in items]
-        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 def _choose(candidates: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
@@ -180,7 +156,7 @@ def run_diagnostics(
         Subset(dataset, range(n_images)),
         batch_size=cfg.batch_size,
         shuffle=False,
-        collate_fn=_Collate(cfg.img_size),
+        collate_fn=ResizeCollate(cfg.img_size),
     )
     gen = torch.Generator().manual_seed(cfg.seed)
     blocks = {b: _Block() for b in layers}

@@ -369,6 +369,7 @@ def run_video(
     finally:
         torch.set_num_threads(previous_threads)
     seconds = time.perf_counter() - start
+    fps = round(frames / max(seconds, 1e-9), 2)
     table = summarize(per_sequence)
     return {
         "protocol": "video",
@@ -390,11 +391,7 @@ def run_video(
             for name, objs in per_sequence.items()
         },
         "masks_dir": str(masks_dir) if masks_dir is not None else "",
-        "speed": {
-            "frames": frames,
-            "seconds": round(seconds, 3),
-            "frames_per_s": round(frames / max(seconds, 1e-9), 2),
-        },
+        "speed": {"frames": frames, "seconds": round(seconds, 3), "frames_per_s": fps},
     }
 
 
