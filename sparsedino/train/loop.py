@@ -29,7 +29,12 @@ from sparsedino.train.checkpointing import (
     save_checkpoint,
     save_snapshot,
 )
-from sparsedino.train.data import ResumableDistributedSampler, build_dataset, build_loader
+from sparsedino.train.data import (
+    ResumableDistributedSampler,
+    build_dataset,
+    build_loader,
+    main_process_threads,
+)
 from sparsedino.train.distributed import DistInfo, all_reduce_sum, cleanup, gather_objects, init_distributed
 from sparsedino.train.metrics import MetricLogger, truncate_jsonl
 from sparsedino.train.schedules import cosine_schedule
@@ -384,7 +389,8 @@ def run_training(cfg: TrainConfig) -> Path:
     trainer = None
     try:
         trainer = Trainer(cfg, dist_info)
-        return trainer.fit()
+        with main_process_threads(dist_info.device, cfg.data.num_workers):
+            return trainer.fit()
     except BaseException as err:
         if dist_info.distributed:
             log.error("rank %d failed: %s", dist_info.rank, err)
