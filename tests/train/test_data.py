@@ -117,3 +117,36 @@ def test_crops_do_not_depend_on_worker_count(image_root):
         loader = DataLoader(ds, batch_size=4, num_workers=workers, generator=torch.Generator().manual_seed(0))
         batches.append(next(iter(loader))[0])
     assert all(torch.equal(a, b) for a, b in zip(*batches))
+
+
+def test_sample_crops_leave_the_global_rng_alone(image_root):
+    # the per-sample seed goes to a forked CPU stream: drop path etc. keep their own sequence
+    ds = MultiCropDataset(
+        ImageNetFolder(image_root), MultiCropAugmentation(global_size=32, local_size=16), seed=1
+    )
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = ds[3][0]
+    assert torch.equal(torch.rand(3), expected)
+    assert all(torch.equal(a, b) for a, b in zip(first, ds[3][0]))
+
+
+def test_training_threads_leave_cores_to_loader_workers_and_are_restored():
+    import os
+
+    from sparsedino.train.data import main_process_threads
+
+    before = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with main_process_threads(torch.device("cpu"), workers=1):
+        assert torch.get_num_threads() == max(1, cores - 1)
+    assert torch.get_num_threads() == before
+    with main_process_threads(torch.device("cpu"), workers=0):  # no workers: nothing changes
+        assert torch.get_num_threads() == before
+    with main_process_threads(torch.device("meta"), workers=2):  # off the CPU: nothing changes
+        assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), main_process_threads(torch.device("cpu"), workers=64):
+        assert torch.get_num_threads() == 1  # never below one thread
+        raise RuntimeError("training failed")
+    assert torch.get_num_threads() == before  # restored after an error too
