@@ -6,7 +6,6 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +36,7 @@ from sparsedino.train.data import (
 )
 from sparsedino.train.distributed import DistInfo, all_reduce_sum, cleanup, gather_objects, init_distributed
 from sparsedino.train.metrics import MetricLogger, truncate_jsonl
-from sparsedino.train.schedules import cosine_schedule
+from sparsedino.train.schedules import make_schedules
 from sparsedino.train.settings import TrainConfig, canonical, validate
 
 log = logging.getLogger(__name__)
@@ -51,26 +50,6 @@ class NonFiniteLossError(FloatingPointError):
 # healthy run skips a handful while the scale settles from 2**16 (8 in the CPU tests) and then rarely;
 # 32 halvings in a row (scale / 4e9) mean the gradients cannot be represented at any scale.
 MAX_OVERFLOW_STREAK = 32
-
-
-@dataclass
-class Schedules:
-    lr: np.ndarray
-    wd: np.ndarray
-    momentum: np.ndarray
-    iters_per_epoch: int
-
-
-def make_schedules(cfg: TrainConfig, iters_per_epoch: int, world_size: int) -> Schedules:
-    """lr (scaled by global batch / 256, warmup + cosine), weight decay and teacher momentum (cosine)."""
-    o = cfg.optim
-    global_batch = o.batch_size_per_gpu * world_size
-    return Schedules(
-        lr=cosine_schedule(o.lr * global_batch / 256.0, o.min_lr, o.epochs, iters_per_epoch, o.warmup_epochs),
-        wd=cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs, iters_per_epoch),
-        momentum=cosine_schedule(o.momentum_teacher, 1.0, o.epochs, iters_per_epoch),
-        iters_per_epoch=iters_per_epoch,
-    )
 
 
 def gradients_finite(model: nn.Module) -> bool:

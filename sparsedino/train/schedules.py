@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch.nn as nn
+
+if TYPE_CHECKING:
+    from sparsedino.train.settings import TrainConfig
 
 
 def cosine_schedule(
@@ -37,3 +43,23 @@ def param_groups(model: nn.Module) -> list[dict]:
             continue
         (no_decay if name.endswith(".bias") or param.ndim <= 1 else decay).append(param)
     return [{"params": decay}, {"params": no_decay, "weight_decay": 0.0, "no_decay": True}]
+
+
+@dataclass
+class Schedules:
+    lr: np.ndarray
+    wd: np.ndarray
+    momentum: np.ndarray
+    iters_per_epoch: int
+
+
+def make_schedules(cfg: TrainConfig, iters_per_epoch: int, world_size: int) -> Schedules:
+    """lr (scaled by global batch / 256, warmup + cosine), weight decay and teacher momentum (cosine)."""
+    o = cfg.optim
+    global_batch = o.batch_size_per_gpu * world_size
+    return Schedules(
+        lr=cosine_schedule(o.lr * global_batch / 256.0, o.min_lr, o.epochs, iters_per_epoch, o.warmup_epochs),
+        wd=cosine_schedule(o.weight_decay, o.weight_decay_end, o.epochs, iters_per_epoch),
+        momentum=cosine_schedule(o.momentum_teacher, 1.0, o.epochs, iters_per_epoch),
+        iters_per_epoch=iters_per_epoch,
+    )
