@@ -98,7 +98,7 @@ def eval_stages(plan: RunPlan) -> list[Stage]:
 
 
 def curve_stages(plan: RunPlan) -> list[Stage]:
-    """k-NN top-1 and seg mIoU of every ``every_epochs``-th epoch checkpoint (dense degradation curves)."""
+    """k-NN top-1 and seg mIoU of the epoch checkpoints at multiples of ``every_epochs`` (dense curves)."""
     if not plan.cfg.curve.enabled:
         return []
     from sparsedino.eval.command import run_protocol
@@ -116,7 +116,7 @@ def curve_stages(plan: RunPlan) -> list[Stage]:
                 points.append({"epoch": epoch, "knn_top1": _knn_top1(knn), "seg_miou": seg["miou"]})
             return {"points": points}
 
-        settings = {"every": plan.cfg.curve.every_epochs, "knn": config_to_dict(plan.knn),
+        settings = {"every_epochs": plan.cfg.curve.every_epochs, "knn": config_to_dict(plan.knn),
                     "seg": config_to_dict(plan.curve_seg)}  # fmt: skip
         stages.append(Stage(f"curve/{rid}", run, settings, estimate_s=60.0, depends_on=[f"train/{rid}"]))
     return stages
@@ -168,9 +168,7 @@ def _epoch_checkpoints(plan: RunPlan, rid: str) -> list[tuple[int, Path]]:
     every = max(1, plan.cfg.curve.every_epochs)
     init = [(e, p) for e, p in found if e == 0]  # the initialisation: where every curve starts
     trained = [(e, p) for e, p in found if e > 0]
-    return init + [
-        (e, p) for i, (e, p) in enumerate(trained) if i % every == every - 1 or i == len(trained) - 1
-    ]
+    return init + [(e, p) for i, (e, p) in enumerate(trained) if e % every == 0 or i == len(trained) - 1]
 
 
 def _with(cfg, **changes):

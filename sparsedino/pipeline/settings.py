@@ -53,7 +53,7 @@ class CurveSettings:
     """Scores against the training epoch, from the periodic checkpoints of each run."""
 
     enabled: bool = True
-    every_epochs: int = 1  # evaluate every n-th saved epoch checkpoint (and always the last)
+    every_epochs: int = 1  # evaluate the epoch checkpoints at multiples of n (plus epoch 0 and the last)
     seg_overrides: list[str] = field(default_factory=list)  # cheaper probe for the curve points
 
 
