@@ -20,7 +20,7 @@ from sparsedino.config import ConfigError, check_device, check_normalizer, resol
 class ModelSettings:
     """Backbone and DINO head."""
 
-    arch: str = "vit_small"  # vit_pico | vit_tiny | vit_small | vit_base | vit_large
+    arch: str = "vit_small"  # vit_femto | vit_pico | vit_tiny | vit_small | vit_base | vit_large
     patch_size: int = 16
     img_size: int = 224  # position-embedding grid (other sizes are interpolated)
     normalizer: str = "entmax15"  # softmax | entmax15 | sparsemax | entmax<alpha> e.g. entmax1.25 (canonical
@@ -122,7 +122,7 @@ class TrainConfig:
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "model.arch": ("vit_pico", "vit_tiny", "vit_small", "vit_base", "vit_large"),
+    "model.arch": ("vit_femto", "vit_pico", "vit_tiny", "vit_small", "vit_base", "vit_large"),
     "data.on_bad_image": ("error", "skip"),
     "optim.optimizer": ("adamw", "sgd"),
     "optim.clip_mode": ("per_param", "global"),
