@@ -29,8 +29,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsedino.attention import workspace
-from sparsedino.attention.dispatch import normalize_scores, normalizer_backward
+from sparsedino.attention import native, workspace
+from sparsedino.attention.dispatch import (
+    normalize_scores,
+    normalizer_backward,
+    probs_matmul,
+    sparse_kernels_pay,
+)
 from sparsedino.attention.entmax import entmax15_recompute, thresholds_supported
 from sparsedino.attention.gradients import compute_dtype
 from sparsedino.attention.normalizers import parse_normalizer
@@ -113,7 +118,7 @@ class SparseAttentionFunction(torch.autograd.Function):
             probs = normalize_scores(_scores_into(q, k, buf), name, scale, bias)  # (B, H, N, M)
             if probs.dtype != v.dtype:
                 probs = probs.to(v.dtype)
-            out = torch.matmul(probs, v)
+            out = probs_matmul(probs, v)  # sparse kernel when P has few nonzeros
             if probs.data_ptr() == buf.data_ptr() and recorded:
                 ctx.lease = lease  # kept for backward, given back there
             else:
@@ -161,13 +166,16 @@ class SparseAttentionFunction(torch.autograd.Function):
 def _unchunked_grads(q, k, v, p, grad_out, name, scale, need):
     """(dQ, dK, dV) from the saved probabilities, None where not needed."""
     need_q, need_k, need_v = need
+    if (need_q or need_k) and name.kind == "entmax15" and sparse_kernels_pay(p, q, k, v, grad_out):
+        grads = native.sparse_attention_backward(p, q, k, v, grad_out, scale)  # on the support only
+        return tuple(g if n else None for g, n in zip(grads, need))
     dv = torch.matmul(p.transpose(-2, -1), grad_out) if need_v else None  # (B, H, M, Dv)
     if not (need_q or need_k):
         return None, None, dv
     dp, lease = workspace.take(p.shape, v.dtype, v.device)
     torch.matmul(grad_out, v.transpose(-2, -1), out=dp)  # (B, H, N, M)
     ds = normalizer_backward(p, dp, name, scale=scale, inplace=True).to(q.dtype)
-    dq = torch.matmul(ds, k) if need_q else None  # (B, H, N, D)
+    dq = probs_matmul(ds, k) if need_q else None  # (B, H, N, D); dS is zero outside the support
     dk = torch.matmul(ds.transpose(-2, -1), q) if need_k else None  # (B, H, M, D)
     del ds
     workspace.give(dp, lease)

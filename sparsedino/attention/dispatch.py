@@ -42,6 +42,22 @@ backend       when                                                   kernels
 "compiled"    otherwise (e.g. CUDA without adasplash)                :func:`.entmax._entmax15_newton` + sort
                                                                      fallback, ``torch.compile`` by policy
 ============  =====================================================  ========================================
+
+**Sparse products** inside the unchunked fused op (the probabilities and ``dS`` are zero off the support):
+
+===================  ==============================================  =====================================
+kernel               when                                            what
+===================  ==============================================  =====================================
+sparse ``P @ V``     :func:`sparse_kernels_pay` (below) for P, V     :func:`.native.sparse_matmul` (forward;
+                                                                     ``dS @ K`` of the backward too)
+sparse backward      entmax-1.5, and :func:`sparse_kernels_pay` for  :func:`.native.sparse_attention_backward`:
+                     P, Q, K, V, dO                                  dP, dS, dQ, dK, dV on the support only
+dense                otherwise                                       ``torch.matmul`` (BLAS)
+===================  ==============================================  =====================================
+
+:func:`sparse_kernels_pay`: CPU, one float32/float64 dtype, native kernels allowed and built, and at most
+:data:`SPARSE_MAX_DENSITY` of the probabilities nonzero or at most :data:`SPARSE_SHORT_ROWS` keys (a GEMM
+over few keys is slow). The sparse kernels skip exact zeros, so a ``0 * inf`` gives no NaN there.
 """
 
 from __future__ import annotations
@@ -49,12 +65,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsedino.attention import backends
+from sparsedino.attention import backends, compiled, native
 from sparsedino.attention.entmax import entmax15_backward, entmax15_forward
 from sparsedino.attention.gradients import compute_dtype, entmax_grad, softmax_grad
 from sparsedino.attention.normalizers import Normalizer, normalize, parse_normalizer
 
-__all__ = ["attention_path", "normalize_scores", "normalizer_backward"]
+__all__ = ["attention_path", "normalize_scores", "normalizer_backward", "probs_matmul", "sparse_kernels_pay"]
+
+# The sparse kernels pay below this share of nonzero probabilities, and always over this few keys (2-core
+# AVX2 VM, float32, head dim 64: P @ V broke even with the GEMM near density 0.6 at 197 keys, 0.35 at 785,
+# above 1 at 37).
+SPARSE_MAX_DENSITY = 0.3
+SPARSE_SHORT_ROWS = 64
+# Rows sampled to estimate the density (evenly spaced over batch, heads and queries).
+_DENSITY_SAMPLE_ROWS = 64
 
 
 def attention_path(
@@ -115,3 +139,32 @@ def normalizer_backward(
         return softmax_grad(p, grad, dim, scale).to(out_dtype)
     # alpha-entmax (sparsemax at alpha = 2)
     return entmax_grad(p, grad, spec.alpha, dim, scale).to(out_dtype)
+
+
+def _sparse_enough(p: Tensor) -> bool:
+    """Whether a sample of ``p``'s rows has at most :data:`SPARSE_MAX_DENSITY` nonzeros."""
+    rows = p.reshape(-1, p.shape[-1])
+    sample = rows[:: max(1, rows.shape[0] // _DENSITY_SAMPLE_ROWS)]
+    return bool(torch.count_nonzero(sample) <= SPARSE_MAX_DENSITY * sample.numel())
+
+
+def sparse_kernels_pay(p: Tensor, *others: Tensor) -> bool:
+    """Whether the native sparse kernels should take ``p`` (probabilities or ``dS``, ``(..., N, M)``) and the
+    dense operands ``others`` (third table)."""
+    return (
+        p.device.type == "cpu"
+        and p.dtype in (torch.float32, torch.float64)
+        and all(t.device.type == "cpu" and t.dtype == p.dtype for t in others)
+        and p.dim() >= 2
+        and p.numel() > 0
+        and compiled.native_allowed()
+        and native.available()
+        and (p.shape[-1] <= SPARSE_SHORT_ROWS or _sparse_enough(p))
+    )
+
+
+def probs_matmul(p: Tensor, v: Tensor) -> Tensor:
+    """``p @ v`` for attention probabilities (or ``dS``) ``(..., N, M)`` and ``(..., M, Dv)`` (third table)."""
+    if p.shape[:-2] == v.shape[:-2] and sparse_kernels_pay(p, v):
+        return native.sparse_matmul(p.contiguous(), v.contiguous())
+    return torch.matmul(p, v)

@@ -35,7 +35,14 @@ from torch import Tensor
 
 from sparsedino.attention.gradients import TINY
 
-__all__ = ["available", "entmax15_grad_rows", "entmax15_recompute_rows", "entmax15_rows"]
+__all__ = [
+    "available",
+    "entmax15_grad_rows",
+    "entmax15_recompute_rows",
+    "entmax15_rows",
+    "sparse_attention_backward",
+    "sparse_matmul",
+]
 
 # The kernels' C source (type-generic body + its float/double instantiations), shipped in the package.
 SOURCE_DIR = Path(__file__).resolve().parent / "csrc"
@@ -130,6 +137,12 @@ def _build() -> ctypes.CDLL:
         getattr(lib, f"entmax15_rows_par_{suffix}").restype = i64
         getattr(lib, f"entmax15_recompute_par_{suffix}").argtypes = [vp, vp, vp, i64, i64, real, i32]
         getattr(lib, f"entmax15_grad_par_{suffix}").argtypes = [vp, vp, vp, i64, i64, real, i32]
+        getattr(lib, f"sparse_pv_{suffix}").argtypes = [vp, vp, vp, i64, i64, i64, i64, i64, vp, vp]
+        getattr(lib, f"sparse_pv_par_{suffix}").argtypes = [vp, vp, vp, i64, i64, i64, i64, i32]
+        getattr(lib, f"sparse_pv_par_{suffix}").restype = i64
+        getattr(lib, f"sparse_attn_bwd_{suffix}").argtypes = [vp] * 8 + [i64] * 6 + [real, vp, vp, vp]
+        getattr(lib, f"sparse_attn_bwd_par_{suffix}").argtypes = [vp] * 8 + [i64] * 5 + [real, i32]
+        getattr(lib, f"sparse_attn_bwd_par_{suffix}").restype = i64
     return lib
 
 
@@ -241,3 +254,70 @@ def entmax15_grad_rows(p: Tensor, grad: Tensor, scale: float, inplace: bool = Fa
     fn = getattr(_lib, f"entmax15_grad_{suffix}")
     _run_rows(fn, rows, n, lambda r0, r1: (pp, gp, dp, r0, r1, n, scale))
     return out
+
+
+def sparse_matmul(p: Tensor, v: Tensor) -> Tensor:
+    """``p @ v`` over the nonzeros of ``p`` only (exact zeros skipped, so ``0 * inf`` gives no NaN).
+
+    Args:
+        p: ``(..., N, M)`` probabilities (contiguous CPU float32/float64, never negative).
+        v: ``(..., M, Dv)`` values of the same dtype and leading shape (contiguous).
+
+    Returns:
+        ``(..., N, Dv)`` in ``p``'s dtype. Sums run over each row's nonzeros in key order.
+    """
+    *lead, n_rows, m = p.shape
+    dv = v.shape[-1]
+    rows = p.numel() // max(m, 1)
+    out = p.new_empty((*lead, n_rows, dv))
+    suffix = "f32" if p.dtype == torch.float32 else "f64"
+    pp, vp, op = p.data_ptr(), v.data_ptr(), out.data_ptr()
+    if _openmp:
+        status = getattr(_lib, f"sparse_pv_par_{suffix}")(pp, vp, op, rows, m, n_rows, dv, _threads(rows, m))
+        if status < 0:
+            raise MemoryError(f"sparse attention product: no memory for scratch rows of {m} keys")
+        return out
+    fn = getattr(_lib, f"sparse_pv_{suffix}")
+
+    def task(r0: int, r1: int) -> tuple:
+        idx, val = torch.empty(m, dtype=torch.int64), p.new_empty(m)
+        return (pp, vp, op, r0, r1, m, n_rows, dv, idx.data_ptr(), val.data_ptr(), (idx, val))
+
+    _run_rows(lambda *a: fn(*a[:-1]), rows, m, task)
+    return out
+
+
+def sparse_attention_backward(
+    p: Tensor, q: Tensor, k: Tensor, v: Tensor, grad_out: Tensor, scale: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dQ, dK, dV) of ``out = entmax15(q k^T * scale) v`` from its probabilities, over their support only.
+
+    Args:
+        p: ``(B, H, N, M)`` probabilities of the forward; q ``(B, H, N, D)``, k ``(B, H, M, D)``,
+            v ``(B, H, M, Dv)``, grad_out ``(B, H, N, Dv)``: contiguous CPU tensors of one float dtype.
+        scale: The scores' scale.
+
+    Returns:
+        dQ, dK, dV, each of its input's shape (every (batch, head) on one thread: dK, dV are summed in place).
+    """
+    b, h, n, m = p.shape
+    d, e = q.shape[-1], v.shape[-1]
+    dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    suffix = "f32" if p.dtype == torch.float32 else "f64"
+    ptrs = [t.data_ptr() for t in (p, q, k, v, grad_out, dq, dk, dv)]
+    groups = b * h
+    if _openmp:
+        threads = min(_threads(groups * n, m), groups)
+        status = getattr(_lib, f"sparse_attn_bwd_par_{suffix}")(*ptrs, groups, n, m, d, e, scale, threads)
+        if status < 0:
+            raise MemoryError(f"sparse attention backward: no memory for scratch rows of {m} keys")
+        return dq, dk, dv
+    fn = getattr(_lib, f"sparse_attn_bwd_{suffix}")
+
+    def task(g0: int, g1: int) -> tuple:
+        idx, val, ds = torch.empty(m, dtype=torch.int64), p.new_empty(m), p.new_empty(m)
+        scratch = (idx.data_ptr(), val.data_ptr(), ds.data_ptr())
+        return (*ptrs, g0, g1, n, m, d, e, scale, *scratch, (idx, val, ds))
+
+    _run_rows(lambda *a: fn(*a[:-1]), groups, n * m, task)
+    return dq, dk, dv

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifndef SPARSEDINO_TINY
 #error "SPARSEDINO_TINY must be defined by the build (see sparsedino/attention/native.py)"
