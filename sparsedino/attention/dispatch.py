@@ -48,16 +48,17 @@ backend       when                                                   kernels
 ===================  ==============================================  =====================================
 kernel               when                                            what
 ===================  ==============================================  =====================================
-sparse ``P @ V``     :func:`sparse_kernels_pay` (below) for P, V     :func:`.native.sparse_matmul` (forward;
-                                                                     ``dS @ K`` of the backward too)
+sparse ``P @ V``     :func:`sparse_kernels_pay` for P, V with        :func:`.native.sparse_matmul` (forward;
+                     ``short_rows=True``                             ``dS @ K`` of a dense backward too)
 sparse backward      entmax-1.5, and :func:`sparse_kernels_pay` for  :func:`.native.sparse_attention_backward`:
                      P, Q, K, V, dO                                  dP, dS, dQ, dK, dV on the support only
 dense                otherwise                                       ``torch.matmul`` (BLAS)
 ===================  ==============================================  =====================================
 
 :func:`sparse_kernels_pay`: CPU, one float32/float64 dtype, native kernels allowed and built, and at most
-:data:`SPARSE_MAX_DENSITY` of the probabilities nonzero or at most :data:`SPARSE_SHORT_ROWS` keys (a GEMM
-over few keys is slow). The sparse kernels skip exact zeros, so a ``0 * inf`` gives no NaN there.
+:data:`SPARSE_MAX_DENSITY` of the probabilities nonzero (or, for ``P @ V``, at most
+:data:`SPARSE_SHORT_ROWS` keys: a GEMM over few keys is slow). The sparse kernels skip exact zeros, so a
+``0 * inf`` gives no NaN there.
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ from sparsedino.attention.normalizers import Normalizer, normalize, parse_normal
 
 __all__ = ["attention_path", "normalize_scores", "normalizer_backward", "probs_matmul", "sparse_kernels_pay"]
 
-# The sparse kernels pay below this share of nonzero probabilities, and always over this few keys (2-core
-# AVX2 VM, float32, head dim 64: P @ V broke even with the GEMM near density 0.6 at 197 keys, 0.35 at 785,
-# above 1 at 37).
+# The sparse kernels pay below this share of nonzero probabilities (2-core AVX2 VM, float32, head dim 64:
+# forward + backward broke even with BLAS near density 0.35 at 197 keys; 0.82 was 1.10x slower at 37),
+# and sparse P @ V alone at any density over this few keys (3x faster than the GEMM at 37 keys).
 SPARSE_MAX_DENSITY = 0.3
 SPARSE_SHORT_ROWS = 64
 # Rows sampled to estimate the density (evenly spaced over batch, heads and queries).
@@ -148,9 +149,9 @@ def _sparse_enough(p: Tensor) -> bool:
     return bool(torch.count_nonzero(sample) <= SPARSE_MAX_DENSITY * sample.numel())
 
 
-def sparse_kernels_pay(p: Tensor, *others: Tensor) -> bool:
+def sparse_kernels_pay(p: Tensor, *others: Tensor, short_rows: bool = False) -> bool:
     """Whether the native sparse kernels should take ``p`` (probabilities or ``dS``, ``(..., N, M)``) and the
-    dense operands ``others`` (third table)."""
+    dense operands ``others`` (third table); ``short_rows``: any density over few keys (``P @ V`` only)."""
     return (
         p.device.type == "cpu"
         and p.dtype in (torch.float32, torch.float64)
@@ -159,12 +160,12 @@ def sparse_kernels_pay(p: Tensor, *others: Tensor) -> bool:
         and p.numel() > 0
         and compiled.native_allowed()
         and native.available()
-        and (p.shape[-1] <= SPARSE_SHORT_ROWS or _sparse_enough(p))
+        and ((short_rows and p.shape[-1] <= SPARSE_SHORT_ROWS) or _sparse_enough(p))
     )
 
 
 def probs_matmul(p: Tensor, v: Tensor) -> Tensor:
     """``p @ v`` for attention probabilities (or ``dS``) ``(..., N, M)`` and ``(..., M, Dv)`` (third table)."""
-    if p.shape[:-2] == v.shape[:-2] and sparse_kernels_pay(p, v):
+    if p.shape[:-2] == v.shape[:-2] and sparse_kernels_pay(p, v, short_rows=True):
         return native.sparse_matmul(p.contiguous(), v.contiguous())
     return torch.matmul(p, v)

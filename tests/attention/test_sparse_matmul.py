@@ -80,6 +80,8 @@ def test_probs_matmul_picks_the_sparse_kernel_only_where_it_pays(monkeypatch):
         out = dispatch.probs_matmul(p, vv)
         assert bool(calls) == expect
         assert torch.allclose(out, p @ vv, atol=1e-5)
+    assert not dispatch.sparse_kernels_pay(short, v_short)  # the backward takes dense short rows to BLAS
+    assert dispatch.sparse_kernels_pay(sparse, v)
     calls.clear()
     dispatch.probs_matmul(sparse.bfloat16(), v.bfloat16())  # no bfloat16 kernel: BLAS
     assert not calls
