@@ -14,9 +14,11 @@ Backward, per tile (``P`` saved when unchunked; recomputed from q, k when tiled)
     dS_i = normalizer_backward(P_i, dP_i) * scale
     dQ_i = dS_i K,   dK += dS_i^T Q_i
 
-Unchunked, the op keeps q, k, v and P for backward (the scores S are never kept); tiled, it keeps q, k, v,
-the mask and, for entmax-1.5 on the native kernels, each row's threshold, so that backward rebuilds P_i
-with one pass over S_i instead of solving again. The (B, H, N, M) buffers (and the tiles' scratch) come
+Unchunked, ``P V`` and the backward run as sparse kernels over each row's support when the attention is
+sparse enough (:func:`.dispatch.sparse_kernels_pay`; BLAS otherwise), and the op keeps q, k, v and P for
+backward (the scores S are never kept); tiled, it keeps q, k, v, the mask and, for entmax-1.5 on the
+native kernels, each row's threshold, so that backward rebuilds P_i with one pass over S_i instead of
+solving again. The (B, H, N, M) buffers (and the tiles' scratch) come
 from :mod:`sparsedino.attention.workspace`, so repeated calls do not re-fault fresh memory.
 
 Why tiles span batch elements before splitting query rows: a matrix product over few query rows is slow
