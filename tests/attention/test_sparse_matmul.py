@@ -142,3 +142,31 @@ def test_sparse_backward_equals_the_dense_formulas(monkeypatch, dtype, openmp):
     tol = 1e-5 if dtype == torch.float32 else 1e-10
     for got, exp in zip((dq, dk, dv), want):
         assert torch.allclose(got, exp, atol=tol, rtol=tol)
+
+
+def test_masked_attention_through_the_sparse_kernels_matches_the_reference(monkeypatch):
+    """An additive -inf key mask (padding) and a fully masked query row: outputs and gradients as the oracle's."""
+    calls = []
+    real_backward = native.sparse_attention_backward
+    monkeypatch.setattr(
+        native, "sparse_attention_backward", lambda *a: calls.append("backward") or real_backward(*a)
+    )
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (3 * torch.randn(2, 2, 30, 8, generator=gen) for _ in range(3))  # peaky: sparse rows
+    q, k, v = (t.requires_grad_() for t in (q, k, v))
+    mask = torch.zeros(2, 1, 30, 30)
+    mask[0, :, :, 20:] = float("-inf")  # padded keys of the first image
+    mask[1, :, 5, :] = float("-inf")  # one query that may attend nothing
+    out = attention(q, k, v, normalizer="entmax15", attn_mask=mask)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    qr, kr, vr = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref_mask, keep = mask.double().clone(), torch.ones(2, 1, 30, 1, dtype=torch.float64)
+    ref_mask[1, :, 5], keep[1, :, 5] = 0.0, 0.0  # the reference cannot take an all -inf row: zero it after
+    p = ref.entmax15(qr @ kr.transpose(-2, -1) * 8**-0.5 + ref_mask, dim=-1) * keep
+    expect = p @ vr
+    expect_grads = torch.autograd.grad(expect, (qr, kr, vr), g.double())
+    assert (out.double() - expect).abs().max() < 1e-5 and (out[1, :, 5] == 0).all()
+    for got, want in zip(grads, expect_grads):
+        assert (got.double() - want).abs().max() < 1e-4
+    assert calls == ["backward"]
