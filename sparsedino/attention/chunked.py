@@ -82,14 +82,6 @@ def _part(buf: Tensor, shape: tuple[int, ...]) -> Tensor:
     return buf.view(-1)[:numel].view(shape)
 
 
-def _matmul_into(a: Tensor, b: Tensor, dst: Tensor) -> None:
-    """``dst[...] = a @ b``, written in place when ``dst`` is contiguous (no temporary)."""
-    if dst.is_contiguous():
-        torch.matmul(a, b, out=dst)
-    else:
-        dst.copy_(torch.matmul(a, b))
-
-
 def _bmm_acc(acc: Tensor, a: Tensor, b: Tensor) -> None:
     """``acc += a @ b`` for 4-D (batch, heads, ., .) operands, without a temporary (``acc`` contiguous)."""
     acc.view(-1, *acc.shape[-2:]).baddbmm_(a.reshape(-1, *a.shape[-2:]), b.reshape(-1, *b.shape[-2:]))
@@ -143,7 +135,7 @@ class SparseAttentionFunction(torch.autograd.Function):
             p = normalize_scores(s, name, scale, _bias_tile(bias, b0, b1, r0, r1), thr)
             if thr is not None:
                 thresholds[b0:b1, :, r0:r1] = thr
-            _matmul_into(p.to(v.dtype), v[b0:b1], out[b0:b1, :, r0:r1])
+            probs_matmul(p.to(v.dtype), v[b0:b1], out=out[b0:b1, :, r0:r1])
         workspace.give(scratch, lease)
         ctx.thresholds = thresholds is not None
         ctx.save_for_backward(q, k, v, bias, thresholds)
@@ -205,6 +197,18 @@ def _tiled_grads(ctx, q, k, v, bias, thresholds, grad_out, need):
         else:
             p = normalize_scores(s, ctx.name, ctx.scale, bias_t)
         p = p.to(v.dtype)
+        if ctx.name.kind == "entmax15" and sparse_kernels_pay(p, q, k, v, grad_out):
+            # dP, dS, dQ, dK, dV over the tile's support only
+            dq_t, dk_t, dv_t = native.sparse_attention_backward(
+                p, q_t.contiguous(), k[b0:b1], v[b0:b1], do_t.contiguous(), ctx.scale
+            )
+            if need_q:
+                dq[b0:b1, :, r0:r1] = dq_t
+            if need_k:
+                dk[b0:b1] += dk_t
+            if need_v:
+                dv[b0:b1] += dv_t
+            continue
         if need_v:  # dV += P_t^T dO_t
             _bmm_acc(dv[b0:b1], p.transpose(-2, -1), do_t)
         if not (need_q or need_k):
@@ -212,7 +216,7 @@ def _tiled_grads(ctx, q, k, v, bias, thresholds, grad_out, need):
         dp = torch.matmul(do_t, v[b0:b1].transpose(-2, -1), out=_part(dp_buf, (b1 - b0, h, r1 - r0, m)))
         ds = normalizer_backward(p, dp, ctx.name, scale=ctx.scale, inplace=True).to(q.dtype)
         if need_q:
-            _matmul_into(ds, k[b0:b1], dq[b0:b1, :, r0:r1])
+            probs_matmul(ds, k[b0:b1], out=dq[b0:b1, :, r0:r1])
         if need_k:  # dK += dS_t^T Q_t
             _bmm_acc(dk[b0:b1], ds.transpose(-2, -1), q_t)
     workspace.give(scratch, lease)

@@ -164,8 +164,16 @@ def sparse_kernels_pay(p: Tensor, *others: Tensor, short_rows: bool = False) -> 
     )
 
 
-def probs_matmul(p: Tensor, v: Tensor) -> Tensor:
-    """``p @ v`` for attention probabilities (or ``dS``) ``(..., N, M)`` and ``(..., M, Dv)`` (third table)."""
+def probs_matmul(p: Tensor, v: Tensor, out: Tensor | None = None) -> Tensor:
+    """``p @ v`` for attention probabilities (or ``dS``) ``(..., N, M)`` and ``(..., M, Dv)`` (third table).
+
+    ``out``: written in place (it may be a strided view, e.g. a tile of a larger output) and returned.
+    """
     if p.shape[:-2] == v.shape[:-2] and sparse_kernels_pay(p, v, short_rows=True):
-        return native.sparse_matmul(p.contiguous(), v.contiguous())
-    return torch.matmul(p, v)
+        result = native.sparse_matmul(p.contiguous(), v.contiguous())
+        return result if out is None else out.copy_(result)
+    if out is None:
+        return torch.matmul(p, v)
+    if out.is_contiguous():
+        return torch.matmul(p, v, out=out)
+    return out.copy_(torch.matmul(p, v))
