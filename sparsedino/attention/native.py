@@ -1,4 +1,6 @@
-"""Row-fused CPU kernels for entmax-1.5 (forward solve and backward), built once with the system C compiler.
+"""Row-fused CPU kernels for entmax-1.5 (forward solve and backward) and for sparse attention products
+(``P @ V`` over each row's nonzeros; the attention backward over the support only), built once with the
+system C compiler.
 
 Why: the sort-free solver makes ~7 dependent passes over each row. Expressed as tensor ops (eager or
 ``torch.compile``), every pass streams the whole (rows, n) score matrix through memory and ends with a

@@ -172,7 +172,9 @@ def test_masked_attention_through_the_sparse_kernels_matches_the_reference(monke
     assert calls == ["backward"]
 
 
-@pytest.mark.parametrize("chunk", [7, 40])  # query rows split over tiles (dK, dV summed) / whole batch elements
+@pytest.mark.parametrize(
+    "chunk", [7, 40]
+)  # query rows split over tiles (dK, dV summed) / whole batch elements
 def test_tiled_attention_through_the_sparse_kernels_matches_the_untiled_op(monkeypatch, chunk):
     calls = []
     real_matmul, real_backward = native.sparse_matmul, native.sparse_attention_backward
