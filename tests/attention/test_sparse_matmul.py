@@ -21,6 +21,18 @@ def native_paths():
     set_compile(None)
 
 
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    """Records which sparse kernels run ("P @ V", "backward"), in order, while still running them."""
+    calls = []
+    real_matmul, real_backward = native.sparse_matmul, native.sparse_attention_backward
+    monkeypatch.setattr(native, "sparse_matmul", lambda p, v: calls.append("P @ V") or real_matmul(p, v))
+    monkeypatch.setattr(
+        native, "sparse_attention_backward", lambda *a: calls.append("backward") or real_backward(*a)
+    )
+    return calls
+
+
 def _sparse_rows(shape, density, dtype, gen, signed=False):
     x = torch.rand(shape, generator=gen, dtype=dtype)
     if signed:
@@ -88,14 +100,9 @@ def test_probs_matmul_picks_the_sparse_kernel_only_where_it_pays(monkeypatch):
 
 
 @pytest.mark.parametrize("n", [37, 197])
-def test_attention_with_the_sparse_product_matches_the_reference(monkeypatch, n):
+def test_attention_with_the_sparse_product_matches_the_reference(kernel_calls, n):
     """End to end: the fused op's output (sparse P @ V) and gradients (sparse backward) against entmax's oracle."""
-    calls = []
-    real_matmul, real_backward = native.sparse_matmul, native.sparse_attention_backward
-    monkeypatch.setattr(native, "sparse_matmul", lambda p, v: calls.append("P @ V") or real_matmul(p, v))
-    monkeypatch.setattr(
-        native, "sparse_attention_backward", lambda *a: calls.append("backward") or real_backward(*a)
-    )
+    calls = kernel_calls
     gen = torch.Generator().manual_seed(n)
     q, k, v = (torch.randn(2, 3, n, 16, generator=gen, requires_grad=True) for _ in range(3))
     out = attention(q, k, v, normalizer="entmax15")
@@ -144,13 +151,9 @@ def test_sparse_backward_equals_the_dense_formulas(monkeypatch, dtype, openmp):
         assert torch.allclose(got, exp, atol=tol, rtol=tol)
 
 
-def test_masked_attention_through_the_sparse_kernels_matches_the_reference(monkeypatch):
+def test_masked_attention_through_the_sparse_kernels_matches_the_reference(kernel_calls):
     """An additive -inf key mask (padding) and a fully masked query row: outputs and gradients as the oracle's."""
-    calls = []
-    real_backward = native.sparse_attention_backward
-    monkeypatch.setattr(
-        native, "sparse_attention_backward", lambda *a: calls.append("backward") or real_backward(*a)
-    )
+    calls = kernel_calls
     gen = torch.Generator().manual_seed(3)
     q, k, v = (3 * torch.randn(2, 2, 30, 8, generator=gen) for _ in range(3))  # peaky: sparse rows
     q, k, v = (t.requires_grad_() for t in (q, k, v))
@@ -169,19 +172,13 @@ def test_masked_attention_through_the_sparse_kernels_matches_the_reference(monke
     assert (out.double() - expect).abs().max() < 1e-5 and (out[1, :, 5] == 0).all()
     for got, want in zip(grads, expect_grads):
         assert (got.double() - want).abs().max() < 1e-4
-    assert calls == ["backward"]
+    assert calls == ["P @ V", "backward"]  # 30 keys: P @ V sparse at any density
 
 
-@pytest.mark.parametrize(
-    "chunk", [7, 40]
-)  # query rows split over tiles (dK, dV summed) / whole batch elements
-def test_tiled_attention_through_the_sparse_kernels_matches_the_untiled_op(monkeypatch, chunk):
-    calls = []
-    real_matmul, real_backward = native.sparse_matmul, native.sparse_attention_backward
-    monkeypatch.setattr(native, "sparse_matmul", lambda p, v: calls.append("P @ V") or real_matmul(p, v))
-    monkeypatch.setattr(
-        native, "sparse_attention_backward", lambda *a: calls.append("backward") or real_backward(*a)
-    )
+@pytest.mark.parametrize("chunk", [7, 40])
+def test_tiled_attention_through_the_sparse_kernels_matches_the_untiled_op(kernel_calls, chunk):
+    """Query rows split over tiles (dK, dV summed over them, chunk 7) or whole batch elements per tile (40)."""
+    calls = kernel_calls
     gen = torch.Generator().manual_seed(4)
     q, k, v = (3 * torch.randn(3, 2, 40, 8, generator=gen) for _ in range(3))
     g = torch.randn(3, 2, 40, 8, generator=gen)
