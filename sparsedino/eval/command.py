@@ -106,6 +106,11 @@ def check_fits_model(protocol: str, model, cfg) -> None:
         ConfigError: naming the key and the model's depth or patch size.
     """
     depth, patch = len(model.blocks), model.patch_embed.patch_size[0]
+    if protocol in ("seg", "video") and not getattr(model, "dynamic_img_size", False):
+        raise ConfigError(
+            f"eval {protocol} feeds inputs of varying size, but this {type(model).__name__} takes "
+            f"{tuple(getattr(model.patch_embed, 'img_size', ()))} inputs only (no dynamic_img_size)"
+        )
     if protocol == "seg":
         bad = [layer for layer in cfg.layers if not -depth <= layer < depth]
         if bad:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
+import timm
 import torch
+from safetensors.torch import save_file
 
 from sparsedino.eval.command import _classification_sets, main
 from sparsedino.eval.features import forward_tokens
@@ -112,3 +114,25 @@ def test_a_bad_spec_is_one_line_before_any_work(tmp_path, synth_root, capsys):
     assert "missing keys (14): blocks.2." in capsys.readouterr().err
     assert main([*base[:1], "--checkpoint", spec, "--arch", "vit_small", *base[1:]]) == 2
     assert "for checkpoint files" in capsys.readouterr().err
+
+
+def test_a_fixed_size_model_is_refused_by_seg_and_video(tmp_path, synth_root, capsys):
+    # BEiT takes no dynamic_img_size: its inputs have the size it was built for
+    model = timm.create_model("beit_base_patch16_224", pretrained=False, depth=1, embed_dim=32, num_heads=2,
+                              img_size=32, num_classes=0)  # fmt: skip
+    path = tmp_path / "beit.safetensors"
+    save_file(model.state_dict(), path)
+    spec = f"timm:beit_base_patch16_224,depth=1,embed_dim=32,num_heads=2,img_size=32:{path}"
+    for protocol in ("seg", "video"):
+        argv = [
+            protocol,
+            "--checkpoint",
+            spec,
+            "--data",
+            str(synth_root),
+            "--out",
+            str(tmp_path / protocol),
+            *SEG,
+        ]
+        assert main(argv if protocol == "seg" else argv[:7]) == 2
+        assert "takes (32, 32) inputs only (no dynamic_img_size)" in capsys.readouterr().err
