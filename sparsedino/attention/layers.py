@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from timm.layers import Attention, register_notrace_function, use_fused_attn
 from torch import Tensor, nn
 
-from sparsedino.attention import scripted
+from sparsedino.attention import hf_detect, scripted
 from sparsedino.attention.adaptive import adaptive_attention_probs, alpha_parameter, bounded_alpha
 from sparsedino.attention.normalizers import Normalizer, normalizer_name, parse_normalizer
 from sparsedino.attention.ops import attention, attention_probs
@@ -305,6 +305,10 @@ def sparsify(
         ValueError: bad normaliser name, or no convertible attention module in ``model``.
         TypeError: an attention module of a type that cannot be converted (e.g. timm's ``DiffAttention``).
     """
+    if hf_detect.contains_transformers_model(model):  # a transformers model, or a module holding one
+        from sparsedino.attention import hf  # optional dependency (transformers), already imported here
+
+        return hf.sparsify_transformers(model, normalizer, scale)
     name = normalizer_name(normalizer)
     converted = 0
     for parent_name, parent in list(model.named_modules()):
@@ -343,6 +347,12 @@ def collect_attention(model: nn.Module) -> Iterator[list[Tensor]]:
         ValueError: the model has no ``SparseAttention`` (call ``sparsify(model, "softmax")`` first to keep
             softmax and still record maps).
     """
+    if hf_detect.contains_transformers_model(model):  # a transformers model, or a module holding one
+        from sparsedino.attention import hf  # optional dependency (transformers), already imported here
+
+        with hf.collect_transformers_attention(model) as maps:
+            yield maps
+        return
     layers = [m for m in model.modules() if isinstance(m, SparseAttention)]
     if not layers:
         raise ValueError(
