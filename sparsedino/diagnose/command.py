@@ -3,7 +3,11 @@ run (scores against the epoch), or a side-by-side comparison of two result folde
 
     sparsedino diagnose --checkpoint FILE --data DIR --out DIR [--layers 0 5 11] [--config YAML] [key=value ...]
     sparsedino diagnose --checkpoint 'run/checkpoint*.pth' --data DIR --out DIR     # over training
+    sparsedino diagnose --checkpoint timm:vit_small_patch14_reg4_dinov2:w.pth --data DIR --out DIR
+    sparsedino diagnose --checkpoint hf:dinov2-small-folder --data DIR --out DIR
     sparsedino diagnose --compare DIR_A DIR_B --out DIR                              # e.g. softmax vs entmax
+
+``--checkpoint`` takes every backbone spec (:mod:`sparsedino.models.spec`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sparsedino.config import save_config
+from sparsedino.models.spec import SPEC_HELP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--checkpoint",
         nargs="+",
-        metavar="FILE",
-        help="checkpoint file(s), folder(s) or glob(s); several = diagnostics over training",
+        metavar="SPEC",
+        help=f"{SPEC_HELP}; checkpoint files may be folders or globs; several = diagnostics over training",
     )
     p.add_argument(
         "--data", metavar="DIR", help="segmentation dataset root (VOC layout by default, see dataset=)"
@@ -121,41 +126,48 @@ def _diagnose(args: argparse.Namespace, overrides: list[str]) -> int:
         write_compare(args.compare[0], args.compare[1], out)
         print(f"comparison written to {out / 'report.html'}")
         return 0
+    from sparsedino.data.joint_transforms import make_seg_eval_transform
     from sparsedino.data.segmentation import build_seg_dataset
-    from sparsedino.diagnose.over_training import assign_epochs, resolve_checkpoints, write_over_training
+    from sparsedino.diagnose.over_training import assign_epochs, resolve_backbones, write_over_training
     from sparsedino.diagnose.report import write_run
     from sparsedino.diagnose.runner import run_diagnostics, validate_model
     from sparsedino.diagnose.settings import load_diagnose_config
     from sparsedino.errors import DataError, MissingDataError
     from sparsedino.eval.command import normalizer_option
-    from sparsedino.models import load_backbone
+    from sparsedino.models import load_backbone, token_layout
 
     layers = [f"layers=[{','.join(map(str, args.layers))}]"] if args.layers else []
     cfg = load_diagnose_config(args.config, overrides + list(args.overrides) + layers)
     normalizer = normalizer_option(args.normalizer)
     if not Path(args.data).is_dir():
         raise MissingDataError(f"--data {args.data}: no such folder")
-    paths = resolve_checkpoints(args.checkpoint)
+    specs = resolve_backbones(args.checkpoint)
     dataset = build_seg_dataset(cfg.dataset, args.data, cfg.split)
     if len(dataset) == 0:
         raise DataError(f"--data {args.data}: split {cfg.split!r} has no images")
     dataset.load_raw(0)  # a wrong annotation folder fails here, not after the first batch
     loaded = []
-    for path in paths:  # read every checkpoint first: a bad file fails before any long work
-        model, info = load_backbone(path, normalizer=normalizer, arch=args.arch, which=args.which)
+    options = {"normalizer": normalizer, "arch": args.arch, "which": args.which, "attention_maps": True}
+    for spec in specs:  # read every backbone first: a bad file fails before any long work
+        model, info = load_backbone(spec, **options)
         validate_model(model, cfg)
-        loaded.append((path, info.epoch, info.sha256))
+        loaded.append((spec.path, info.epoch, info.sha256))
         del model
+    by_path = {spec.path: spec for spec in specs}
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
     single = len(loaded) == 1
     runs = [(None, loaded[0][0])] if single else assign_epochs(loaded)
     done = []
     for epoch, path in runs:
-        model, info = load_backbone(path, normalizer=normalizer, arch=args.arch, which=args.which)
+        model, info = load_backbone(by_path[path], **options)
+        layout = token_layout(model)
+        dataset.transform = make_seg_eval_transform(
+            mean=layout.mean, std=layout.std
+        )  # the model's statistics
         run_dir = out if single else out / f"epoch_{epoch:04d}"
         print(
-            f"diagnosing {path} ({info.arch}, {info.normalizer}"
+            f"diagnosing {by_path[path]} ({info.arch}, {info.normalizer}"
             + ("" if single else f", epoch {epoch}")
             + ")"
         )

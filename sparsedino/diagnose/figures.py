@@ -136,10 +136,10 @@ def plot_head_distances(runs: dict[str, dict], path: str | Path) -> Path | None:
     return save_figure(fig, path)
 
 
-def display_image(image: torch.Tensor) -> np.ndarray:
-    """(3, H, W) ImageNet-normalised tensor (the readers' default) -> (H, W, 3) in [0, 1] for display."""
-    mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-    std = torch.tensor(IMAGENET_STD)[:, None, None]
+def display_image(image: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """(3, H, W) tensor normalised with ``mean`` / ``std`` (the model's) -> (H, W, 3) in [0, 1] for display."""
+    mean = torch.tensor(mean)[:, None, None]
+    std = torch.tensor(std)[:, None, None]
     return (image.float() * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
@@ -155,11 +155,12 @@ def plot_maps(examples: dict, kind: str, path: str | Path, title: str) -> Path |
     if images is None or not blocks:
         return None
     n = images.shape[0]
+    stats = examples.get("mean", IMAGENET_MEAN), examples.get("std", IMAGENET_STD)
     cols = 2 + len(blocks)
     fig = Figure(figsize=(1.6 * cols, 1.6 * n + 0.4))
     for r in range(n):
         panels = [
-            ("image", display_image(images[r]), None),
+            ("image", display_image(images[r], *stats), None),
             ("foreground", examples["fg"][r].numpy(), "gray"),
         ]
         for b in blocks:

@@ -1,7 +1,7 @@
 """Diagnostics over training: every per-block score against the epoch of several checkpoints of one run.
 
 Checkpoints are given as files, folders (every ``*.pth``, ``*.pt``, ``*.safetensors`` inside) or glob
-patterns. The epoch is ``BackboneInfo.epoch`` when the checkpoint stores one, otherwise the number in the
+patterns; a ``timm:NAME:FILE`` spec's FILE may be a glob too (one timm model, several weight files). The epoch is ``BackboneInfo.epoch`` when the checkpoint stores one, otherwise the number in the
 file name (``checkpoint0040.pth``, ``epoch_40.safetensors``, ``ep40.pt``).
 """
 
@@ -18,6 +18,7 @@ from sparsedino.diagnose.report import Doc, fmt, write_documents
 from sparsedino.diagnose.scores import GROUPS, SCORES, scalar_scores
 from sparsedino.errors import MissingDataError
 from sparsedino.models.formats import CheckpointError
+from sparsedino.models.spec import BackboneSpec, parse_backbone_spec
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".safetensors")
 _EPOCH_IN_NAME = re.compile(r"(?:epoch|ep|checkpoint|ckpt)[_\-]?(\d+)", re.IGNORECASE)
@@ -44,6 +45,24 @@ def resolve_checkpoints(specs: Sequence[str]) -> list[Path]:
             raise MissingDataError(f"--checkpoint {spec}: {what}")
         found += [m for m in matches if m.resolve() not in {f.resolve() for f in found}]
     return found
+
+
+def resolve_backbones(values: Sequence[str]) -> list[BackboneSpec]:
+    """``--checkpoint`` values -> one backbone spec per file, in order, without duplicates.
+
+    Checkpoint files, folders and globs expand as in :func:`resolve_checkpoints`; so does the FILE of a
+    ``timm:`` spec; an ``hf:FOLDER`` is one backbone.
+
+    Raises:
+        CheckpointError / MissingDataError: naming the value that is malformed or matches no file.
+    """
+    found: dict[BackboneSpec, BackboneSpec] = {}  # the spec with a resolved path -> the spec as given
+    for value in values:
+        spec = parse_backbone_spec(value)
+        files = [spec.path] if spec.kind == "hf" else resolve_checkpoints([str(spec.path)])
+        for path in files:
+            found.setdefault(spec.with_path(path.resolve()), spec.with_path(path))
+    return list(found.values())
 
 
 def epoch_from_name(path: str | Path) -> int | None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sparsedino.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
-from sparsedino.diagnose import figures
+from sparsedino.diagnose import figures, registers
 from sparsedino.diagnose.scores import GROUPS, SCORES
 from sparsedino.errors import DataError, MissingDataError
 
@@ -103,7 +103,7 @@ def _score_table(metrics: dict) -> tuple[str, list[str], list[list[str]]]:
     rows = [
         [SCORES[k][1]] + [fmt(metrics["blocks"][b].get(k)) for b in blocks]
         for k in SCORES
-        if any(k in metrics["blocks"][b] for b in blocks)
+        if any(k in metrics["blocks"][b] for b in blocks) and not k.startswith(registers.PREFIX)
     ]
     return ("table", ["score"] + [f"block {b}" for b in blocks], rows)
 
@@ -167,6 +167,7 @@ def write_run(result: dict, out_dir: str | Path, model_info: dict | None = None)
         *_context(metrics),
         ("h", 2, "Scores per block"),
         _score_table(metrics),
+        *registers.register_section(metrics, fmt),
         ("h", 2, "Figures"),
     ]
     doc += [("img", f, c) for f, c in figs]

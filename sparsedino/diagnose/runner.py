@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from sparsedino.attention import collect_attention
 from sparsedino.config import ConfigError, config_to_dict
-from sparsedino.diagnose import alignment, attention_stats, diffusion, norms
+from sparsedino.diagnose import alignment, attention_stats, diffusion, norms, registers
 from sparsedino.diagnose.batches import ResizeCollate
 from sparsedino.diagnose.dense_probe import dense_probe_scores
 from sparsedino.diagnose.masks import image_labels, patch_foreground, pure_background
@@ -26,6 +26,7 @@ from sparsedino.diagnose.pca import pca_rgb
 from sparsedino.diagnose.scores import SCORES
 from sparsedino.diagnose.settings import DiagnoseConfig
 from sparsedino.errors import DataError
+from sparsedino.models.layout import token_layout
 
 # histogram of log10(norm / image median) per block: 0.1x .. 100x the median
 HIST_EDGES = torch.linspace(-1.0, 2.0, 61)
@@ -150,8 +151,8 @@ def run_diagnostics(
         if hasattr(model.patch_embed, "dynamic_feat_size")
         else tuple(model.patch_embed.grid_size)
     )
-    num_prefix = int(model.num_prefix_tokens)
-    has_cls = getattr(model, "cls_token", None) is not None
+    layout = token_layout(model)  # patches = the tokens after [CLS] and the registers
+    num_prefix, has_cls = layout.num_prefix_tokens, layout.has_class_token
     loader = DataLoader(
         Subset(dataset, range(n_images)),
         batch_size=cfg.batch_size,
@@ -228,6 +229,8 @@ def run_diagnostics(
                 acc.add_sum(
                     "distance", attention_stats.mean_attention_distance(attn, num_prefix, grid, patch)
                 )
+                if layout.num_registers:  # 2b. register tokens, apart from the patches
+                    registers.add_block(acc, prefix, n, attn, layout)
                 if has_cls:
                     cls_attn = attention_stats.cls_patch_attention(attn, num_prefix)  # (B, M)
                     acc.add("attn.cls_fg_mass", attention_stats.cls_foreground_mass(cls_attn, fg_d, valid_d))
@@ -280,7 +283,7 @@ def run_diagnostics(
         results[str(b)] = _finalise_block(
             acc, cfg, labels, train_images, masks_probe, dataset, has_cls, device
         )
-    examples = _cat_examples(examples)
+    examples = {**_cat_examples(examples), "mean": layout.mean, "std": layout.std}  # to draw the images
     return {
         "config": config_to_dict(cfg),
         "data": {
@@ -289,7 +292,10 @@ def run_diagnostics(
             "grid": list(grid),
             "patch_size": list(patch),
             "num_prefix_tokens": num_prefix,
+            "num_registers": layout.num_registers,
             "has_cls": has_cls,
+            "image_mean": list(layout.mean),
+            "image_std": list(layout.std),
             "foreground_patch_share": fg_patches / (n_images * grid[0] * grid[1]),
             "n_labelled_images": int((labels >= 0).sum()),
             "n_image_classes": int(labels[labels >= 0].unique().numel()),
@@ -358,6 +364,7 @@ def _finalise_block(
         tokens, owners, labels, train_images, cfg.label_probe_iterations, cfg.label_probe_weight_decay
     )
     res.update({f"diffusion.{k}": v for k, v in probe.items()})
+    res.update(registers.finalise(acc))
     if cfg.dense_probe.enabled and acc.probe_feats and masks is not None:
         feats = torch.cat(acc.probe_feats)
         cls = torch.cat(acc.probe_cls) if has_cls else None

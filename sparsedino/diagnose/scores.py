@@ -120,6 +120,35 @@ SCORES: dict[str, tuple[str, str, str]] = {
         "linear seg mIoU + [CLS]",
         "mIoU of a linear probe on patch tokens concatenated with [CLS]",
     ),
+    # register tokens (registers.py): only for models that have them, reported in their own section
+    "reg.norm": ("registers", "register norm", "mean L2 norm of the register tokens (residual stream)"),
+    "reg.norm_over_patch_median": (
+        "registers",
+        "register / median patch norm",
+        "mean register norm over the image's median patch norm, mean over images",
+    ),
+    "reg.mass_from_patches": (
+        "registers",
+        "patch attention on registers",
+        "attention mass patch queries put on all register keys (head and query mean)",
+    ),
+    "reg.mass_chance": ("registers", "registers' share of keys", "registers / all keys (uniform attention)"),
+    "reg.mass_from_cls": (
+        "registers",
+        "[CLS] attention on registers",
+        "attention mass the [CLS] query puts on all register keys (head mean)",
+    ),
+    "reg.entropy": (
+        "registers",
+        "register entropy (nats)",
+        "Shannon entropy of the registers' attention rows",
+    ),
+    "reg.support": ("registers", "register support", "number of keys with non-zero probability per register"),
+    "reg.mass_on_patches": (
+        "registers",
+        "register attention on patches",
+        "share of the registers' attention on patch keys (the rest is on [CLS] and registers)",
+    ),
 }
 
 GROUPS: list[str] = list(dict.fromkeys(group for group, _, _ in SCORES.values()))

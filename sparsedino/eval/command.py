@@ -9,9 +9,11 @@ Examples::
         layers=[-4,-3,-2,-1] features.cache_dir=/tmp/feats
     sparsedino eval video --checkpoint dino_deitsmall16_pretrain.pth --data /data/DAVIS
 
-``--checkpoint`` accepts our training checkpoints and exports, official DINO files and timm ViT state dicts
-(see :func:`sparsedino.models.load_backbone`). Results go to ``OUT/<protocol>.json`` and ``.md`` with the
-resolved config beside them.
+``--checkpoint`` names the backbone: our training checkpoints and exports, official DINO files and timm ViT
+state dicts of our table as a ``FILE``; any timm ViT as ``timm:NAME[,key=value...]:FILE`` (e.g.
+``timm:vit_small_patch14_reg4_dinov2:dinov2_vits14_reg4_pretrain.pth``); a transformers folder as
+``hf:FOLDER`` (see :mod:`sparsedino.models.spec`). Patch size, image mean / std and the prefix tokens come
+from the model. Results go to ``OUT/<protocol>.json`` and ``.md`` with the resolved config beside them.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from sparsedino.config import ConfigError, check_normalizer, save_config
 from sparsedino.eval.settings import PROTOCOLS, load_protocol_config
+from sparsedino.models.spec import SPEC_HELP
 
 _HELP = """
 protocols:
@@ -43,9 +46,7 @@ def _parser(protocol: str) -> argparse.ArgumentParser:
         prog=f"sparsedino eval {protocol}",
         description=f"Frozen-backbone {protocol} evaluation. Extra key=value arguments override config keys.",
     )
-    parser.add_argument(
-        "--checkpoint", required=True, help="our checkpoint/export, an official DINO file or a timm ViT"
-    )
+    parser.add_argument("--checkpoint", required=True, metavar="SPEC", help=SPEC_HELP)
     parser.add_argument("--data", help="dataset root (overrides data_root)")
     parser.add_argument("--config", help="YAML file or preset (e.g. eval_seg_voc)")
     parser.add_argument(
@@ -83,11 +84,15 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return extra
 
 
-def _classification_sets(cfg):
+def _classification_sets(cfg, model):
     from sparsedino.data.imagenet import ImageNetFolder
     from sparsedino.data.joint_transforms import make_classification_transform
+    from sparsedino.models.layout import token_layout
 
-    transform = make_classification_transform(train=False, crop=cfg.crop, resize=cfg.resize)
+    layout = token_layout(model)  # the model's image statistics
+    transform = make_classification_transform(
+        train=False, crop=cfg.crop, resize=cfg.resize, mean=layout.mean, std=layout.std
+    )
     return (
         ImageNetFolder(cfg.data_root, cfg.train_split, transform),
         ImageNetFolder(cfg.data_root, cfg.val_split, transform),
@@ -101,6 +106,11 @@ def check_fits_model(protocol: str, model, cfg) -> None:
         ConfigError: naming the key and the model's depth or patch size.
     """
     depth, patch = len(model.blocks), model.patch_embed.patch_size[0]
+    if protocol in ("seg", "video") and not getattr(model, "dynamic_img_size", False):
+        raise ConfigError(
+            f"eval {protocol} feeds inputs of varying size, but this {type(model).__name__} takes "
+            f"{tuple(getattr(model.patch_embed, 'img_size', ()))} inputs only (no dynamic_img_size)"
+        )
     if protocol == "seg":
         bad = [layer for layer in cfg.layers if not -depth <= layer < depth]
         if bad:
@@ -139,7 +149,7 @@ def run_protocol(protocol: str, model, cfg, out: Path | None = None) -> dict:
         val = build_seg_dataset(cfg.dataset, cfg.data_root, cfg.val_split)
         train.load_raw(0), val.load_raw(0)  # fail fast on a wrong annotation folder
         return run_seg_probe(model, train, val, list(cfg.layers), cfg.with_cls, cfg)
-    train, val = _classification_sets(cfg)
+    train, val = _classification_sets(cfg, model)
     if protocol == "knn":
         from sparsedino.eval.knn import run_knn
 
@@ -157,7 +167,7 @@ def main(argv: Sequence[str]) -> int:
         if stream is sys.stderr:
             print(f"sparsedino eval: unknown protocol {argv[0]!r}", file=stream)
         print(
-            "usage: sparsedino eval {knn,linear,seg,video} --checkpoint FILE --data ROOT [--config YAML] "
+            "usage: sparsedino eval {knn,linear,seg,video} --checkpoint SPEC --data ROOT [--config YAML] "
             "[key=value ...]" + _HELP,
             file=stream,
         )
@@ -173,14 +183,15 @@ def _evaluate(protocol: str, args: argparse.Namespace) -> int:
     """Check every input (config, output folder, checkpoint), then evaluate and write the results."""
     from sparsedino.atomic import check_output_dir
     from sparsedino.eval.report import write_results
-    from sparsedino.models import load_backbone
+    from sparsedino.models import load_backbone, parse_backbone_spec
 
+    spec = parse_backbone_spec(args.checkpoint)
     cfg = load_protocol_config(protocol, args.config, _overrides(args))
     if not cfg.data_root:
         raise ConfigError("data_root is empty: pass --data ROOT or data_root=...")
     out = check_output_dir(args.out or f"runs/eval/{protocol}", "--out")
     normalizer = normalizer_option(args.normalizer)
-    model, info = load_backbone(args.checkpoint, normalizer=normalizer, arch=args.arch, which=args.which)
+    model, info = load_backbone(spec, normalizer=normalizer, arch=args.arch, which=args.which)
     result = run_protocol(protocol, model, cfg, out)
     result = {"backbone": dataclasses.asdict(info), **result}
     save_config(cfg, out / f"{protocol}_config.yaml")

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from sparsedino.atomic import atomic_write_bytes
 from sparsedino.config import resolve_device
+from sparsedino.models.layout import token_layout
 
 CACHE_FORMAT = "sparsedino-features-v1"
 # An attribute that evaluation-time edits of a model's features set (e.g. diagnose/injection.py): part of the
@@ -136,7 +137,7 @@ def _split_tokens(model: torch.nn.Module, out, grid: tuple[int, int]):
     spatial, prefix = out if isinstance(out, tuple) else (out, None)
     batch = spatial.shape[0]
     patches = spatial.reshape(batch, grid[0], grid[1], spatial.shape[-1])  # (B, h, w, C)
-    if getattr(model, "has_class_token", prefix is not None) and prefix is not None:
+    if prefix is not None and token_layout(model).has_class_token:
         return prefix[:, 0], patches, "cls_token"  # registers (prefix[:, 1:]) are dropped
     return spatial.mean(1), patches, "mean_of_patches"
 
@@ -296,12 +297,13 @@ def extract_features(
     cls, patches, pooled, labels, info = _extract(
         model, loader, abs_layers, norm, with_patches, device, dtype, progress, desc
     )
+    layout = token_layout(model)
     meta = {
         **info,
-        "depth": len(model.blocks),
+        "depth": layout.depth,
         "norm": "final LayerNorm applied to every block" if norm else "raw block outputs (no final norm)",
-        "num_prefix_tokens": int(getattr(model, "num_prefix_tokens", 0)),
-        "num_registers": int(getattr(model, "num_reg_tokens", 0)),
+        "num_prefix_tokens": layout.num_prefix_tokens,
+        "num_registers": layout.num_registers,
         "cache": {"status": "disabled"},
     }
     fs = FeatureSet(cls, patches, pooled, labels, abs_layers, bool(norm), meta)

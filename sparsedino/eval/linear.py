@@ -192,7 +192,7 @@ def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dic
     num_classes = len(getattr(train_ds, "classes", [])) or int(val.labels.max()) + 1
     extracted = {"val": val}
     if cfg.train_mode == "augment":
-        train_aug = _augmented(train_ds, cfg.crop)
+        train_aug = _augmented(train_ds, cfg.crop, model)
         train_args = (None, None, None)
         online = {
             "epoch_batches": _online_batches(model, train_aug, layers, cfg, device),
@@ -244,12 +244,14 @@ def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dic
     }
 
 
-def _augmented(dataset: Dataset, crop: int) -> Dataset:
-    """A shallow copy of a reader whose transform is DINO's linear-probe train view."""
+def _augmented(dataset: Dataset, crop: int, model: nn.Module) -> Dataset:
+    """A shallow copy of a reader whose transform is DINO's linear-probe train view (the model's statistics)."""
     from sparsedino.data.joint_transforms import make_classification_transform
+    from sparsedino.models.layout import token_layout
 
+    layout = token_layout(model)
     clone = copy.copy(dataset)
-    clone.transform = make_classification_transform(train=True, crop=crop)
+    clone.transform = make_classification_transform(train=True, crop=crop, mean=layout.mean, std=layout.std)
     return clone
 
 

@@ -31,9 +31,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from sparsedino.config import resolve_device
+from sparsedino.data.joint_transforms import IMAGENET_MEAN, IMAGENET_STD
 from sparsedino.data.labels import IGNORE_INDEX
 from sparsedino.eval.features import FeatureSet, forward_tokens, resolve_layers
 from sparsedino.eval.miou import ConfusionMatrix
+from sparsedino.models.layout import token_layout
 
 
 class LinearSegHead(nn.Module):
@@ -236,30 +238,31 @@ def train_scale(cfg) -> int:
     return int(cfg.eval_short_side or cfg.crop_size)
 
 
-def train_view_transform(cfg):
-    """The joint transform of the probe's training views (see :func:`train_scale`) and its description."""
+def train_view_transform(cfg, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """The joint transform of the probe's training views (see :func:`train_scale`) and its description;
+    images are normalised with ``mean`` / ``std`` (the backbone's)."""
     from sparsedino.data.joint_transforms import make_seg_fixed_transform, make_seg_train_transform
 
     crop, base = int(cfg.crop_size), train_scale(cfg)
     if cfg.train_mode == "cached":
         return (
-            make_seg_fixed_transform(crop, short_side=base),
+            make_seg_fixed_transform(crop, short_side=base, mean=mean, std=std),
             f"none, features cached (resize short side to {base}, centre crop {crop})",
         )
     if cfg.train_mode == "augment":
         return (
-            make_seg_train_transform(crop, base_size=base),
+            make_seg_train_transform(crop, base_size=base, mean=mean, std=std),
             f"random scale 0.5-2.0 of short side {base}, random {crop} crop, flip every iteration "
             "(backbone re-run per step)",
         )
     raise ValueError(f"train_mode must be 'cached' or 'augment', got {cfg.train_mode!r}")
 
 
-def eval_view_transform(cfg):
+def eval_view_transform(cfg, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
     """The evaluation transform: the image's short side resized to ``eval_short_side`` (0 = kept)."""
     from sparsedino.data.joint_transforms import make_seg_eval_transform
 
-    return make_seg_eval_transform(cfg.eval_short_side or None)
+    return make_seg_eval_transform(cfg.eval_short_side or None, mean=mean, std=std)
 
 
 def run_seg_probe(
@@ -289,11 +292,14 @@ def run_seg_probe(
     abs_layers = resolve_layers(model, layers)
     num_classes = dataset_train.num_classes
     crop, norm = int(cfg.crop_size), bool(cfg.norm)
-    patch = model.patch_embed.patch_size[0]
+    layout = token_layout(model)
+    patch = layout.patch_size[0]
     if crop % patch:
         raise ValueError(f"crop_size {crop} must be a multiple of the patch size {patch}")
-    val_ds = _subset(_with_transform(dataset_val, eval_view_transform(cfg)), cfg.max_val_images)
-    train_transform, augmentation = train_view_transform(cfg)
+    val_ds = _subset(
+        _with_transform(dataset_val, eval_view_transform(cfg, layout.mean, layout.std)), cfg.max_val_images
+    )
+    train_transform, augmentation = train_view_transform(cfg, layout.mean, layout.std)
     train_ds = _subset(_with_transform(dataset_train, train_transform), cfg.max_train_images)
     feature_timing = None
     if cfg.train_mode == "cached":

@@ -38,6 +38,7 @@ from sparsedino.data.davis import DavisDataset, DavisError, DavisSequence
 from sparsedino.data.palettes import voc_palette
 from sparsedino.eval.davis_metrics import evaluate_sequence, summarize
 from sparsedino.eval.features import forward_tokens, resolve_layers
+from sparsedino.models.layout import token_layout
 
 VIDEO_MEAN = (0.485, 0.456, 0.406)
 VIDEO_STD = (0.228, 0.224, 0.225)  # eval_video_segmentation.py's values (0.228, not ImageNet's 0.229)
@@ -83,7 +84,9 @@ def frame_size(height: int, width: int, short_side: int, multiple: int) -> tuple
     return size
 
 
-def prepare_frame(rgb: np.ndarray, size: tuple[int, int], patch_size: int) -> torch.Tensor:
+def prepare_frame(
+    rgb: np.ndarray, size: tuple[int, int], patch_size: int, mean=VIDEO_MEAN, std=VIDEO_STD
+) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, h*p, w*p) normalised float: resized to ``size`` (bilinear, no antialiasing,
     as OpenCV's ``resize``), then cropped to whole patches (what the patch convolution sees anyway)."""
     image = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).float().div_(255.0)[None]
@@ -91,9 +94,7 @@ def prepare_frame(rgb: np.ndarray, size: tuple[int, int], patch_size: int) -> to
         image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=False)
     grid = (size[0] // patch_size * patch_size, size[1] // patch_size * patch_size)
     image = image[0, :, : grid[0], : grid[1]]
-    mean = torch.tensor(VIDEO_MEAN).view(3, 1, 1)
-    std = torch.tensor(VIDEO_STD).view(3, 1, 1)
-    return (image - mean) / std
+    return (image - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
 
 
 def labels_at_grid(
@@ -218,7 +219,10 @@ class BackboneFeatures:
         self.layer = resolve_layers(model, [layer])[0]
         self.norm = norm
         self.device = torch.device(device)
-        self.patch_size = int(model.patch_embed.patch_size[0])
+        layout = token_layout(model)
+        self.patch_size = layout.patch_size[0]
+        # DINO's script values for models trained on ImageNet's statistics, else the model's own
+        self.mean, self.std = (VIDEO_MEAN, VIDEO_STD) if layout.imagenet_stats else (layout.mean, layout.std)
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor, masks: np.ndarray) -> torch.Tensor:
@@ -294,7 +298,8 @@ def segment_sequence(dataset: DavisDataset, seq: DavisSequence, extractor, cfg) 
                     f"DAVIS: sequence {seq.name!r}: frame {seq.frames[t]} is {rgb.shape[1]}x{rgb.shape[0]}, "
                     f"the first frame is {width}x{height}"
                 )
-            images.append(prepare_frame(rgb, size, extractor.patch_size))
+            stats = getattr(extractor, "mean", VIDEO_MEAN), getattr(extractor, "std", VIDEO_STD)
+            images.append(prepare_frame(rgb, size, extractor.patch_size, *stats))
         features.append(extractor(torch.stack(images), gt[start : start + len(images)]).cpu())
     features = torch.cat(features)
     first_labels = labels_at_grid(gt[0], size, extractor.patch_size, seq.num_objects)

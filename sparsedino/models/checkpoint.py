@@ -1,8 +1,9 @@
-"""``load_backbone``: any ViT checkpoint users have -> a ready timm model with our attention.
+"""``load_checkpoint_backbone``: any ViT checkpoint file users have -> a ready timm model with our attention.
 
 Reads our training checkpoints and exports, official DINO backbone files and full checkpoints, and timm
 ViT state dicts (``.pth`` or ``.safetensors``). Architecture, patch size and registers are read from the
-stored metadata or inferred from tensor shapes.
+stored metadata or inferred from tensor shapes. ``sparsedino.models.load_backbone`` calls it for the
+``FILE`` spelling of a backbone spec (see :mod:`sparsedino.models.spec`).
 """
 
 from __future__ import annotations
@@ -22,22 +23,25 @@ from sparsedino.models.formats import (
 )
 from sparsedino.models.vit import ARCHS, arch_from_shape, build_vit
 
-__all__ = ["BackboneInfo", "CheckpointError", "load_backbone"]
+__all__ = ["BackboneInfo", "CheckpointError", "load_checkpoint_backbone"]
 
 
 @dataclass
 class BackboneInfo:
-    """What :func:`load_backbone` found in a checkpoint.
+    """What :func:`sparsedino.models.load_backbone` found in a checkpoint, a timm file or a folder.
 
     Attributes:
         source: ``"sparsedino"`` (our training checkpoint), ``"dino"`` (official full checkpoint),
-            ``"export"`` (``sparsedino export``) or ``"state_dict"`` (a bare timm / DINO backbone file).
-        arch: architecture name (``vit_small`` ...) or ``"custom"``.
+            ``"export"`` (``sparsedino export``), ``"state_dict"`` (a bare timm / DINO backbone file),
+            ``"timm"`` (a ``timm:NAME:FILE`` spec) or ``"transformers"`` (an ``hf:FOLDER`` spec).
+        arch: architecture name (``vit_small`` ...), ``"custom"``, the timm name or the transformers
+            model type.
         patch_size, embed_dim, depth, num_heads, num_registers: the ViT's shape.
         normalizer: attention normaliser the model was built with.
         epoch: training epoch stored in the checkpoint, or None.
-        path: the file read.
+        path: the file (or folder) read.
         sha256: first 16 hex digits of the file's SHA-256 (cache key).
+        spec: the backbone spec in its canonical spelling (parses back to the same backbone).
     """
 
     source: str
@@ -51,6 +55,7 @@ class BackboneInfo:
     epoch: int | None
     path: str
     sha256: str
+    spec: str = ""
 
 
 def _num_heads(arch: str | None, embed_dim: int, stored: int | None) -> int:
@@ -64,7 +69,7 @@ def _num_heads(arch: str | None, embed_dim: int, stored: int | None) -> int:
     return max(embed_dim // 64, 1)  # the ViT convention: 64-dim heads
 
 
-def load_backbone(
+def load_checkpoint_backbone(
     path: str | Path,
     normalizer: str | float | None = None,
     arch: str | None = None,
@@ -100,6 +105,11 @@ def load_backbone(
     obj, header = read_checkpoint(path)
     try:  # a malformed file (wrong containers, odd tensor ranks) trips the parsing in many ways
         state, meta = extract_backbone(obj, header, which, path)
+        if str(meta.get("spec", "")).startswith("timm:"):  # an export of a timm:NAME:FILE spec
+            model = meta["spec"].split(":", 2)[1]  # NAME[,key=value...]
+            raise CheckpointError(
+                f"{str(path)!r} holds a timm model: read it as --checkpoint timm:{model}:{path}"
+            )
         shape = infer_vit_shape(state, path)
     except CheckpointError:
         raise
@@ -201,6 +211,7 @@ def _build_backbone(
         epoch=int(meta["epoch"]) if isinstance(meta.get("epoch"), int) else None,
         path=str(path),
         sha256=fingerprint(path),
+        spec=str(path),
     )
     return model, info
 

@@ -10,6 +10,12 @@ Formats:
 ``.safetensors`` files carry our metadata (arch, normalizer, ...) in their header; ``.pth`` files are a
 bare state dict with a ``FILE.json`` sidecar, so ``torch.load`` gives the state dict directly and
 :func:`sparsedino.models.load_backbone` still rebuilds the right attention.
+
+The source is any backbone spec (:mod:`sparsedino.models.spec`) but a transformers folder:
+``timm:NAME[,k=v]:FILE`` is written as the timm model's state dict in timm's layout (an original DINOv2 /
+DINOv3 file comes out converted), with ``timm_model`` / ``timm_kwargs`` in the metadata; it is read back as
+``timm:NAME[,k=v]:OUT``. An ``hf:FOLDER`` is refused: the folder is already the model in its own format and
+every command reads it as it is (its tensors have transformers' names, not timm's or DINO's).
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ import torch
 from sparsedino.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json, check_output_dir
 from sparsedino.config import ConfigError
 from sparsedino.errors import OutputError, run_command
-from sparsedino.models.checkpoint import BackboneInfo, load_backbone
+from sparsedino.models.backbone import load_backbone
+from sparsedino.models.checkpoint import BackboneInfo
 from sparsedino.models.formats import SIDECAR_SUFFIX
+from sparsedino.models.spec import SPEC_HELP, BackboneSpec, parse_backbone_spec, spec_metadata
 
 FORMATS = ("timm", "dino")
 SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -39,6 +47,8 @@ def timm_model_name(info: BackboneInfo) -> str | None:
     """
     import timm
 
+    if info.source == "timm":
+        return info.arch
     if info.arch == "custom":
         return None
     size = info.arch.removeprefix("vit_")
@@ -48,7 +58,7 @@ def timm_model_name(info: BackboneInfo) -> str | None:
 
 
 def export_backbone(
-    checkpoint: str | Path, out: str | Path, fmt: str = "timm", which: str = "teacher"
+    checkpoint: str | Path | BackboneSpec, out: str | Path, fmt: str = "timm", which: str = "teacher"
 ) -> tuple[Path, BackboneInfo]:
     """Write the ``which`` backbone of ``checkpoint`` to ``out`` in format ``fmt`` (atomically).
 
@@ -56,7 +66,8 @@ def export_backbone(
         ``(out_path, info)``.
 
     Raises:
-        ConfigError: unknown format or file suffix, or registers with ``fmt="dino"``.
+        ConfigError: unknown format or file suffix, registers with ``fmt="dino"``, a transformers folder,
+            a timm model with ``fmt="dino"``.
         OutputError: ``out`` cannot be written.
         CheckpointError: the checkpoint cannot be read.
     """
@@ -69,8 +80,18 @@ def export_backbone(
         raise OutputError(
             f"--out {str(out)!r} is a folder; give a file name ending with {', '.join(SUFFIXES)}"
         )
+    spec = parse_backbone_spec(checkpoint, "checkpoint")
+    if spec.kind == "hf":
+        raise ConfigError(
+            f"{spec} is a transformers folder: it is already a saved model, which every command reads as "
+            f"{spec}; export writes timm / DINO files (transformers' tensor names are neither)"
+        )
+    if spec.kind == "timm" and fmt == "dino":
+        raise ConfigError(
+            f"--format dino writes DINO v1 ViTs of our checkpoints; export {spec} with --format timm"
+        )
     check_output_dir(out.parent, "--out")
-    model, info = load_backbone(checkpoint, which=which)
+    model, info = load_backbone(spec, which=which)
     if fmt == "dino" and info.num_registers:
         raise ConfigError(
             f"{str(checkpoint)!r} has {info.num_registers} register tokens, which DINO's ViT does not "
@@ -88,9 +109,12 @@ def export_backbone(
         "attn_scale": _attn_scale(model),
         "epoch": info.epoch,
         "timm_model": timm_model_name(info),
-        "exported_from": str(checkpoint),
+        "exported_from": str(spec),
         "exported_from_sha256": info.sha256,
+        **spec_metadata(spec),
     }
+    if spec.kind == "timm":
+        meta["spec"] = str(spec.with_path(out))  # how to read the export back
     if out.suffix == ".safetensors":
         from safetensors.torch import save
 
@@ -116,7 +140,7 @@ def main(argv: Sequence[str]) -> int:
         prog="sparsedino export",
         description="Export the teacher (or student) backbone of a checkpoint as a timm or DINO file.",
     )
-    parser.add_argument("checkpoint", help="training checkpoint, DINO checkpoint or backbone file")
+    parser.add_argument("checkpoint", metavar="SPEC", help=f"{SPEC_HELP}; not a transformers folder")
     parser.add_argument(
         "--format", choices=FORMATS, default="timm", help="key layout to write (default timm)"
     )
@@ -129,6 +153,10 @@ def main(argv: Sequence[str]) -> int:
 def _export(args: argparse.Namespace) -> int:
     out, info = export_backbone(args.checkpoint, args.out, args.format, args.which)
     timm_name = timm_model_name(info)
+    if info.source == "timm":
+        spec = parse_backbone_spec(info.spec).with_path(out)
+        print(f"wrote {out} (timm format, timm model {info.arch}); read it back as --checkpoint {spec}")
+        return 0
     print(
         f"wrote {out} ({args.format} format): {info.arch} patch {info.patch_size}, {info.normalizer} attention, "
         f"{info.num_registers} registers, epoch {info.epoch}; "
