@@ -112,19 +112,22 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _diagnose(args: argparse.Namespace, overrides: list[str]) -> int:
-    from sparsedino.atomic import check_output_dir
+    """Check every input, then write the outputs into a folder beside ``--out``, swapped in only when all
+    are complete (under ``--out``'s lock): a failed run leaves nothing behind, nor a half-updated ``--out``."""
+    from sparsedino.atomic import check_output_dir, staged_directory
+    from sparsedino.runlock import RunLock
 
     out = check_output_dir(args.out, "--out")
     if args.compare:
         from sparsedino.diagnose.report import write_compare
 
-        write_compare(args.compare[0], args.compare[1], out)
+        with RunLock(out, "--out"), staged_directory(out) as stage:
+            write_compare(args.compare[0], args.compare[1], stage)
         print(f"comparison written to {out / 'report.html'}")
         return 0
     from sparsedino.data.segmentation import build_seg_dataset
-    from sparsedino.diagnose.over_training import assign_epochs, resolve_checkpoints, write_over_training
-    from sparsedino.diagnose.report import write_run
-    from sparsedino.diagnose.runner import run_diagnostics, validate_model
+    from sparsedino.diagnose.over_training import resolve_checkpoints
+    from sparsedino.diagnose.runner import validate_model
     from sparsedino.diagnose.settings import load_diagnose_config
     from sparsedino.errors import DataError, MissingDataError
     from sparsedino.eval.command import normalizer_option
@@ -146,7 +149,19 @@ def _diagnose(args: argparse.Namespace, overrides: list[str]) -> int:
         validate_model(model, cfg)
         loaded.append((path, info.epoch, info.sha256))
         del model
-    out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out, "--out"), staged_directory(out) as stage:
+        _run_all(args, cfg, normalizer, dataset, loaded, stage)
+    print(f"report written to {out / 'report.html'}")
+    return 0
+
+
+def _run_all(args: argparse.Namespace, cfg, normalizer, dataset, loaded: list, out: Path) -> None:
+    """Diagnose each checkpoint of ``loaded`` (``(path, epoch, sha256)``) into ``out``."""
+    from sparsedino.diagnose.over_training import assign_epochs, write_over_training
+    from sparsedino.diagnose.report import write_run
+    from sparsedino.diagnose.runner import run_diagnostics
+    from sparsedino.models import load_backbone
+
     save_config(cfg, out / "config.yaml")
     single = len(loaded) == 1
     runs = [(None, loaded[0][0])] if single else assign_epochs(loaded)
@@ -167,5 +182,3 @@ def _diagnose(args: argparse.Namespace, overrides: list[str]) -> int:
         done.append((epoch, metrics, run_dir.name))
     if not single:
         write_over_training(done, out)
-    print(f"report written to {out / 'report.html'}")
-    return 0

@@ -27,7 +27,7 @@ SCORES = ("J&F-Mean", "J-Mean", "F-Mean")
 def build_video_config(cfg, out: Path):
     """The resolved :class:`~sparsedino.eval.settings.VideoConfig` of a reproduce run (None when off)."""
     from sparsedino.eval.settings import VideoConfig
-    from sparsedino.eval.video import validate_video_config
+    from sparsedino.eval.video_checks import validate_video_config
 
     if not cfg.video.enabled:
         return None
