@@ -45,10 +45,12 @@ def _grey_to_uint8(image: Image.Image) -> np.ndarray:
     values = np.asarray(image)
     if image.mode == "F":
         values = values.astype(np.float64)
-        if not np.isfinite(values).all() or values.min(initial=0) < 0 or values.max(initial=0) > 1:
+        if not np.isfinite(values).all():
+            raise ValueError("32-bit float image holding NaN or infinity: only [0, 1] has a known scale")
+        if values.min(initial=0) < 0 or values.max(initial=0) > 1:
             raise ValueError(
-                f"32-bit float image with values in [{np.nanmin(values):g}, {np.nanmax(values):g}]: only "
-                "[0, 1] has a known scale (convert it to 8 or 16 bits)"
+                f"32-bit float image with values in [{values.min():g}, {values.max():g}]: only [0, 1] has a "
+                "known scale (convert it to 8 or 16 bits)"
             )
         return np.rint(values * 255.0).astype(np.uint8)
     bits = _tiff_tag(image, _TIFF_BITS)

@@ -107,11 +107,13 @@ def propagate_step(
         cos = keys @ target[start : start + chunk].T  # (n*hw, q)
         if window is not None:  # the same window for every context frame
             cos.view(n, hw, -1).masked_fill_(window[:, start : start + chunk] == 0, float("-inf"))
+        # the k-th largest affinity is that of the k-th largest cosine (exp is increasing): select on the
+        # cosines, which float32 keeps apart even where exp(cos / T) rounds them to one value
+        kth = torch.topk(cos, min(topk, cos.shape[0]), dim=0).values[-1]  # (q,) k-th largest per target
+        drop = cos < kth  # ties with the k-th value are kept, as in the reference
         # exp(cos / T) divided by its largest value per target, computed as exp((cos - max) / T) <= 1: the
         # same weights after normalisation, without overflow at small T (exp(1 / 0.005) is inf in float32)
-        aff = cos.sub_(cos.amax(0, keepdim=True)).div_(temperature).exp_()
-        kth = torch.topk(aff, min(topk, aff.shape[0]), dim=0).values[-1]  # (q,) k-th largest per target
-        aff.masked_fill_(aff < kth, 0.0)  # ties with the k-th value are kept, as in the reference
+        aff = cos.sub_(cos.amax(0, keepdim=True)).div_(temperature).exp_().masked_fill_(drop, 0.0)
         out.append(sources @ aff.div_(aff.sum(0, keepdim=True)))
     return torch.cat(out, 1)
 
