@@ -51,7 +51,7 @@ def validate_video_config(cfg: Any) -> None:
             raise ConfigError(f"key {key!r} must be {rule}, got {getattr(cfg, key)!r}")
     for key in ("split", "year", "resolution"):  # folder and file names inside the DAVIS root
         value = getattr(cfg, key)
-        if not value or "/" in value or "\\" in value or value in (".", ".."):
+        if not value or len(value) > 255 or "/" in value or "\\" in value or value in (".", ".."):
             raise ConfigError(f"key {key!r} must name a folder or list of the DAVIS layout, got {value!r}")
     check_device(cfg.device, "device")
 
