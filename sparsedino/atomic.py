@@ -280,8 +280,8 @@ def staged_directory(path: str | os.PathLike) -> Iterator[Path]:
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir()
-    except OSError as err:
-        raise _as_output_error(err, path) from err
+    except OSError as err:  # whatever the reason, nothing was written: the output location is at fault
+        raise OutputError(describe_os_error(err, tmp)) from err
     try:
         yield tmp
         if not path.exists():

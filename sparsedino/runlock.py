@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from types import TracebackType
 
-from sparsedino.errors import OutputError
+from sparsedino.errors import OutputError, describe_os_error
 
 LOCK_NAME = ".sparsedino.lock"
 
@@ -65,9 +65,12 @@ class RunLock:
         if fcntl is None or self._fd is not None:
             return self
         self._created_folder = not self.folder.exists()
-        self.folder.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as err:
+                raise OutputError(describe_os_error(err, self.path)) from err
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

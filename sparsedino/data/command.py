@@ -141,6 +141,11 @@ def check_synth_options(values: Mapping[str, Any], key: Callable[[str], str]) ->
         ConfigError: naming the option and its allowed range.
     """
     check_options(values, _synth_rules(), key)
+    _check_colours(values, key)
+
+
+def _check_colours(values: Mapping[str, Any], key: Callable[[str], str]) -> None:
+    """The colour mode's constraints on the number of classes (shared: groups; metamer: pairs)."""
     colours, classes = values.get("colours"), values.get("num_classes", 2)
     if colours == "shared" and not 1 <= values.get("colour_groups", 1) <= classes:
         raise ConfigError(
@@ -166,6 +171,7 @@ def check_video_options(values: Mapping[str, Any], key: Callable[[str], str]) ->
         "max_objects": Range(2, MAX_VIDEO_OBJECTS, integer=True),
     }
     check_options(values, rules, key)
+    _check_colours(values, key)
 
 
 def _check_out(args: argparse.Namespace) -> None:
