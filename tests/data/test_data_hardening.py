@@ -99,3 +99,29 @@ def test_writers_refuse_to_replace_the_working_folder(command, tmp_path, monkeyp
         "Traceback" not in err and f"sparsedino data {command}: error: --out '.' is the working folder" in err
     )
     assert os.getcwd() == str(tmp_path) and (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["--size", "100000"], "--size must be an integer in [16, 4096], got 100000"),
+        (["--max-objects", "50"], "--max-objects must be an integer in [2, 8], got 50"),
+        (["--clutter", "inf"], "--clutter must be a finite number in [0, 100], got inf"),
+        (["--seed", "-1"], "--seed must be an integer in [0, "),
+    ],
+)
+def test_synth_video_options_that_cannot_work_are_one_line_errors(extra, named, tmp_path, capsys):
+    assert main(["data", "synth-video", "--out", str(tmp_path / "v"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"sparsedino data synth-video: error: {named}" in err
+    assert not (tmp_path / "v").exists()
+
+
+def test_synth_video_refuses_a_file_or_an_unwritable_out(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    assert main(["data", "synth-video", "--out", str(tmp_path / "file")]) == 2
+    assert "--out" in capsys.readouterr().err and (tmp_path / "file").read_text() == "x"
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # what a read-only folder gives non-root
+    assert main(["data", "synth-video", "--out", str(tmp_path / "new")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "is not writable" in err and not (tmp_path / "new").exists()

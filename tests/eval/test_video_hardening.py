@@ -109,6 +109,9 @@ def test_a_bad_annotation_of_a_later_clip_fails_before_any_clip_is_segmented(
     [
         ("layer=99", "'layer': block 99 out of range for a model with 3 blocks"),
         ("device=banana", "'device'"),
+        pytest.param(
+            "device=cuda", "'device'", marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA")
+        ),
         ("short_side=4", "'short_side'"),
         ("size_multiple=64", "'size_multiple'"),
         ("short_side=6 size_multiple=1", "smaller than one 8-px patch"),
