@@ -263,35 +263,41 @@ def check_replaceable_dir(path: str | os.PathLike, what: str) -> Path:
 
 @contextlib.contextmanager
 def staged_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Build new entries of folder ``path`` in a hidden folder beside it; swap them in only on success.
+    """Build new entries of folder ``path`` in a hidden staging folder; swap them in only on success.
 
-    On a clean exit each entry of the staged folder replaces the entry of the same name in ``path`` (a
-    folder is swapped whole: old tree renamed aside, new one renamed in, old one removed), folders first,
-    then files in name order; entries of ``path`` the block did not write are kept. When ``path`` does not
-    exist, the staged folder simply becomes it. If the block raises, ``path`` is untouched.
+    The staging folder is ``path/.partial-<pid>`` when ``path`` exists (on its file system, whether
+    ``path`` is a link or a mount point, so every rename is atomic), else ``.<name>.partial-<pid>`` beside
+    it. On a clean exit each staged entry replaces the entry of the same name in ``path`` (a folder is
+    swapped whole: old tree renamed aside, new one renamed in, old one removed), folders first, then files
+    in name order; entries of ``path`` the block did not write are kept. When ``path`` did not exist, the
+    staging folder simply becomes it. If the block raises, ``path`` is untouched. Call it holding the
+    folder's :class:`~sparsedino.runlock.RunLock`: staging folders left by killed runs are removed.
 
     Yields:
         The staging folder to fill.
     """
-    path = Path(path)
-    tmp = path.parent / f".{path.name}.partial-{os.getpid()}"
+    final = Path(path).resolve()
+    inside = final.is_dir()
+    prefix = ".partial-" if inside else f".{final.name}.partial-"
+    where = final if inside else final.parent
+    tmp = where / f"{prefix}{os.getpid()}"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        for stale in where.glob(f"{prefix}*"):  # left by a killed run (the lock keeps live ones out)
+            shutil.rmtree(stale, ignore_errors=True)
         tmp.mkdir()
     except OSError as err:  # whatever the reason, nothing was written: the output location is at fault
         raise OutputError(describe_os_error(err, tmp)) from err
     try:
         yield tmp
-        if not path.exists():
-            os.replace(tmp, path)
+        if not inside:
+            os.replace(tmp, final)
             return
         entries = sorted(tmp.iterdir(), key=lambda entry: (not entry.is_dir(), entry.name))
         for entry in entries:
-            target = path / entry.name
+            target = final / entry.name
             if entry.is_dir() and target.exists():
-                trash = path / f".{entry.name}.old-{os.getpid()}"
+                trash = final / f".{entry.name}.old-{os.getpid()}"
                 os.replace(target, trash)
                 os.replace(entry, target)
                 shutil.rmtree(trash)
@@ -300,8 +306,8 @@ def staged_directory(path: str | os.PathLike) -> Iterator[Path]:
         tmp.rmdir()
     except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(err, OSError) and _as_output_error(err, path) is not err:
-            raise _as_output_error(err, path) from err
+        if isinstance(err, OSError) and _as_output_error(err, final) is not err:
+            raise _as_output_error(err, final) from err
         raise
 
 

@@ -17,7 +17,7 @@ from sparsedino.data.palettes import voc_palette
 from sparsedino.data.synthetic import write_synthetic_dataset
 from sparsedino.data.synthetic_video import write_synthetic_videos
 from sparsedino.eval.video import propagate_step
-from sparsedino.runlock import RunLock
+from sparsedino.runlock import LOCK_NAME, RunLock
 
 from .conftest import make_tiny_vit
 
@@ -63,7 +63,10 @@ def _argv(checkpoint, data, out, *extra):
 
 
 def _snapshot(folder):
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    """Every file under ``folder`` (hidden ones included: a staging folder left behind would show) but the
+    lock, whose content names the last process."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != LOCK_NAME)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
 
 
 def _truncate_a_frame_of_the_second_clip(clips):
