@@ -8,8 +8,11 @@ half-written file. Every writer in the package that produces a result or checkpo
 - A temporary file orphaned by a ``kill -9`` is named ``.<target>.<random>.tmp``;
   :func:`remove_stale_temps` clears them when a run resumes (under the run's lock, see ``runlock.py``).
 - A write that fails because the disk is full or the folder is not writable raises
-  :class:`~sparsedino.errors.OutputError` naming the file; :func:`check_output_dir` finds the same
-  problems before any work starts.
+  :class:`~sparsedino.errors.OutputError` naming the file; :func:`check_output_dir` and
+  :func:`check_output_file` find the same problems before any work starts.
+- Files that belong together (a weights file and its metadata sidecar) are written with
+  :func:`atomic_files`, whole folders with :func:`atomic_directory` (a new tree) or :func:`staged_directory`
+  (new entries of an existing folder, swapped in only when all were written).
 """
 
 from __future__ import annotations
@@ -82,6 +85,44 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
         raise
 
 
+@contextlib.contextmanager
+def atomic_files(*paths: str | os.PathLike) -> Iterator[list[Path]]:
+    """Temporary files next to each of ``paths``; on a clean exit they are fsynced and renamed onto their
+    targets in the order given (put the file that must never be missing its partner last).
+
+    Yields:
+        The temporary paths, in the order of ``paths``, for the caller to write. If the block raises, all
+        are removed and every target is untouched.
+
+    Raises:
+        OutputError: a folder cannot be created or written, or the disk is full.
+    """
+    targets = [Path(path) for path in paths]
+    temps: list[Path] = []
+    try:
+        for path in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+            os.fchmod(fd, _file_mode())
+            os.close(fd)
+            temps.append(Path(tmp_name))
+        yield list(temps)
+        for tmp in temps:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        for tmp, path in zip(temps, targets):
+            os.replace(tmp, path)
+    except BaseException as err:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        if isinstance(err, OSError):
+            culprit = Path(err.filename) if isinstance(err.filename, str) else targets[0]
+            if _as_output_error(err, culprit) is not err:
+                raise _as_output_error(err, culprit) from err
+        raise
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_open(path, "w") as handle:
@@ -117,18 +158,23 @@ class _Writer:
         self.handle.flush()
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to ``path`` atomically."""
+def torch_save(obj: Any, handle: IO) -> None:
+    """``torch.save`` into an open binary file; a failed write raises its ``OSError`` (e.g. disk full)."""
     import torch
 
+    writer = _Writer(handle)
+    try:
+        torch.save(obj, writer)
+    except RuntimeError:
+        if writer.error is not None:
+            raise writer.error from None
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` to ``path`` atomically."""
     with atomic_open(path, "wb") as handle:
-        writer = _Writer(handle)
-        try:
-            torch.save(obj, writer)
-        except RuntimeError:
-            if writer.error is not None:
-                raise writer.error from None
-            raise
+        torch_save(obj, handle)
 
 
 def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
@@ -181,6 +227,90 @@ def check_output_dir(path: str | os.PathLike, what: str) -> Path:
     return path
 
 
+class OutputExistsError(OutputError, FileExistsError):
+    """An output folder holds files and replacing it was not asked for."""
+
+
+def check_output_file(path: str | os.PathLike, what: str) -> Path:
+    """Check, without creating anything, that ``path`` can be written as a file (see :func:`check_output_dir`).
+
+    Raises:
+        OutputError: ``path`` is an existing folder, or its folder cannot be written.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{what} {str(path)!r} is a folder; give a file name")
+    check_output_dir(path.parent, what)
+    return path
+
+
+def check_replaceable_dir(path: str | os.PathLike, what: str) -> Path:
+    """Check that folder ``path`` can be built elsewhere and swapped in (see :func:`atomic_directory`).
+
+    Raises:
+        OutputError: ``path`` is a file, or it is the working folder or one of its parents (renaming it
+            would pull the working folder from under this process), or its folder is not writable.
+    """
+    path = Path(path).expanduser()
+    resolved = path.resolve()
+    if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+        raise OutputError(
+            f"{what} {str(path)!r} is the working folder (or holds it) and cannot be replaced; "
+            "give a new or empty sub-folder instead"
+        )
+    return check_output_dir(path, what)
+
+
+@contextlib.contextmanager
+def staged_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Build new entries of folder ``path`` in a hidden staging folder; swap them in only on success.
+
+    The staging folder is ``path/.partial-<pid>`` when ``path`` exists (on its file system, whether
+    ``path`` is a link or a mount point, so every rename is atomic), else ``.<name>.partial-<pid>`` beside
+    it. On a clean exit each staged entry replaces the entry of the same name in ``path`` (a folder is
+    swapped whole: old tree renamed aside, new one renamed in, old one removed), folders first, then files
+    in name order; entries of ``path`` the block did not write are kept. When ``path`` did not exist, the
+    staging folder simply becomes it. If the block raises, ``path`` is untouched. Call it holding the
+    folder's :class:`~sparsedino.runlock.RunLock`: staging folders left by killed runs are removed.
+
+    Yields:
+        The staging folder to fill.
+    """
+    final = Path(path).resolve()
+    inside = final.is_dir()
+    prefix = ".partial-" if inside else f".{final.name}.partial-"
+    where = final if inside else final.parent
+    tmp = where / f"{prefix}{os.getpid()}"
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        for stale in where.glob(f"{prefix}*"):  # left by a killed run (the lock keeps live ones out)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp.mkdir()
+    except OSError as err:  # whatever the reason, nothing was written: the output location is at fault
+        raise OutputError(describe_os_error(err, tmp)) from err
+    try:
+        yield tmp
+        if not inside:
+            os.replace(tmp, final)
+            return
+        entries = sorted(tmp.iterdir(), key=lambda entry: (not entry.is_dir(), entry.name))
+        for entry in entries:
+            target = final / entry.name
+            if entry.is_dir() and target.exists():
+                trash = final / f".{entry.name}.old-{os.getpid()}"
+                os.replace(target, trash)
+                os.replace(entry, target)
+                shutil.rmtree(trash)
+            else:
+                os.replace(entry, target)
+        tmp.rmdir()
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError) and _as_output_error(err, final) is not err:
+            raise _as_output_error(err, final) from err
+        raise
+
+
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Build a folder under a hidden temporary name next to ``path``, then swap it onto ``path``.
@@ -193,13 +323,14 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         The temporary folder to fill. If the block raises, it is removed and ``path`` is untouched.
 
     Raises:
-        FileExistsError: ``path`` holds files and ``overwrite`` is false (raised before any work).
+        OutputExistsError: ``path`` holds files and ``overwrite`` is false (raised before any work); a
+            ``FileExistsError``.
+        OutputError: ``path`` is a file or the working folder (see :func:`check_replaceable_dir`).
     """
-    import shutil
-
     path = Path(path)
+    check_replaceable_dir(path, "output folder")
     if path.exists() and any(path.iterdir()) and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"{path} exists and is not empty (pass overwrite=True / --overwrite to replace it)"
         )
     path.parent.mkdir(parents=True, exist_ok=True)

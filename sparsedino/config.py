@@ -11,15 +11,17 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sparsedino.atomic import atomic_write_text
-from sparsedino.errors import UserError
+from sparsedino.errors import UserError, one_line
 
 T = TypeVar("T")
 
@@ -27,6 +29,7 @@ PRESET_DIR = Path(__file__).resolve().parent / "configs"
 # Top-level YAML key naming the file a config file extends (merged first): not a setting of any schema.
 BASE_KEY = "base"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+MAX_BASE_DEPTH = 32  # files in one ``base`` chain (the shipped presets use 2)
 
 
 class ConfigError(UserError, ValueError):
@@ -67,6 +70,15 @@ def parse_overrides(overrides: Sequence[str]) -> DictConfig:
     for item in overrides:
         if "=" not in item or item.startswith("="):
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=5e-4)")
+        try:
+            OmegaConf.from_dotlist([item])
+        except OmegaConfBaseException as err:
+            raise ConfigError(_explain(err, "command-line overrides")) from err
+        except yaml.YAMLError as err:  # the value after '=' is parsed as YAML
+            raise ConfigError(
+                f"override {item!r}: its value is not valid YAML ({one_line(err).split(' in ')[0]}); quote "
+                "list items that hold '=' or brackets, e.g. knn_overrides=['ks=[10,20]']"
+            ) from err
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as err:
@@ -97,6 +109,7 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
     for source, layer in layers:
         if not isinstance(layer, DictConfig):
             raise ConfigError(f"{source} must be a mapping of keys to values, got {type(layer).__name__}")
+        _check_bools(schema, OmegaConf.to_container(layer), source, "")
         try:
             cfg = OmegaConf.merge(cfg, layer)
         except OmegaConfBaseException as err:
@@ -111,23 +124,57 @@ def load_config(schema: type[T], path: str | Path | None = None, overrides: Sequ
 
 def _file_layers(path: str | Path, seen: tuple[Path, ...]) -> list[tuple[str, Any]]:
     """The layers of a YAML file: those of its ``base`` (a preset name or a path relative to the file),
-    then its own keys. A preset states only what differs from its base."""
-    file = resolve_config_path(path)
-    source = f"config file {str(file)!r}"
-    if file.resolve() in seen:
-        raise ConfigError(f"{source}: 'base' chain loops back to itself")
-    try:
-        layer = OmegaConf.load(file)
-    except Exception as err:  # yaml.YAMLError, OSError
-        raise ConfigError(f"{source} could not be read: {err}") from err
-    if not isinstance(layer, DictConfig) or BASE_KEY not in layer:
-        return [(source, layer)]
-    base = layer.pop(BASE_KEY)
-    if not isinstance(base, str) or not base:
-        raise ConfigError(f"{source}: key {BASE_KEY!r} must name a preset or a YAML file, got {base!r}")
-    relative = file.parent / base
-    base_path = relative if relative.is_file() else base
-    return [*_file_layers(base_path, (*seen, file.resolve())), (source, layer)]
+    then its own keys. A preset states only what differs from its base.
+
+    Raises:
+        ConfigError: a file is missing (naming the file whose ``base`` names it), unreadable, or the
+            chain loops or is deeper than :data:`MAX_BASE_DEPTH`.
+    """
+    layers: list[tuple[str, Any]] = []
+    file, named_by = resolve_config_path(path), None
+    while True:
+        source = f"config file {str(file)!r}"
+        if file.resolve() in seen:
+            raise ConfigError(f"{source}: 'base' chain loops back to itself")
+        if len(seen) >= MAX_BASE_DEPTH:
+            raise ConfigError(
+                f"{source}: 'base' chain is deeper than {MAX_BASE_DEPTH} files (starting at {str(seen[0])!r}); "
+                "a config extends a few presets at most"
+            )
+        try:
+            layer = OmegaConf.load(file)
+        except Exception as err:  # yaml.YAMLError, OSError, UnicodeDecodeError
+            raise ConfigError(f"{source} could not be read: {one_line(err)}") from err
+        if not isinstance(layer, DictConfig) or BASE_KEY not in layer:
+            return [(source, layer), *layers]
+        base = layer.pop(BASE_KEY)
+        if not isinstance(base, str) or not base:
+            raise ConfigError(f"{source}: key {BASE_KEY!r} must name a preset or a YAML file, got {base!r}")
+        layers.insert(0, (source, layer))
+        seen, named_by = (*seen, file.resolve()), file
+        relative = file.parent / base
+        try:
+            file = resolve_config_path(relative if relative.is_file() else base)
+        except ConfigError as err:
+            raise ConfigError(
+                f"config file {str(named_by)!r}: its {BASE_KEY}: {base!r} is neither a file next to it "
+                f"({str(relative)!r}) nor a preset"
+            ) from err
+
+
+def _check_bools(schema: type, layer: Any, source: str, prefix: str) -> None:
+    """A true/false key given a number other than 0 / 1 (OmegaConf reads ``learn_alpha=2`` as true) is a
+    mistake, not a yes: reject it, naming the key. ``layer`` is one source's plain (unmerged) values."""
+    hints = typing.get_type_hints(schema)
+    for field in dataclasses.fields(schema):
+        if not isinstance(layer, dict) or field.name not in layer:
+            continue
+        kind, value = hints[field.name], layer[field.name]
+        key = f"{prefix}{field.name}"
+        if dataclasses.is_dataclass(kind):
+            _check_bools(kind, value, source, f"{key}.")
+        elif kind is bool and type(value) in (int, float) and value not in (0, 1):
+            raise ConfigError(f"{source}: key {key!r} must be true or false, got {value!r}")
 
 
 def _check_finite(node: Any, key: str) -> None:

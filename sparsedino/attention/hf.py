@@ -31,7 +31,6 @@ hence ``output_attentions``, down to the attention function); see ``pyproject.to
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -43,7 +42,7 @@ from sparsedino.attention.hf_detect import (
     is_transformers_model,
     transformers_models,
 )
-from sparsedino.attention.normalizers import Normalizer, parse_normalizer
+from sparsedino.attention.normalizers import Normalizer, check_scale, parse_normalizer
 from sparsedino.attention.ops import attention, attention_probs
 
 try:  # the optional dependency this module exists for (``pip install 'sparsedino[hf]'``)
@@ -218,13 +217,7 @@ def _restore_implementation(model: nn.Module) -> None:
 
 def _set_scale(models: list[nn.Module], scale: float) -> None:
     """Set the score scale of every attention module (transformers passes ``module.scaling`` to the function)."""
-    if (
-        isinstance(scale, bool)
-        or not isinstance(scale, (int, float))
-        or not math.isfinite(scale)
-        or scale <= 0
-    ):
-        raise ValueError(f"sparsify: scale must be a positive finite number, got {scale!r}")
+    scale = check_scale(scale)
     layers = [sub for m in models for sub in m.modules() if isinstance(getattr(sub, "scaling", None), float)]
     if not layers:
         raise ValueError("sparsify: no attention module with a float `scaling` attribute to set the scale of")

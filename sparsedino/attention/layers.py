@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from sparsedino.attention import hf_detect, scripted
 from sparsedino.attention.adaptive import adaptive_attention_probs, alpha_parameter, bounded_alpha
-from sparsedino.attention.normalizers import Normalizer, normalizer_name, parse_normalizer
+from sparsedino.attention.normalizers import Normalizer, check_scale, normalizer_name, parse_normalizer
 from sparsedino.attention.ops import attention, attention_probs
 
 __all__ = [
@@ -95,6 +95,7 @@ class SparseAttention(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
+        scale = check_scale(scale)
         super().__init__()
         dd = {"device": device, "dtype": dtype}
         dim_out = dim_out or dim
@@ -142,6 +143,7 @@ class SparseAttention(nn.Module):
         cls, attn: nn.Module, normalizer: str | float | Normalizer = "entmax15", scale: float | None = None
     ):
         """Wrap an existing timm ``Attention`` (its submodules are reused, not copied)."""
+        scale = check_scale(scale)
         new = cls.__new__(cls)
         nn.Module.__init__(new)
         new.num_heads = attn.num_heads
@@ -302,9 +304,12 @@ def sparsify(
         ``model`` itself.
 
     Raises:
-        ValueError: bad normaliser name, or no convertible attention module in ``model``.
-        TypeError: an attention module of a type that cannot be converted (e.g. timm's ``DiffAttention``).
+        ValueError: bad normaliser name, a scale that is not a finite number > 0, or no convertible
+            attention module in ``model``.
+        TypeError: an attention module of a type that cannot be converted (e.g. timm's ``DiffAttention``),
+            or a scale that is not a number.
     """
+    scale = check_scale(scale)
     if hf_detect.contains_transformers_model(model):  # a transformers model, or a module holding one
         from sparsedino.attention import hf  # optional dependency (transformers), already imported here
 

@@ -17,7 +17,9 @@ runtime (a compiler without OpenMP gets serial kernels spread over a small Pytho
 releases the GIL).
 
 Used for contiguous float32/float64 CPU tensors when the compile policy allows it (``SPARSEDINO_COMPILE``
-"auto"/"1", see :mod:`sparsedino.attention.compiled`); any failure to build falls back to the tensor-op path.
+"auto"/"1", see :mod:`sparsedino.attention.compiled`); any failure to build falls back to the tensor-op path
+with one ``RuntimeWarning`` saying why (no compiler, an unusable cache folder, ...). An empty
+``SPARSEDINO_CACHE`` means the default folder (with a warning), never the working folder.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -117,12 +120,35 @@ def _compile(compiler: str, flags: list[str], cache: Path) -> Path:
     return lib_path
 
 
+def find_compiler() -> str | None:
+    """The C compiler the kernels are built with: ``$CC`` if set, else ``cc``, ``gcc`` or ``clang`` on PATH."""
+    if os.environ.get("CC"):
+        return shutil.which(os.environ["CC"])
+    return shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+
+
+def cache_dir() -> Path:
+    """Where the built kernels are kept: ``SPARSEDINO_CACHE`` as an absolute path, else
+    ``~/.cache/sparsedino`` (also, with a warning, when the variable is set but empty)."""
+    value = os.environ.get("SPARSEDINO_CACHE")
+    if value is not None and not value.strip():
+        warnings.warn(
+            "sparsedino: SPARSEDINO_CACHE is set but empty; the entmax kernels are cached in the default "
+            "~/.cache/sparsedino (unset the variable or name a folder)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        value = None
+    return Path(value).expanduser().absolute() if value else Path.home() / ".cache" / "sparsedino"
+
+
 def _build() -> ctypes.CDLL:
     global _openmp
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    compiler = find_compiler()
     if compiler is None:
-        raise RuntimeError("no C compiler found (cc/gcc/clang)")
-    cache = Path(os.environ.get("SPARSEDINO_CACHE", Path.home() / ".cache" / "sparsedino"))
+        given = f"CC={os.environ['CC']!r} is not an executable" if os.environ.get("CC") else "cc/gcc/clang"
+        raise RuntimeError(f"no C compiler found ({given})")
+    cache = cache_dir()
     try:  # OpenMP build: row loops run on torch's OpenMP threads (see the C comment)
         lib_path, _openmp = _compile(compiler, compile_flags(openmp=True), cache), True
     except RuntimeError:  # e.g. a compiler without OpenMP: serial kernels + a Python thread pool
@@ -161,6 +187,13 @@ def available() -> bool:
                 _lib = _build()
             except Exception as err:  # no compiler, read-only cache, exotic platform...
                 _error = f"{type(err).__name__}: {err}"
+                warnings.warn(
+                    f"sparsedino: the C entmax kernels are unavailable ({_error.splitlines()[0][:300]}); "
+                    "entmax attention runs as tensor ops (same results, slower). Set SPARSEDINO_COMPILE=0 "
+                    "to silence this.",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
     return _lib is not None
 
 

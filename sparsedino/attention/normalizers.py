@@ -141,6 +141,31 @@ def validate_normalizer(value: str | float | Normalizer) -> str:
     return parse_normalizer(value).name
 
 
+def check_scale(scale: float | None) -> float | None:
+    """A score scale as a float, checked: None (the layer's ``head_dim ** -0.5``) or a finite number > 0.
+
+    Entmax is not scale invariant (the scale sets how sparse the attention is); 0 would make every row
+    uniform, a negative scale would attend to the least similar keys, and NaN / inf give NaN outputs.
+
+    Raises:
+        TypeError: ``scale`` is not a number (a bool or a string included).
+        ValueError: naming the value, if it is not finite and > 0.
+    """
+    if scale is None:
+        return None
+    if isinstance(scale, (bool, str)):
+        raise TypeError(f"scale must be a finite number > 0 or None (head_dim ** -0.5), got {scale!r}")
+    try:
+        value = float(scale)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"scale must be a finite number > 0 or None (head_dim ** -0.5), got {scale!r}"
+        ) from err
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"scale must be a finite number > 0 or None (head_dim ** -0.5), got {scale!r}")
+    return value
+
+
 def canonical_alpha(name: str) -> float:
     """The entmax alpha of a canonical name (as :func:`normalizer_name` returns); TorchScript-compatible."""
     if name == "softmax":

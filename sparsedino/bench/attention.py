@@ -31,10 +31,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sparsedino.atomic import atomic_write_json
+from sparsedino.atomic import atomic_write_json, check_output_file
 from sparsedino.attention import attention, compile_mode, entmax15, set_compile, workspace
 from sparsedino.attention.ops import block_rows
 from sparsedino.bench.device import held_bytes, peak_bytes
+from sparsedino.config import check_device, resolve_device
+from sparsedino.options import MAX_COUNT, Range, check_options
 
 SHAPES: dict[str, tuple[int, int, int, int]] = {
     "vit_s16_224": (32, 6, 197, 64),  # ViT-S/16 at 224 px, batch 32
@@ -194,10 +196,18 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
+# Largest (B, H, N, N) score tensor a shape may need: 2**32 float32 scores are 16 GiB (the explicit-softmax
+# and reference rows materialise it); larger is a typo, not a benchmark.
+MAX_SCORES = 2**32
+
+
 def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
-    """Comma separated shape names (see SHAPES) or BxHxNxD strings."""
+    """Comma separated shape names (see SHAPES) or BxHxNxD strings (at least one)."""
     out = []
-    for item in filter(None, (s.strip() for s in text.split(","))):
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"{text!r} names no shape: use one of {sorted(SHAPES)} or BxHxNxD")
+    for item in items:
         if item in SHAPES:
             out.append(SHAPES[item])
             continue
@@ -207,8 +217,20 @@ def parse_shapes(text: str) -> list[tuple[int, int, int, int]]:
             dims = ()
         if len(dims) != 4 or min(dims) < 1:
             raise argparse.ArgumentTypeError(f"bad shape {item!r}: use one of {sorted(SHAPES)} or BxHxNxD")
+        batch, heads, tokens, dim = dims
+        if batch * heads * tokens * tokens > MAX_SCORES or dim > 4096:
+            raise argparse.ArgumentTypeError(
+                f"shape {item!r} is too large: B*H*N*N must be <= 2**32 scores (16 GiB) and D <= 4096"
+            )
         out.append(dims)
     return out
+
+
+RULES = {
+    "repeats": Range(1, MAX_COUNT, integer=True),
+    "warmup": Range(0, MAX_COUNT, integer=True),
+    "input_std": Range(0, 1e4, open_low=True),
+}
 
 
 def main(argv: Sequence[str]) -> int:
@@ -235,13 +257,13 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(list(argv))
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    if not args.input_std > 0:
-        parser.error("--input-std must be > 0")
+    check_options(vars(args), RULES)
+    check_device(args.device, "--device")
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     if args.no_compile:
         set_compile(False)
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     env = environment(device)
     print(
         f"# attention benchmark  torch {env['torch']}  device {device}  threads {env['threads']}  "

@@ -33,12 +33,12 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _bench(name: str, argv: list[str]) -> int:
-    from sparsedino.atomic import check_output_dir
+    from sparsedino.atomic import check_output_file
 
     pre = argparse.ArgumentParser(add_help=False)  # the result file is checked before minutes of timing
     pre.add_argument("--json", type=Path)
     known, _ = pre.parse_known_args(argv)
     if known.json is not None:
-        check_output_dir(known.json.expanduser().parent, "--json")
+        check_output_file(known.json, "--json")
     module = importlib.import_module(f"sparsedino.bench.{name}")
     return int(module.main(argv) or 0)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import tempfile
 import time
 import traceback
@@ -33,12 +34,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from sparsedino.atomic import atomic_write_json
+from sparsedino.atomic import atomic_write_json, check_output_dir, check_output_file
 from sparsedino.bench.attention import environment
 from sparsedino.bench.device import gpu_environment
 from sparsedino.bench.gpu_attention import PATHS, exactness, forced, time_path
 from sparsedino.bench.gpu_run import RunPlan, dino_restart_run
 from sparsedino.bench.train import make_step
+from sparsedino.config import ConfigError
+from sparsedino.options import check_unique, split_list
 
 SECTIONS = ("attention", "exactness", "dino_step", "dino_run")
 _TINY_MODEL = ("model.arch=vit_pico", "model.patch_size=8", "model.img_size=32", "model.out_dim=64",
@@ -261,12 +264,21 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma separated, of {SECTIONS}")
     parser.add_argument("--workdir", type=Path, default=None, help="where the DINO runs go (default: temp)")
     args = parser.parse_args(list(argv))
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        raise ConfigError(f"--device must be cuda, cuda:N or cpu (the dry run), got {args.device!r}")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if args.device != "cpu" and int(args.device.partition(":")[2] or 0) >= count:
+        raise ConfigError(
+            f"--device {args.device}, but this machine has {count} CUDA device(s); --device cpu runs the dry run"
+        )
     device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda but CUDA is not available (use --device cpu for the dry run)")
-    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    sections = split_list(args.sections, "--sections")
     if unknown := sorted(set(sections) - set(SECTIONS)):
-        parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
+        raise ConfigError(f"--sections: unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    check_unique(sections, "--sections")
+    check_output_file(args.out, "--out")
+    if args.workdir is not None:
+        check_output_dir(args.workdir, "--workdir")
     smoke = args.dry_run or device.type == "cpu"
     plan = SMOKE if smoke else FULL
     checks = Checks(plan, device, smoke)

@@ -16,7 +16,29 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from sparsedino.config import ConfigError
+from sparsedino.options import MAX_COUNT, Range, check_options
+
 DEFAULT_JSON = Path("benchmarks/results/train.json")
+RULES = {
+    "patch_size": Range(1, 64, integer=True),
+    "batch": Range(1, 4096, integer=True),
+    "global_size": Range(1, 4096, integer=True),
+    "local_size": Range(1, 4096, integer=True),
+    "n_local": Range(0, 64, integer=True),
+    "out_dim": Range(1, 2**20, integer=True),
+    "steps": Range(1, MAX_COUNT, integer=True),
+    "warmup": Range(0, MAX_COUNT, integer=True),
+    "threads": Range(0, 1024, integer=True),
+}
+
+
+def check_step_options(args: argparse.Namespace) -> None:
+    """The options of one DINO step, checked before any model is built (ConfigError naming the option)."""
+    check_options(vars(args), RULES)
+    for option, size in (("--global-size", args.global_size), ("--local-size", args.local_size)):
+        if size % args.patch_size:
+            raise ConfigError(f"{option} must be a multiple of --patch-size {args.patch_size}, got {size}")
 
 
 def make_step(normalizer: str, args: argparse.Namespace, device: str = "cpu", precision: str = "fp32"):
@@ -83,11 +105,13 @@ def make_step(normalizer: str, args: argparse.Namespace, device: str = "cpu", pr
 
 
 def main(argv: Sequence[str]) -> int:
+    from sparsedino.models.vit import ARCHS
+
     parser = argparse.ArgumentParser(prog="sparsedino bench train", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"result file (default {DEFAULT_JSON})"
     )
-    parser.add_argument("--arch", default="vit_small")
+    parser.add_argument("--arch", default="vit_small", choices=sorted(ARCHS))
     parser.add_argument("--patch-size", type=int, default=16)
     parser.add_argument("--batch", type=int, default=2, help="images per step (each gives 2 + n_local crops)")
     parser.add_argument("--global-size", type=int, default=224)
@@ -99,8 +123,11 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--normalizers", nargs="+", default=["softmax", "entmax15"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     args = parser.parse_args(list(argv))
+    from sparsedino.atomic import check_output_file
     from sparsedino.config import check_normalizers
 
+    check_step_options(args)
+    check_output_file(args.json, "--json")
     args.normalizers = [spec.name for spec in check_normalizers(args.normalizers, "--normalizers")]
     import torch
 

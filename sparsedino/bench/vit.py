@@ -19,16 +19,26 @@ from pathlib import Path
 import timm
 import torch
 
-from sparsedino.atomic import atomic_write_json
+from sparsedino.atomic import atomic_write_json, check_output_file
 from sparsedino.attention import parse_normalizer, sparsify
 from sparsedino.attention.compiled import set_compile
 from sparsedino.bench.attention import DEFAULT_JSON_DIR, environment
-from sparsedino.config import check_normalizers
+from sparsedino.config import ConfigError, check_normalizers
+from sparsedino.options import MAX_COUNT, Range, check_options, split_list
 
 ARCHS = {
     "vit_small_patch16_224": "ViT-S/16",
     "vit_tiny_patch16_224": "ViT-Ti/16",
     "vit_base_patch16_224": "ViT-B/16",
+}
+
+
+PATCH = 16  # every model in ARCHS
+RULES = {
+    "batch_size": Range(1, 4096, integer=True),
+    "img_size": Range(PATCH, 4096, integer=True),
+    "repeats": Range(1, MAX_COUNT, integer=True),
+    "warmup": Range(0, MAX_COUNT, integer=True),
 }
 
 
@@ -60,10 +70,13 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--no-compile", action="store_true", help="run the entmax kernels eagerly")
     parser.add_argument("--shapes", default=None, help="ignored (accepted for symmetry with bench attention)")
     args = parser.parse_args(list(argv))
-    if args.repeats < 1 or args.batch_size < 1:
-        parser.error("--repeats and --batch-size must be >= 1")
-    given = [n.strip() for n in args.normalizers.split(",") if n.strip()]
+    check_options(vars(args), RULES)
+    if args.img_size % PATCH:
+        raise ConfigError(f"--img-size must be a multiple of the patch size {PATCH}, got {args.img_size}")
+    given = split_list(args.normalizers, "--normalizers")
     normalizers = [spec.name for spec in check_normalizers(given, "--normalizers")]
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     if args.no_compile:
         set_compile(False)
     env = environment(torch.device("cpu"))

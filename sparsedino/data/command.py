@@ -9,7 +9,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from sparsedino.atomic import check_replaceable_dir
+from sparsedino.config import ConfigError
 from sparsedino.data.synthetic import COLOUR_MODES
+from sparsedino.errors import OutputError
+from sparsedino.options import MAX_SEED, OneOf, Range, check_options, option_name
 
 
 def _synth_parser() -> argparse.ArgumentParser:
@@ -76,20 +80,17 @@ def _video_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _synth_video(argv: list[str]) -> int:
-    args = _video_parser().parse_args(argv)
+def _synth_video(args: argparse.Namespace) -> int:
     from sparsedino.data.synthetic_video import write_synthetic_videos
 
+    check_video_options(vars(args), option_name)
+    _check_out(args)
     start = time.perf_counter()
-    try:
-        meta = write_synthetic_videos(
-            args.out, clips=args.clips, frames=args.frames, size=args.size, seed=args.seed,
-            num_classes=args.num_classes, max_objects=args.max_objects, clutter=args.clutter,
-            colours=args.colours, overwrite=args.overwrite,
-        )  # fmt: skip
-    except (ValueError, FileExistsError) as err:
-        print(f"sparsedino data synth-video: {err}", file=sys.stderr)
-        return 2
+    meta = write_synthetic_videos(
+        args.out, clips=args.clips, frames=args.frames, size=args.size, seed=args.seed,
+        num_classes=args.num_classes, max_objects=args.max_objects, clutter=args.clutter,
+        colours=args.colours, overwrite=args.overwrite,
+    )  # fmt: skip
     objects = sum(s["objects"] for s in meta["sequences"].values())
     print(
         f"wrote {meta['clips']} clips x {meta['frames']} frames ({objects} objects, {meta['size']} px) to "
@@ -102,34 +103,49 @@ _USAGE = """usage: sparsedino data synth --out DIR [--n-train N] [--n-val N] [--
        sparsedino data synth-video --out DIR [--clips N] [--frames T] [--size PX] [--seed S]"""
 
 
+MAX_IMAGES = 10_000_000  # images of a split / clips of the video set: beyond any embedded dataset
+MAX_SIZE = 4096  # pixels per side
+MAX_CLUTTER = 100.0  # x the default number of background shapes
+MAX_IMAGE_OBJECTS = 32
+MAX_VIDEO_OBJECTS = 8  # more cannot all be placed visibly in the first frame of a clip
+
+
+def _synth_rules() -> dict[str, Range | OneOf]:
+    from sparsedino.data.synthetic import COLOUR_MODES, MAX_CLASSES
+
+    return {
+        "n_train": Range(1, MAX_IMAGES, integer=True),
+        "n_val": Range(1, MAX_IMAGES, integer=True),
+        "size": Range(16, MAX_SIZE, integer=True),
+        "seed": Range(0, MAX_SEED, integer=True),
+        "num_classes": Range(2, MAX_CLASSES, integer=True),
+        "max_objects": Range(1, MAX_IMAGE_OBJECTS, integer=True),
+        "clutter": Range(0, MAX_CLUTTER),
+        "colours": OneOf(COLOUR_MODES),
+        "colour_groups": Range(1, MAX_CLASSES, integer=True),
+        "same_group": Range(0, 1),
+        "marker_share": Range(0, 1, open_low=True),
+    }
+
+
 def check_synth_options(values: Mapping[str, Any], key: Callable[[str], str]) -> None:
     """Check the embedded dataset's options against the generator's limits, before anything is written.
 
     Args:
-        values: ``n_train``, ``n_val``, ``size``, ``num_classes``, ``max_objects``, ``clutter``, ``colours``,
-            ``colour_groups``, ``same_group``, ``marker_share`` (any subset).
-        key: how the user spelled an option, e.g. ``lambda k: f"synth.{k}"`` (reproduce) or ``--n-train``.
+        values: ``n_train``, ``n_val``, ``size``, ``seed``, ``num_classes``, ``max_objects``, ``clutter``,
+            ``colours``, ``colour_groups``, ``same_group``, ``marker_share`` (any subset).
+        key: how the user spelled an option, e.g. ``lambda k: f"key 'synth.{k}'"`` (reproduce) or
+            :func:`~sparsedino.options.option_name` (``--n-train``).
 
     Raises:
         ConfigError: naming the option and its allowed range.
     """
-    from sparsedino.config import ConfigError
-    from sparsedino.data.synthetic import COLOUR_MODES, MAX_CLASSES
+    check_options(values, _synth_rules(), key)
+    _check_colours(values, key)
 
-    rules = {
-        "n_train": (lambda v: v >= 1, ">= 1"),
-        "n_val": (lambda v: v >= 1, ">= 1"),
-        "size": (lambda v: v >= 16, ">= 16 pixels"),
-        "num_classes": (lambda v: 2 <= v <= MAX_CLASSES, f"in [2, {MAX_CLASSES}]"),
-        "max_objects": (lambda v: v >= 1, ">= 1"),
-        "clutter": (lambda v: v >= 0, ">= 0"),
-        "colours": (lambda v: v in COLOUR_MODES, f"one of {', '.join(COLOUR_MODES)}"),
-        "same_group": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
-        "marker_share": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
-    }
-    for name, (ok, rule) in rules.items():
-        if name in values and not ok(values[name]):
-            raise ConfigError(f"{key(name)} must be {rule}, got {values[name]!r}")
+
+def _check_colours(values: Mapping[str, Any], key: Callable[[str], str]) -> None:
+    """The colour mode's constraints on the number of classes (shared: groups; metamer: pairs)."""
     colours, classes = values.get("colours"), values.get("num_classes", 2)
     if colours == "shared" and not 1 <= values.get("colour_groups", 1) <= classes:
         raise ConfigError(
@@ -141,6 +157,30 @@ def check_synth_options(values: Mapping[str, Any], key: Callable[[str], str]) ->
         )
 
 
+def check_video_options(values: Mapping[str, Any], key: Callable[[str], str]) -> None:
+    """Check the embedded clips' options (``clips``, ``frames``, ``size``, ``seed``, ``max_objects`` and
+    those shared with :func:`check_synth_options`), naming the option.
+
+    Raises:
+        ConfigError: naming the option and its allowed range.
+    """
+    rules = {
+        **_synth_rules(),
+        "clips": Range(1, MAX_IMAGES, integer=True),
+        "frames": Range(3, 10_000, integer=True),
+        "max_objects": Range(2, MAX_VIDEO_OBJECTS, integer=True),
+    }
+    check_options(values, rules, key)
+    _check_colours(values, key)
+
+
+def _check_out(args: argparse.Namespace) -> None:
+    """``--out`` can be built beside and swapped in, and is empty unless ``--overwrite``."""
+    out = check_replaceable_dir(args.out, "--out")
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        raise OutputError(f"--out {str(out)!r} exists and is not empty (pass --overwrite to replace it)")
+
+
 def main(argv: Sequence[str]) -> int:
     """Entry point: ``sparsedino data synth --out DIR ...`` or ``sparsedino data synth-video --out DIR ...``."""
     argv = list(argv)
@@ -150,23 +190,20 @@ def main(argv: Sequence[str]) -> int:
             print(f"sparsedino data: unknown sub-command {argv[0]!r}", file=stream)
         print(_USAGE, file=stream)
         return 0 if stream is sys.stdout else 2
-    if argv[0] == "synth-video":
-        return _synth_video(argv[1:])
-    args = _synth_parser().parse_args(argv[1:])
     from sparsedino.errors import run_command
 
+    if argv[0] == "synth-video":
+        video_args = _video_parser().parse_args(argv[1:])
+        return run_command("sparsedino data synth-video", lambda: _synth_video(video_args))
+    args = _synth_parser().parse_args(argv[1:])
     return run_command("sparsedino data synth", lambda: _synth(args))
 
 
 def _synth(args: argparse.Namespace) -> int:
-    from sparsedino.atomic import check_output_dir
     from sparsedino.data.synthetic import write_synthetic_dataset
-    from sparsedino.errors import OutputError
 
-    check_synth_options(vars(args), _option_name)
-    out = check_output_dir(args.out, "--out")
-    if out.exists() and any(out.iterdir()) and not args.overwrite:
-        raise OutputError(f"--out {str(out)!r} exists and is not empty (pass --overwrite to replace it)")
+    check_synth_options(vars(args), option_name)
+    _check_out(args)
     start = time.perf_counter()
     meta = write_synthetic_dataset(
         args.out,
@@ -190,7 +227,3 @@ def _synth(args: argparse.Namespace) -> int:
         f"{seconds:.1f} s ({total / seconds:.0f} images/s)"
     )
     return 0
-
-
-def _option_name(key: str) -> str:
-    return "--" + key.replace("_", "-")

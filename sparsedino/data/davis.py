@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from sparsedino.data.lists import read_lines
 from sparsedino.errors import DataError
 
 VOID_ID = 255
@@ -96,7 +97,7 @@ class DavisDataset:
                 sorted(p.stem for p in list_file.parent.glob("*.txt")) if list_file.parent.is_dir() else []
             )
             raise DavisError(f"DAVIS: split list {list_file} does not exist (lists found: {found})")
-        names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+        names = read_lines(list_file, "DAVIS")
         if not names:
             raise DavisError(f"DAVIS: split list {list_file} names no sequence")
         if sequences:

@@ -1,13 +1,21 @@
 """ImageNet-style image folders: ``root/<split>/<class>/*.{jpg,jpeg,png,...}``.
 
-Problems are reported, never hidden: a missing or empty folder raises an error naming the path, and an
+Problems are reported, never hidden: a missing or empty folder raises an error naming the path, an
+unreadable class folder (or sub-folder) is an error rather than a class silently left out, and an
 unreadable image either raises (``on_bad_image="error"``) or is skipped and counted
 (``on_bad_image="skip"``; see :attr:`ImageNetFolder.num_skipped` and the warning it logs).
+
+Class folders may be links (e.g. a subset of ImageNet linked class by class), but a class folder that is
+(a link to) the image folder itself or one of its parents -- a loop that would make one class of every
+image -- and two classes that are the same folder or nested are refused. Links to folders inside a class
+folder are not followed.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +31,55 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 BAD_IMAGE_POLICIES = ("error", "skip")
 
 log = logging.getLogger(__name__)
+
+
+def check_class_folders(folder: Path, classes: list[str]) -> None:
+    """Refuse class folders that loop back to ``folder`` (or a parent of it), or that are the same folder
+    as another class or nested in it (their images would be counted twice).
+
+    Raises:
+        DataError: naming the class folder(s) and where they lead.
+    """
+    root = folder.resolve()
+    targets = {}
+    for name in classes:
+        target = (folder / name).resolve()
+        if target == root or target in root.parents:
+            raise DataError(
+                f"class folder {str(folder / name)!r} leads to {str(target)!r}, which holds the image folder "
+                f"{str(folder)!r} itself (a link loop: that class would hold every image); remove the link"
+            )
+        targets[name] = target
+    by_target = sorted(targets.items(), key=lambda item: item[1].parts)  # a folder right before its insides
+    for (a, ta), (b, tb) in itertools.pairwise(by_target):
+        if tb == ta or ta in tb.parents:
+            raise DataError(
+                f"class folders {a!r} and {b!r} of {str(folder)!r} are the same folder or nested "
+                f"({str(ta)!r}, {str(tb)!r}); their images would be counted twice"
+            )
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The image files under ``folder`` (recursively, links to folders not followed), sorted.
+
+    Raises:
+        DataError: a folder cannot be read (permissions): its images would otherwise be left out silently.
+    """
+
+    def fail(err: OSError) -> None:
+        raise DataError(
+            f"cannot read folder {str(err.filename or folder)!r} ({err.strerror or err}); its images would be "
+            "left out: fix its permissions"
+        ) from err
+
+    files = []
+    for parent, _, names in os.walk(folder, onerror=fail):
+        files += [
+            Path(parent) / n
+            for n in names
+            if Path(n).suffix.lower() in IMG_EXTENSIONS and (Path(parent) / n).is_file()
+        ]
+    return sorted(files)
 
 
 class ImageNetFolder(Dataset):
@@ -64,14 +121,11 @@ class ImageNetFolder(Dataset):
         )
         if not self.classes:
             raise DataError(f"image folder {str(self.folder)!r} has no class sub-folders")
+        check_class_folders(self.folder, self.classes)
         self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
         self.samples: list[tuple[str, int]] = []
         for name in self.classes:
-            files = sorted(
-                p
-                for p in (self.folder / name).rglob("*")
-                if p.suffix.lower() in IMG_EXTENSIONS and p.is_file()
-            )
+            files = image_files(self.folder / name)
             self.samples += [(str(p), self.class_to_idx[name]) for p in files]
         if not self.samples:
             raise DataError(

@@ -51,6 +51,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from sparsedino.atomic import check_replaceable_dir
 from sparsedino.data.labels import IGNORE_INDEX
 from sparsedino.data.palettes import class_colours, jittered_class_colours, object_colours, voc_palette
 from sparsedino.data.synthetic_classes import (
@@ -329,6 +330,7 @@ def write_synthetic_dataset(
         "marker_share": marker_share,
     }
     names = class_names(num_classes, colours)  # validates num_classes
+    check_replaceable_dir(out, "out")  # not a file, nor the working folder (it is swapped in whole)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(
             f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsedino.data.lists import read_lines
 from sparsedino.data.segmentation import IGNORE_INDEX, SegmentationDataset
 from sparsedino.errors import DataError, MissingDataError
 
@@ -68,14 +69,10 @@ class VOCSegmentation(SegmentationDataset):
             mask_dir = "SegmentationClassAug" if split.endswith("aug") else "SegmentationClass"
         if not (voc / mask_dir).is_dir():
             raise MissingDataError(f"VOC: mask folder {voc / mask_dir} does not exist (split {split!r})")
-        ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+        ids = [line.split()[0] for line in read_lines(list_file, "VOC")]
         pairs = [(voc / "JPEGImages" / f"{i}.jpg", voc / mask_dir / f"{i}.png") for i in ids]
         names_file = voc / "classes.txt"
-        names = (
-            [n for n in names_file.read_text().splitlines() if n.strip()]
-            if names_file.is_file()
-            else VOC_CLASSES
-        )
+        names = read_lines(names_file, "VOC") if names_file.is_file() else VOC_CLASSES
         if not 2 <= len(names) <= 255:
             raise DataError(f"VOC: {names_file} must list between 2 and 255 class names, got {len(names)}")
         label_map = np.arange(256, dtype=np.uint8)  # VOC masks already hold training labels

@@ -117,24 +117,26 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _diagnose(args: argparse.Namespace, overrides: list[str]) -> int:
-    from sparsedino.atomic import check_output_dir
+    """Check every input, then write the outputs into a folder beside ``--out``, swapped in only when all
+    are complete (under ``--out``'s lock): a failed run leaves nothing behind, nor a half-updated ``--out``."""
+    from sparsedino.atomic import check_output_dir, staged_directory
+    from sparsedino.runlock import RunLock
 
     out = check_output_dir(args.out, "--out")
     if args.compare:
         from sparsedino.diagnose.report import write_compare
 
-        write_compare(args.compare[0], args.compare[1], out)
+        with RunLock(out, "--out"), staged_directory(out) as stage:
+            write_compare(args.compare[0], args.compare[1], stage)
         print(f"comparison written to {out / 'report.html'}")
         return 0
-    from sparsedino.data.joint_transforms import make_seg_eval_transform
     from sparsedino.data.segmentation import build_seg_dataset
-    from sparsedino.diagnose.over_training import assign_epochs, resolve_backbones, write_over_training
-    from sparsedino.diagnose.report import write_run
-    from sparsedino.diagnose.runner import run_diagnostics, validate_model
+    from sparsedino.diagnose.over_training import resolve_backbones
+    from sparsedino.diagnose.runner import validate_model
     from sparsedino.diagnose.settings import load_diagnose_config
     from sparsedino.errors import DataError, MissingDataError
     from sparsedino.eval.command import normalizer_option
-    from sparsedino.models import load_backbone, token_layout
+    from sparsedino.models import load_backbone
 
     layers = [f"layers=[{','.join(map(str, args.layers))}]"] if args.layers else []
     cfg = load_diagnose_config(args.config, overrides + list(args.overrides) + layers)
@@ -153,21 +155,37 @@ def _diagnose(args: argparse.Namespace, overrides: list[str]) -> int:
         validate_model(model, cfg)
         loaded.append((spec.path, info.epoch, info.sha256))
         del model
-    by_path = {spec.path: spec for spec in specs}
-    out.mkdir(parents=True, exist_ok=True)
+    by_spec = {spec.path: spec for spec in specs}
+    with RunLock(out, "--out"), staged_directory(out) as stage:
+        _run_all(args, cfg, options, by_spec, dataset, loaded, stage)
+    print(f"report written to {out / 'report.html'}")
+    return 0
+
+
+def _run_all(
+    args: argparse.Namespace, cfg, options: dict, by_spec: dict, dataset, loaded: list, out: Path
+) -> None:
+    """Diagnose each backbone of ``loaded`` (``(path, epoch, sha256)``; ``by_spec`` maps each path to its
+    spec, loaded with ``options``) into ``out``."""
+    from sparsedino.data.joint_transforms import make_seg_eval_transform
+    from sparsedino.diagnose.over_training import assign_epochs, write_over_training
+    from sparsedino.diagnose.report import write_run
+    from sparsedino.diagnose.runner import run_diagnostics
+    from sparsedino.models import load_backbone, token_layout
+
     save_config(cfg, out / "config.yaml")
     single = len(loaded) == 1
     runs = [(None, loaded[0][0])] if single else assign_epochs(loaded)
     done = []
     for epoch, path in runs:
-        model, info = load_backbone(by_path[path], **options)
+        model, info = load_backbone(by_spec[path], **options)
         layout = token_layout(model)
         dataset.transform = make_seg_eval_transform(
             mean=layout.mean, std=layout.std
         )  # the model's statistics
         run_dir = out if single else out / f"epoch_{epoch:04d}"
         print(
-            f"diagnosing {by_path[path]} ({info.arch}, {info.normalizer}"
+            f"diagnosing {by_spec[path]} ({info.arch}, {info.normalizer}"
             + ("" if single else f", epoch {epoch}")
             + ")"
         )
@@ -179,5 +197,3 @@ def _diagnose(args: argparse.Namespace, overrides: list[str]) -> int:
         done.append((epoch, metrics, run_dir.name))
     if not single:
         write_over_training(done, out)
-    print(f"report written to {out / 'report.html'}")
-    return 0

@@ -136,8 +136,12 @@ def run_protocol(protocol: str, model, cfg, out: Path | None = None) -> dict:
     if protocol == "video":
         from sparsedino.config import resolve_device
         from sparsedino.eval.video import BackboneFeatures, build_davis, run_video
+        from sparsedino.eval.video_checks import check_fits_backbone, first_frame_sizes
 
         dataset = build_davis(cfg)
+        check_fits_backbone(
+            cfg, first_frame_sizes(dataset), model.patch_embed.patch_size[0], len(model.blocks)
+        )
         extractor = BackboneFeatures(model, cfg.layer, cfg.norm, resolve_device(cfg.device))
         masks = out / "masks" if out is not None and cfg.save_masks else None
         return run_video(dataset, extractor, cfg, masks_dir=masks)
@@ -180,10 +184,16 @@ def main(argv: Sequence[str]) -> int:
 
 
 def _evaluate(protocol: str, args: argparse.Namespace) -> int:
-    """Check every input (config, output folder, checkpoint), then evaluate and write the results."""
-    from sparsedino.atomic import check_output_dir
+    """Check every input (config, output folder, checkpoint), then evaluate and write the results.
+
+    The outputs are written into a folder beside ``--out`` and swapped in only when all are complete
+    (:func:`~sparsedino.atomic.staged_directory`), under ``--out``'s lock: a failed run leaves a finished
+    result untouched, and a fresh ``--out`` is not left holding masks without a result file.
+    """
+    from sparsedino.atomic import check_output_dir, staged_directory
     from sparsedino.eval.report import write_results
     from sparsedino.models import load_backbone, parse_backbone_spec
+    from sparsedino.runlock import RunLock
 
     spec = parse_backbone_spec(args.checkpoint)
     cfg = load_protocol_config(protocol, args.config, _overrides(args))
@@ -192,9 +202,12 @@ def _evaluate(protocol: str, args: argparse.Namespace) -> int:
     out = check_output_dir(args.out or f"runs/eval/{protocol}", "--out")
     normalizer = normalizer_option(args.normalizer)
     model, info = load_backbone(spec, normalizer=normalizer, arch=args.arch, which=args.which)
-    result = run_protocol(protocol, model, cfg, out)
-    result = {"backbone": dataclasses.asdict(info), **result}
-    save_config(cfg, out / f"{protocol}_config.yaml")
-    json_path, md_path = write_results(out, result["protocol"], result)
-    print(f"wrote {json_path} and {md_path}")
+    with RunLock(out, "--out"), staged_directory(out) as stage:
+        result = run_protocol(protocol, model, cfg, stage)
+        result = {"backbone": dataclasses.asdict(info), **result}
+        if result.get("masks_dir"):
+            result["masks_dir"] = str(out / Path(result["masks_dir"]).name)  # where it is after the swap
+        save_config(cfg, stage / f"{protocol}_config.yaml")
+        json_path, md_path = write_results(stage, result["protocol"], result)
+    print(f"wrote {out / json_path.name} and {out / md_path.name}")
     return 0

@@ -259,7 +259,7 @@ def validate_seg(cfg: SegConfig) -> None:
 
 
 def validate_video(cfg: VideoConfig) -> None:
-    from sparsedino.eval.video import validate_video_config
+    from sparsedino.eval.video_checks import validate_video_config
 
     validate_video_config(cfg)
 

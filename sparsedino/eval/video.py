@@ -38,50 +38,11 @@ from sparsedino.data.davis import DavisDataset, DavisError, DavisSequence
 from sparsedino.data.palettes import voc_palette
 from sparsedino.eval.davis_metrics import evaluate_sequence, summarize
 from sparsedino.eval.features import forward_tokens, resolve_layers
+from sparsedino.eval.video_checks import check_sequences, frame_size
 from sparsedino.models.layout import token_layout
 
 VIDEO_MEAN = (0.485, 0.456, 0.406)
 VIDEO_STD = (0.228, 0.224, 0.225)  # eval_video_segmentation.py's values (0.228, not ImageNet's 0.229)
-
-
-def validate_video_config(cfg) -> None:
-    """Reject values the protocol cannot run with; the error names the key."""
-    from sparsedino.config import ConfigError
-
-    rules = {
-        "short_side": cfg.short_side >= 1,
-        "size_multiple": cfg.size_multiple >= 1,
-        "temperature": cfg.temperature > 0,
-        "topk": cfg.topk >= 1,
-        "n_last_frames": cfg.n_last_frames >= 0,
-        "size_mask_neighborhood": cfg.size_mask_neighborhood >= 0,
-        "batch_size": cfg.batch_size >= 1,
-        "query_chunk": cfg.query_chunk >= 1,
-        "num_threads": cfg.num_threads >= 0,
-        "max_sequences": cfg.max_sequences >= 0,
-    }
-    for key, ok in rules.items():
-        if not ok:
-            raise ConfigError(f"key {key!r}: value {getattr(cfg, key)!r} is out of range")
-
-
-def frame_size(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:
-    """DINO's frame size: short side -> ``short_side``, long side scaled and floored to ``multiple``.
-
-    A square frame counts as landscape (its width is the floored side), as in the reference code.
-
-    Raises:
-        ValueError: if the floored side becomes 0.
-    """
-    if height > width:
-        size = (int(short_side * height / width) // multiple * multiple, short_side)
-    else:
-        size = (short_side, int(short_side * width / height) // multiple * multiple)
-    if min(size) <= 0:
-        raise ValueError(
-            f"a {width}x{height} frame at short_side={short_side}, size_multiple={multiple} has no pixels left"
-        )
-    return size
 
 
 def prepare_frame(
@@ -144,11 +105,16 @@ def propagate_step(
     sources = labels.permute(1, 0, 2).reshape(labels.shape[1], n * hw)  # (K, n*hw)
     out = []
     for start in range(0, target.shape[0], chunk):
-        aff = (keys @ target[start : start + chunk].T).div_(temperature).exp_()  # (n*hw, q)
+        cos = keys @ target[start : start + chunk].T  # (n*hw, q)
         if window is not None:  # the same window for every context frame
-            aff.view(n, hw, -1).mul_(window[:, start : start + chunk])
-        kth = torch.topk(aff, min(topk, aff.shape[0]), dim=0).values[-1]  # (q,) k-th largest per target
-        aff.masked_fill_(aff < kth, 0.0)  # ties with the k-th value are kept, as in the reference
+            cos.view(n, hw, -1).masked_fill_(window[:, start : start + chunk] == 0, float("-inf"))
+        # the k-th largest affinity is that of the k-th largest cosine (exp is increasing): select on the
+        # cosines, which float32 keeps apart even where exp(cos / T) rounds them to one value
+        kth = torch.topk(cos, min(topk, cos.shape[0]), dim=0).values[-1]  # (q,) k-th largest per target
+        drop = cos < kth  # ties with the k-th value are kept, as in the reference
+        # exp(cos / T) divided by its largest value per target, computed as exp((cos - max) / T) <= 1: the
+        # same weights after normalisation, without overflow at small T (exp(1 / 0.005) is inf in float32)
+        aff = cos.sub_(cos.amax(0, keepdim=True)).div_(temperature).exp_().masked_fill_(drop, 0.0)
         out.append(sources @ aff.div_(aff.sum(0, keepdim=True)))
     return torch.cat(out, 1)
 
@@ -327,19 +293,12 @@ def save_masks(result: SequenceResult, seq: DavisSequence, folder: Path) -> None
 
 
 def build_davis(cfg) -> DavisDataset:
-    """The DAVIS split named in a :class:`~sparsedino.eval.settings.VideoConfig`, with every frame scored
-    checked to have an annotation (before any backbone runs)."""
+    """The DAVIS split named in a :class:`~sparsedino.eval.settings.VideoConfig`, every sequence checked
+    (:func:`~sparsedino.eval.video_checks.check_sequences`) before any backbone runs."""
     dataset = DavisDataset(
         cfg.data_root, cfg.split, cfg.resolution, cfg.year, max_sequences=cfg.max_sequences
     )
-    for seq in dataset:
-        if len(seq) < 3:
-            raise DavisError(f"DAVIS: sequence {seq.name!r} has {len(seq)} frames; scoring needs at least 3")
-        missing = [str(seq.frames[t]) for t, a in enumerate(seq.annotations) if a is None]
-        if missing:
-            raise DavisError(
-                f"DAVIS: sequence {seq.name!r}: no annotation for frame(s) {missing[:3]} (every frame is scored)"
-            )
+    check_sequences(dataset)  # every file of every sequence, before any is segmented
     return dataset
 
 

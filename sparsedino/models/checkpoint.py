@@ -21,6 +21,7 @@ from sparsedino.models.formats import (
     infer_vit_shape,
     read_checkpoint,
 )
+from sparsedino.models.stored import check_stored_metadata
 from sparsedino.models.vit import ARCHS, arch_from_shape, build_vit
 
 __all__ = ["BackboneInfo", "CheckpointError", "load_checkpoint_backbone"]
@@ -126,6 +127,7 @@ def _build_backbone(
 ) -> tuple[VisionTransformer, BackboneInfo]:
     """Check the file's weights and metadata against each other, then build and load the ViT."""
     _check_finite(state, path)
+    check_stored_metadata(meta, shape, path)
     inferred_arch = arch_from_shape(shape["embed_dim"], shape["depth"])
     stored_arch = meta.get("arch") if meta.get("arch") in ARCHS else None
     if stored_arch is not None and stored_arch != inferred_arch:
@@ -145,10 +147,7 @@ def _build_backbone(
                 f"(width {spec['embed_dim']}, depth {spec['depth']})"
             )
     arch_name = arch or stored_arch or inferred_arch or "custom"
-    stored_heads = meta.get("num_heads")
-    if stored_heads is not None and not isinstance(stored_heads, int):
-        raise CheckpointError(f"checkpoint {str(path)!r}: stored num_heads {stored_heads!r} is not a number")
-    num_heads = _num_heads(arch_name, shape["embed_dim"], stored_heads)
+    num_heads = _num_heads(arch_name, shape["embed_dim"], meta.get("num_heads"))
     if not (isinstance(num_heads, int) and num_heads > 0 and shape["embed_dim"] % num_heads == 0):
         raise CheckpointError(
             f"checkpoint {str(path)!r}: {num_heads!r} heads do not divide width {shape['embed_dim']}"
@@ -159,8 +158,6 @@ def _build_backbone(
     elif learn_alpha:  # the caller's normaliser replaces the learned alphas
         state, learn_alpha = {k: v for k, v in state.items() if not k.endswith(".attn.alpha")}, False
     scale = meta.get("attn_scale")
-    if scale is not None and not (isinstance(scale, (int, float)) and scale > 0):
-        raise CheckpointError(f"checkpoint {str(path)!r}: stored attn_scale {scale!r} is not a number > 0")
     timm_kwargs = {
         "embed_dim": shape["embed_dim"],
         "depth": shape["depth"],

@@ -8,8 +8,10 @@ Formats:
   For register-free ViTs the tensors are the same as ``timm`` (DINO's ViT uses timm's parameter names).
 
 ``.safetensors`` files carry our metadata (arch, normalizer, ...) in their header; ``.pth`` files are a
-bare state dict with a ``FILE.json`` sidecar, so ``torch.load`` gives the state dict directly and
-:func:`sparsedino.models.load_backbone` still rebuilds the right attention.
+bare state dict with a ``FILE.json`` sidecar (and the same metadata inside, see
+:mod:`sparsedino.models.export_files`), so ``torch.load`` gives the state dict directly and
+:func:`sparsedino.models.load_backbone` still rebuilds the right attention. An export never replaces a
+training checkpoint or its own input, and any other existing file only with ``--force``.
 
 The source is any backbone spec (:mod:`sparsedino.models.spec`) but a transformers folder:
 ``timm:NAME[,k=v]:FILE`` is written as the timm model's state dict in timm's layout (an original DINOv2 /
@@ -21,18 +23,17 @@ every command reads it as it is (its tensors have transformers' names, not timm'
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from sparsedino.atomic import atomic_torch_save, atomic_write_bytes, atomic_write_json, check_output_dir
 from sparsedino.config import ConfigError
-from sparsedino.errors import OutputError, run_command
+from sparsedino.errors import run_command
 from sparsedino.models.backbone import load_backbone
 from sparsedino.models.checkpoint import BackboneInfo
-from sparsedino.models.formats import SIDECAR_SUFFIX
+from sparsedino.models.embedded import with_embedded_metadata
+from sparsedino.models.export_files import check_export_target, write_export
 from sparsedino.models.spec import SPEC_HELP, BackboneSpec, parse_backbone_spec, spec_metadata
 
 FORMATS = ("timm", "dino")
@@ -58,17 +59,23 @@ def timm_model_name(info: BackboneInfo) -> str | None:
 
 
 def export_backbone(
-    checkpoint: str | Path | BackboneSpec, out: str | Path, fmt: str = "timm", which: str = "teacher"
+    checkpoint: str | Path | BackboneSpec,
+    out: str | Path,
+    fmt: str = "timm",
+    which: str = "teacher",
+    force: bool = False,
 ) -> tuple[Path, BackboneInfo]:
     """Write the ``which`` backbone of ``checkpoint`` to ``out`` in format ``fmt`` (atomically).
+
+    ``force`` allows replacing an existing file that is neither a training checkpoint nor ``checkpoint``.
 
     Returns:
         ``(out_path, info)``.
 
     Raises:
         ConfigError: unknown format or file suffix, registers with ``fmt="dino"``, a transformers folder,
-            a timm model with ``fmt="dino"``.
-        OutputError: ``out`` cannot be written.
+            a timm model with ``fmt="dino"``, or an ``out`` that is the input or a training checkpoint.
+        OutputError: ``out`` cannot be written, or exists and ``force`` is false.
         CheckpointError: the checkpoint cannot be read.
     """
     out = Path(out)
@@ -76,10 +83,6 @@ def export_backbone(
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if out.suffix not in SUFFIXES:
         raise ConfigError(f"--out {str(out)!r} must end with one of {', '.join(SUFFIXES)}")
-    if out.is_dir():
-        raise OutputError(
-            f"--out {str(out)!r} is a folder; give a file name ending with {', '.join(SUFFIXES)}"
-        )
     spec = parse_backbone_spec(checkpoint, "checkpoint")
     if spec.kind == "hf":
         raise ConfigError(
@@ -90,14 +93,15 @@ def export_backbone(
         raise ConfigError(
             f"--format dino writes DINO v1 ViTs of our checkpoints; export {spec} with --format timm"
         )
-    check_output_dir(out.parent, "--out")
+    check_export_target(spec.path, out, force)
     model, info = load_backbone(spec, which=which)
     if fmt == "dino" and info.num_registers:
         raise ConfigError(
             f"{str(checkpoint)!r} has {info.num_registers} register tokens, which DINO's ViT does not "
             "support; export with --format timm"
         )
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    weights = model.state_dict()
+    state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
     meta = {
         "source": "export",
         "format": fmt,
@@ -115,13 +119,7 @@ def export_backbone(
     }
     if spec.kind == "timm":
         meta["spec"] = str(spec.with_path(out))  # how to read the export back
-    if out.suffix == ".safetensors":
-        from safetensors.torch import save
-
-        atomic_write_bytes(out, save(state, metadata={"sparsedino": json.dumps(meta)}))
-    else:
-        atomic_torch_save(state, out)
-        atomic_write_json(out.with_name(out.name + SIDECAR_SUFFIX), meta)
+    write_export(out, with_embedded_metadata(state, getattr(weights, "_metadata", None), meta), meta)
     return out, info
 
 
@@ -146,12 +144,15 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--out", required=True, help="output file (.pth or .safetensors)")
     parser.add_argument("--which", choices=("teacher", "student"), default="teacher")
+    parser.add_argument(
+        "--force", action="store_true", help="replace an existing --out (never a training checkpoint)"
+    )
     args = parser.parse_args(list(argv))
     return run_command("sparsedino export", lambda: _export(args))
 
 
 def _export(args: argparse.Namespace) -> int:
-    out, info = export_backbone(args.checkpoint, args.out, args.format, args.which)
+    out, info = export_backbone(args.checkpoint, args.out, args.format, args.which, args.force)
     timm_name = timm_model_name(info)
     if info.source == "timm":
         spec = parse_backbone_spec(info.spec).with_path(out)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from sparsedino.errors import UserError
+from sparsedino.models.embedded import file_metadata
 
 SIDECAR_SUFFIX = ".json"
 # What torch's weights-only unpickler says when a pickle names a class or function outside the allow-list
@@ -133,11 +134,18 @@ def extract_backbone(obj: Any, header: dict, which: str, path: Path) -> tuple[di
     if header:
         meta.update(json.loads(header["sparsedino"]) if "sparsedino" in header else {})
     sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+    sidecar_meta = None
     if sidecar.is_file():
         try:
-            meta.update(json.loads(sidecar.read_text()))
-        except (OSError, json.JSONDecodeError) as err:
+            sidecar_meta = json.loads(sidecar.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise CheckpointError(f"metadata sidecar {str(sidecar)!r} is not valid JSON: {err}") from err
+        if not isinstance(sidecar_meta, dict):
+            raise CheckpointError(f"metadata sidecar {str(sidecar)!r} is not a JSON object")
+    recorded, problem = file_metadata(obj, sidecar_meta, sidecar, path)  # (an export records both)
+    if problem:
+        raise CheckpointError(problem)
+    meta.update(recorded)
     if isinstance(obj, dict) and which in obj and isinstance(obj[which], dict):
         ours = obj.get("sparsedino")
         meta["source"] = "sparsedino" if isinstance(ours, dict) else "dino"
@@ -190,7 +198,12 @@ def infer_vit_shape(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any
                 f"checkpoint {str(path)!r} is not a ViT state dict: missing key {key!r} "
                 f"(first keys: {list(state)[:6]})"
             )
-    proj = state["patch_embed.proj.weight"]  # (D, 3, p, p)
+    proj, pos = state["patch_embed.proj.weight"], state["pos_embed"]  # (D, 3, p, p), (1, N, D)
+    if proj.dim() != 4 or min(proj.shape) < 1 or pos.dim() != 3 or pos.shape[-1] != proj.shape[0]:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: patch_embed.proj.weight {tuple(proj.shape)} and pos_embed "
+            f"{tuple(pos.shape)} are not the (D, 3, p, p) and (1, N, D) tensors of a ViT"
+        )
     embed_dim, patch_size = proj.shape[0], proj.shape[-1]
     depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
     num_registers = state["reg_token"].shape[1] if "reg_token" in state else 0
@@ -202,7 +215,12 @@ def infer_vit_shape(state: dict[str, torch.Tensor], path: Path) -> dict[str, Any
         no_embed_class, n_patches = True, n_pos
     else:
         no_embed_class, n_patches = False, n_pos - prefix
-    side = math.isqrt(max(n_patches, 0))
+    if n_patches < 1:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r}: pos_embed of length {n_pos} holds no patch positions "
+            f"(only {'[CLS] and ' if has_cls else ''}{num_registers} register(s))"
+        )
+    side = math.isqrt(n_patches)
     if side * side != n_patches:
         raise CheckpointError(
             f"checkpoint {str(path)!r}: pos_embed of length {n_pos} does not fit a square patch grid"

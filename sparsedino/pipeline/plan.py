@@ -26,7 +26,7 @@ from typing import Any
 from sparsedino.config import ConfigError, config_to_dict, load_config, resolve_config_path
 from sparsedino.errors import MissingDataError
 from sparsedino.pipeline.settings import PRESETS, ReproduceConfig, resolve_arm, validate
-from sparsedino.pipeline.video import build_video_config
+from sparsedino.pipeline.video import build_video_config, check_video_plan
 
 
 @dataclass
@@ -136,6 +136,7 @@ def build_plan(cfg: ReproduceConfig, out: Path) -> RunPlan:
     )
     plan.diagnose = _section("diagnose_overrides", load_diagnose_config, None, list(cfg.diagnose_overrides))
     plan.video = build_video_config(cfg, out)
+    check_video_plan(plan)
     return plan
 
 

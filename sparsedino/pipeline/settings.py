@@ -154,8 +154,28 @@ def resolve_arm(arm: str) -> tuple[str, list[str]]:
     return name, [f"model.normalizer={name}"]
 
 
+# Training keys the pipeline sets per run: a train_overrides entry for one would be overwritten silently.
+OWNED_TRAIN_KEYS = {
+    "run.output_dir": "the pipeline trains each run in OUT/train/<arm>-s<seed>",
+    "run.seed": "set the seeds with seeds=[...]",
+    "data.path": "set data.imagenet (with synth.enabled=false) or the synth.* settings",
+    "model.normalizer": "set the normalisers with arms=[...]",
+}
+
+
+def _check_train_overrides(cfg: ReproduceConfig) -> None:
+    for item in cfg.train_overrides:
+        key = item.partition("=")[0].strip()
+        if key in OWNED_TRAIN_KEYS:
+            raise ConfigError(
+                f"key 'train_overrides': {item!r} sets {key}, which the pipeline sets for every run "
+                f"({OWNED_TRAIN_KEYS[key]})"
+            )
+
+
 def validate(cfg: ReproduceConfig) -> None:
     """Check cross-field rules; raise :class:`ConfigError` naming the key."""
+    _check_train_overrides(cfg)
     if len(cfg.arms) < 1:
         raise ConfigError("key 'arms': give at least one arm (an attention normaliser or a variant)")
     names = [resolve_arm(arm)[0] for arm in cfg.arms]
@@ -173,8 +193,8 @@ def validate(cfg: ReproduceConfig) -> None:
     for name in cfg.seg_datasets:
         if name not in ("voc", "ade20k", "cityscapes"):
             raise ConfigError(f"key 'seg_datasets': {name!r} is not one of voc, ade20k, cityscapes")
-    if cfg.video.enabled and (cfg.video.clips < 1 or cfg.video.frames < 3 or cfg.video.max_objects < 2):
-        raise ConfigError("key 'video': need clips >= 1, frames >= 3 and max_objects >= 2")
+    if cfg.video.enabled:
+        _validate_clips(cfg.video)
     if cfg.video.enabled and not cfg.synth.enabled and not cfg.data.davis:
         raise ConfigError("key 'data.davis': required when video.enabled and synth.enabled is false")
     if not cfg.synth.enabled:
@@ -195,6 +215,15 @@ def _validate_synth(synth: SynthSettings) -> None:
     from sparsedino.data.command import check_synth_options
 
     check_synth_options(config_to_dict(synth), lambda key: f"key 'synth.{key}'")
+
+
+def _validate_clips(video: VideoSettings) -> None:
+    """The embedded clips' settings (``sparsedino data synth-video``'s limits)."""
+    from sparsedino.config import config_to_dict
+    from sparsedino.data.command import check_video_options
+
+    values = {k: v for k, v in config_to_dict(video).items() if k not in ("enabled", "overrides")}
+    check_video_options(values, lambda key: f"key 'video.{key}'")
 
 
 def _validate_controls(cfg: ReproduceConfig, arm_names: list[str]) -> None:

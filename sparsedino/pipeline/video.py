@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsedino.config import ConfigError, config_to_dict, load_config
+from sparsedino.errors import MissingDataError
 from sparsedino.pipeline.stages import Stage
 
 MASKS = "masks"
@@ -27,19 +28,50 @@ SCORES = ("J&F-Mean", "J-Mean", "F-Mean")
 def build_video_config(cfg, out: Path):
     """The resolved :class:`~sparsedino.eval.settings.VideoConfig` of a reproduce run (None when off)."""
     from sparsedino.eval.settings import VideoConfig
-    from sparsedino.eval.video import validate_video_config
+    from sparsedino.eval.video_checks import validate_video_config
 
     if not cfg.video.enabled:
         return None
     root = Path(out) / "video" / "data" if cfg.synth.enabled else Path(cfg.data.davis).expanduser()
     if not cfg.synth.enabled and not root.is_dir():
-        raise FileNotFoundError(f"key 'data.davis': folder {cfg.data.davis!r} does not exist")
+        raise MissingDataError(f"key 'data.davis': folder {cfg.data.davis!r} does not exist")
     try:
         video = load_config(VideoConfig, None, [f"data_root={root}", *cfg.video.overrides])
         validate_video_config(video)
     except ConfigError as err:
         raise ConfigError(f"video.overrides: {err}") from err
     return video
+
+
+def check_video_plan(plan) -> None:
+    """The video settings against the clips and every run's backbone, before the first stage: the DAVIS
+    tree of ``data.davis`` (every sequence's files, object ids and sizes), the block index ``layer`` and
+    frames of at least one patch.
+
+    Raises:
+        ConfigError / DavisError: naming ``data.davis`` or ``video.overrides`` and the culprit.
+    """
+    from sparsedino.data.davis import DavisError
+    from sparsedino.eval.video import build_davis
+    from sparsedino.eval.video_checks import check_fits_backbone, first_frame_sizes
+    from sparsedino.models.vit import ARCHS
+
+    vcfg = plan.video
+    if vcfg is None:
+        return
+    if plan.cfg.synth.enabled:
+        sizes = {"embedded clips": (plan.cfg.video.size, plan.cfg.video.size)}
+    else:
+        try:
+            sizes = first_frame_sizes(build_davis(vcfg))
+        except DavisError as err:
+            raise DavisError(f"key 'data.davis': {err}") from err
+    for rid, train_cfg in plan.train.items():
+        depth, patch = ARCHS[train_cfg.model.arch]["depth"], train_cfg.model.patch_size
+        try:
+            check_fits_backbone(vcfg, sizes, patch, depth)
+        except ConfigError as err:
+            raise ConfigError(f"video.overrides (run {rid}, {train_cfg.model.arch}/{patch}): {err}") from err
 
 
 def video_stages(plan) -> list[Stage]:

@@ -25,6 +25,7 @@ from sparsedino.atomic import atomic_torch_save
 from sparsedino.config import ConfigError, config_to_dict
 from sparsedino.models.checkpoint import load_state_dict_checked
 from sparsedino.models.formats import CheckpointError, read_checkpoint
+from sparsedino.models.stored import check_finite_tensors, check_position
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,9 @@ def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_si
     obj, _ = read_checkpoint(path)
     if not isinstance(obj, dict) or "optimizer" not in obj or "sparsedino" not in obj:
         raise CheckpointError(f"{str(path)!r} is not a resumable sparsedino training checkpoint")
+    position = check_position(obj, path)
+    for part in ("student", "teacher", "dino_loss", "optimizer"):  # before any is loaded into the run
+        check_finite_tensors(obj.get(part), path, part)
     try:
         _check_compatible(obj.get("args", {}), cfg, path)
         load_state_dict_checked(state.student, obj["student"], "student", path)
@@ -212,9 +216,6 @@ def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_si
         state.optimizer.load_state_dict(obj["optimizer"])
         if state.scaler is not None and obj.get("fp16_scaler") is not None:
             state.scaler.load_state_dict(obj["fp16_scaler"])
-        position = {
-            key: int(obj.get(key, 0)) for key in ("epoch", "iteration", "global_step", "skipped_images")
-        }
     except (CheckpointError, ConfigError):
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as err:  # a damaged or hand-edited file

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from sparsedino.bench import attention as bench
+from sparsedino.config import ConfigError
 
 
 def _run(tmp_path, *extra):
@@ -27,5 +28,5 @@ def test_rows_carry_ratios_and_the_attention_density(tmp_path):
 
 
 def test_input_std_must_be_positive(tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="--input-std"):
         bench.main(["--input-std", "0", "--json", str(tmp_path / "a.json")])

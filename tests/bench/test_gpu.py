@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sparsedino.bench import gpu, gpu_attention
+from sparsedino.config import ConfigError
 
 
 def _run(tmp_path, *extra):
@@ -81,5 +82,5 @@ def test_a_path_that_crashes_is_a_failure_naming_it(tmp_path, monkeypatch):
 
 
 def test_unknown_section_is_rejected(tmp_path):
-    with pytest.raises(SystemExit):
+    with pytest.raises(ConfigError, match="warp"):
         _run(tmp_path, "--sections", "attention,warp")
