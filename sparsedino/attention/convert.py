@@ -69,6 +69,7 @@ SPARSE_POOL_TYPES: dict[type[nn.Module], type[SparseCore]] = {
     AttentionPoolPrr: SparseAttentionPoolPrr,
 }
 _TIMM_TYPE = {sparse: timm for timm, sparse in {**SPARSE_TYPES, **SPARSE_POOL_TYPES}.items()}
+_KNOWN = tuple(_TIMM_TYPE.values())
 
 
 def _qualname(cls: type) -> str:
@@ -76,12 +77,12 @@ def _qualname(cls: type) -> str:
 
 
 def _looks_like_attention(name: str, module: nn.Module) -> bool:
-    """timm's attention modules carry ``fused_attn``; older ones are an ``attn`` child with a ``qkv``."""
-    known = tuple(SPARSE_TYPES) + tuple(SPARSE_POOL_TYPES)
+    """timm's attention modules carry ``fused_attn``; older ones are an ``attn`` child with a ``qkv``; a
+    subclass of a supported type may compute other scores."""
     return (
         hasattr(module, "fused_attn")
         or (name == "attn" and hasattr(module, "qkv"))
-        or isinstance(module, known)
+        or isinstance(module, _KNOWN)
     )
 
 

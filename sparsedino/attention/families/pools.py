@@ -19,12 +19,13 @@ from timm.layers.attention_pool import AttentionPoolPrr
 from torch import Tensor, nn
 
 from sparsedino.attention.core import SparseCore
+from sparsedino.attention.normalizers import Normalizer
 
 __all__ = ["SparseAttentionPoolLatent", "SparseAttentionPoolPrr"]
 
 
 class _SparsePool(SparseCore):
-    def _init_sparse(self, normalizer, scale) -> None:
+    def _init_sparse(self, normalizer: str | float | Normalizer, scale: float | None) -> None:
         super()._init_sparse(normalizer, scale)
         if not hasattr(self, "attn_drop"):
             self.attn_drop = nn.Dropout(0.0)  # the hook point of the maps (timm's pools apply no dropout)
