@@ -18,7 +18,7 @@ import entmax
 import pytest
 import timm
 import torch
-from timm.layers import Attention, AttentionPoolLatent, AttentionRope, DiffAttention
+from timm.layers import Attention, AttentionPoolLatent, AttentionRope, DiffAttention, RotaryEmbeddingCat
 from timm.layers.attention_pool import AttentionPoolPrr
 from timm.models.beit import Attention as BeitAttention
 from timm.models.cait import ClassAttn, TalkingHeadAttn
@@ -44,7 +44,7 @@ FAMILIES = {
     "registers_gap": ("vit_base_patch16_reg4_gap_256", dict(img_size=32), {Attention}),
     "flexivit": ("flexivit_small", dict(img_size=32), {Attention}),
     "naflexvit": ("naflexvit_base_patch16_gap", dict(img_size=32), {Attention}),
-    "hybrid": ("vit_small_r26_s32_224", dict(img_size=64), {Attention}),
+    "hybrid": ("vit_tiny_r_s16_p8_224", dict(img_size=64), {Attention}),  # ResNet stem, then ViT
     "dinov3": ("vit_small_patch16_dinov3", dict(img_size=32), {EvaAttention}),
     "eva02": ("eva02_tiny_patch14_224", dict(img_size=28), {EvaAttention}),
     "rope_sbb": ("vit_medium_patch16_rope_reg1_gap_256", dict(img_size=32), {EvaAttention}),
@@ -384,3 +384,79 @@ def test_torchscript_of_a_converted_family(family):
     scripted = torch.jit.script(model)
     with torch.no_grad():
         torch.testing.assert_close(scripted(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def _rope(grid: int, head_dim: int) -> torch.Tensor:
+    return RotaryEmbeddingCat(head_dim, in_pixels=False, feat_shape=[grid, grid]).get_embed()  # (N, 2 * D)
+
+
+@pytest.mark.parametrize(
+    "build, inputs",
+    [
+        pytest.param(  # grouped-query heads, separate projections, qk-norm, gate, scale norm
+            lambda: AttentionRope(
+                64,
+                num_heads=4,
+                qkv_fused=False,
+                num_kv_heads=2,
+                qk_norm=True,
+                scale_norm=True,
+                gated=True,
+                norm_layer=torch.nn.LayerNorm,
+                num_prefix_tokens=2,
+            ),
+            lambda: ((torch.randn(2, 11, 64),), {"rope": _rope(3, 16)}),
+            id="AttentionRope-gqa",
+        ),
+        pytest.param(  # separate projections (no key bias), gate, qk-norm, rotate_half, a bool mask
+            lambda: EvaAttention(
+                64,
+                num_heads=4,
+                qkv_fused=False,
+                qk_norm=True,
+                gated=True,
+                rotate_half=True,
+                norm_layer=torch.nn.LayerNorm,
+            ),
+            lambda: (
+                (torch.randn(2, 10, 64),),
+                {"rope": _rope(3, 16), "attn_mask": torch.rand(2, 1, 10, 10) > 0.3},
+            ),
+            id="EvaAttention-unfused-qkv-masked",
+        ),
+        pytest.param(  # EVA's bias added after the product
+            lambda: EvaAttention(64, num_heads=4, qkv_bias_separate=True, norm_layer=torch.nn.LayerNorm),
+            lambda: ((torch.randn(2, 10, 64),), {"rope": _rope(3, 16)}),
+            id="EvaAttention-separate-bias",
+        ),
+        pytest.param(  # several latents, averaged; qk-norm
+            lambda: AttentionPoolLatent(64, num_heads=4, latent_len=3, pool_type="avg", qk_norm=True),
+            lambda: ((torch.randn(2, 9, 64),), {}),
+            id="AttentionPoolLatent-3-latents",
+        ),
+    ],
+)
+def test_module_options_equal_the_oracle(build, inputs):
+    """Options of timm's modules that the models above do not use, module by module."""
+    module = build().eval()
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if "norm" not in name:
+                p.normal_(0.0, 0.3)
+    oracle = _oracle(module)
+    args, kwargs = inputs()
+    with torch.no_grad():
+        reference = module(*args, **kwargs)
+    model = torch.nn.Sequential(module)  # sparsify converts children
+    sparsify(model, "entmax15", pools=True)
+    assert model[0] is module
+    with torch.no_grad(), collect_attention(model) as maps:
+        out = module(*args, **kwargs)
+        with _softmax_replaced_by(entmax.entmax15) as oracle_maps:
+            expected = oracle(*args, **kwargs)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(maps[0], oracle_maps[0], atol=2e-5, rtol=1e-4)
+    assert (maps[0] == 0).any()
+    sparsify(model, "softmax")
+    with torch.no_grad():
+        assert torch.equal(module(*args, **kwargs), reference)
