@@ -11,7 +11,11 @@ Usage (from the timm sdist's tests folder):
 * TIMM_IGNORE_NAME_MATCHES_CFG=1 also runs the tests keyed on ``name_matches_cfg`` for names without a
   registered pretrained cfg (otherwise such names silently drop out of those tests);
 * tests that need the network (pretrained downloads) are deselected, as are tests with hard-coded model
-  names that are not among the selected ones.
+  names that are not among the selected ones;
+* TIMM_SPARSIFY=<normaliser> (e.g. entmax15) passes every model the tests build through
+  ``sparsedino.attention.sparsify`` right after ``timm.create_model`` (test_models.py imports
+  ``create_model`` from ``timm`` after this plugin is loaded, so it gets the wrapped one);
+  TIMM_SPARSIFY_POOLS=1 converts attention pools too.
 """
 
 import os
@@ -19,6 +23,7 @@ import os
 import timm
 
 import sparsedino  # noqa: F401  (registers the entmax names)
+from sparsedino.attention import parse_normalizer, sparsify
 
 SELECTED = [n.strip() for n in os.environ["TIMM_SELECT"].split(",") if n.strip()]
 NETWORK_TESTS = {"test_model_inference", "test_model_load_pretrained", "test_model_features_pretrained"}
@@ -45,6 +50,19 @@ def list_models(
 
 
 timm.list_models = list_models
+
+SPARSIFY = parse_normalizer(os.environ["TIMM_SPARSIFY"]) if os.environ.get("TIMM_SPARSIFY") else None
+SPARSIFY_POOLS = os.environ.get("TIMM_SPARSIFY_POOLS") == "1"
+_orig_create_model = timm.create_model
+
+
+def create_model(*args, **kwargs):
+    model = _orig_create_model(*args, **kwargs)
+    return sparsify(model, SPARSIFY, pools=SPARSIFY_POOLS)
+
+
+if SPARSIFY is not None:
+    timm.create_model = create_model
 
 
 def _model_of(item):
@@ -74,6 +92,11 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter):
+    if SPARSIFY is not None:
+        pools = " (pools too)" if SPARSIFY_POOLS else ""
+        terminalreporter.write_line(
+            f"every model was passed through sparsify(model, {SPARSIFY.name!r}){pools}"
+        )
     terminalreporter.write_line("per-model outcome counts (all tags of a name together):")
     for name in sorted(_outcomes):
         terminalreporter.write_line(f"  {name}: {_outcomes[name]}")

@@ -5,7 +5,8 @@ Public API::
     entmax15, entmax_bisect, sparsemax                  # normalisers (exact, autograd, -inf -> 0)
     attention(q, k, v, normalizer="entmax15", ...)      # (B, H, N, D) attention, softmax -> SDPA
     SparseAttention, make_attn_layer                    # timm ``attn_layer``
-    sparsify(model, normalizer), collect_attention(model)
+    sparsify(model, normalizer, pools=False)          # any timm ViT family, in place (table: convert.py)
+    collect_attention(model), converted_modules(model)
     Normalizer, parse_normalizer                        # the normaliser as a value (any spelling -> one)
     normalizer_name, validate_normalizer, set_compile
 
@@ -18,8 +19,9 @@ Importing this package registers ``vit_{tiny,small,base}_patch16_224_entmax15`` 
 
 from sparsedino.attention import timm_models  # noqa: F401  (registers the timm model names)
 from sparsedino.attention.compiled import compile_mode, set_compile
+from sparsedino.attention.convert import ConvertedModule, collect_attention, converted_modules, sparsify
 from sparsedino.attention.entmax import entmax15, entmax_bisect, sparsemax
-from sparsedino.attention.layers import SparseAttention, collect_attention, make_attn_layer, sparsify
+from sparsedino.attention.layers import SparseAttention, make_attn_layer
 from sparsedino.attention.normalizers import (
     Normalizer,
     normalize,
@@ -30,12 +32,14 @@ from sparsedino.attention.normalizers import (
 from sparsedino.attention.ops import attention, attention_probs
 
 __all__ = [
+    "ConvertedModule",
     "Normalizer",
     "SparseAttention",
     "attention",
     "attention_probs",
     "collect_attention",
     "compile_mode",
+    "converted_modules",
     "entmax15",
     "entmax_bisect",
     "make_attn_layer",

@@ -7,9 +7,9 @@ path           when                                            forward / backwar
 =============  ==============================================  ==============================================
 "sdpa"         softmax (:attr:`.Normalizer.is_softmax`; before    ``F.scaled_dot_product_attention`` / autograd
                the autocast casts, SDPA does its own)
-"materialise"  ``dropout_p > 0``                               :func:`.ops.attention_probs` + dropout, then
-                                                               ``P @ V`` / autograd through the normaliser's
-                                                               autograd function (:mod:`.entmax`)
+"materialise"  ``dropout_p > 0``, or a float ``attn_mask``     :func:`.ops.attention_probs` + dropout, then
+               needing a gradient (a learned position bias:    ``P @ V`` / autograd through the normaliser's
+               the fused op gives q, k, v gradients only)      autograd function (:mod:`.entmax`)
 "adasplash"    no mask and :func:`.backends.adasplash_usable`  adasplash's Triton kernels (forward and
                (CUDA, ``1 < alpha <= 2``, head dims, dtypes)   backward)
 "fused"        otherwise                                       :class:`.chunked.SparseAttentionFunction`:
@@ -91,11 +91,15 @@ def attention_path(
     """
     if spec.is_softmax:
         return "sdpa"
-    if dropout_p > 0.0:
+    if dropout_p > 0.0 or _mask_needs_grad(attn_mask):
         return "materialise"
     if attn_mask is None and backends.adasplash_usable(q, k, v, spec):
         return "adasplash"
     return "fused"
+
+
+def _mask_needs_grad(attn_mask: Tensor | None) -> bool:
+    return attn_mask is not None and attn_mask.requires_grad and torch.is_grad_enabled()
 
 
 def normalize_scores(

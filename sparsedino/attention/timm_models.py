@@ -18,7 +18,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from sparsedino.attention.layers import SparseAttention, sparsify
+from sparsedino.attention.convert import sparsify
+from sparsedino.attention.layers import SparseAttention
 from sparsedino.attention.normalizers import normalizer_name
 
 __all__ = ["ENTMAX_ARCHS", "create_entmax_vit"]

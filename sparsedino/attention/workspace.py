@@ -12,6 +12,10 @@ A buffer saved for backward is given back at the end of backward. Each handed-ou
 number: a backward that finds its buffer leased again since (``retain_graph=True`` and a later forward)
 recomputes the probabilities instead of reading the reused buffer. Idle buffers are kept until
 :func:`release` (or up to ``MAX_IDLE_BYTES``), as a caching allocator would.
+
+Pooled buffers are normal tensors even when taken under ``torch.inference_mode()`` (an inference tensor,
+or a view made in inference mode, cannot be written outside it), and the pool keeps the flat buffer it
+allocated (the base of the caller's view), so a call in inference mode and a later one outside share buffers.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def take(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> tu
         free = _idle.get((dtype, numel))
         flat = free.pop() if free else None
         if flat is None:
-            flat = torch.empty(numel, dtype=dtype)
+            with torch.inference_mode(False):  # a normal tensor: writable in and outside inference mode
+                flat = torch.empty(numel, dtype=dtype)
         key = _key(flat)
         _idle_ids.discard(key)
         lease = _leases[key] = next(_counter)
@@ -69,11 +74,12 @@ def give(t: Tensor, lease: Lease) -> None:
     with _lock:
         if _leases.get(lease[0]) != lease[1] or lease[0] in _idle_ids:
             return
-        if idle_bytes() + t.numel() * t.element_size() > MAX_IDLE_BYTES:
+        flat = t if t._base is None else t._base  # the flat buffer take() allocated (a view may be flagged)
+        if idle_bytes() + flat.numel() * flat.element_size() > MAX_IDLE_BYTES:
             _leases.pop(lease[0], None)  # dropped: freed when its last user lets go
             return
         _idle_ids.add(lease[0])
-        _idle.setdefault((t.dtype, t.numel()), []).append(t.reshape(-1))
+        _idle.setdefault((flat.dtype, flat.numel()), []).append(flat)
 
 
 def idle_bytes() -> int:

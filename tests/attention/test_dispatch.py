@@ -1,9 +1,10 @@
 """The dispatch table (sparsedino.attention.dispatch) picks the path and kernels it states."""
 
+import entmax
 import pytest
 import torch
 
-from sparsedino.attention import compiled, native, parse_normalizer, set_compile, sparsemax
+from sparsedino.attention import attention, compiled, native, parse_normalizer, set_compile, sparsemax
 from sparsedino.attention import entmax as entmax_module
 from sparsedino.attention.dispatch import attention_path, normalizer_backward
 from sparsedino.attention.entmax import entmax_bisect
@@ -76,3 +77,21 @@ def test_one_gradient_formula_for_autograd_and_the_attention_op(dtype):
             compute = torch.float64 if dtype == torch.float64 else torch.float32
             p32 = entmax_bisect(x.to(compute), 1.3)
             torch.testing.assert_close(normalizer_backward(p32, grad, normalizer), xr.grad)
+
+
+def test_a_learned_bias_gets_its_gradient():
+    """A float mask needing a gradient (BEiT's relative position table) takes the materialised path."""
+    q, k, v = (t.requires_grad_() for t in _qkv())
+    bias = torch.randn(1, q.shape[1], 9, 9, requires_grad=True)
+    spec = parse_normalizer("entmax15")
+    assert attention_path(q, k, v, spec, bias, 0.0) == "materialise"
+    with torch.no_grad():
+        assert attention_path(q, k, v, spec, bias, 0.0) == "fused"  # inference keeps the fused op
+    attention(q, k, v, "entmax15", attn_mask=bias).square().sum().backward()
+    ours = [t.grad.clone() for t in (q, k, v, bias)]
+    for t in (q, k, v, bias):
+        t.grad = None
+    scores = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5 + bias
+    (entmax.entmax15(scores, dim=-1) @ v).square().sum().backward()
+    for mine, theirs in zip(ours, (q.grad, k.grad, v.grad, bias.grad)):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)

@@ -61,3 +61,16 @@ def test_idle_memory_is_bounded(monkeypatch):
     for t, lease in bufs:
         workspace.give(t, lease)
     assert workspace.idle_bytes() == 3 << 20
+
+
+def test_a_call_in_inference_mode_then_one_outside_share_the_buffers():
+    """Buffers taken under torch.inference_mode() stay writable afterwards (timm's tests, eval then train)."""
+    q, k, v = _qkv(n=128, requires_grad=False)
+    with torch.inference_mode():
+        expected = attention(q, k, v)
+    assert workspace.idle_bytes() > 0
+    torch.testing.assert_close(attention(q, k, v), expected)  # the same buffers, outside inference mode
+    q.requires_grad_()
+    attention(q, k, v).sum().backward()
+    with torch.inference_mode():
+        attention(q.detach(), k, v)  # and back

@@ -2,8 +2,6 @@
 here): registers reported apart from patches, against the models' own tokens.
 
 Recording their maps needs ``sparsify`` to convert timm's ``EvaAttention`` and transformers' attention.
-Where this checkout cannot (before the ``families`` / ``hf`` work is merged) the tests are strict xfails:
-they must fail then, and run as plain tests once the conversion exists.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import json
 import pytest
 import torch
 
-from sparsedino.attention import sparsify
 from sparsedino.config import load_config
 from sparsedino.diagnose.batches import ResizeCollate
 from sparsedino.diagnose.command import main
@@ -22,17 +19,9 @@ from sparsedino.diagnose.settings import DiagnoseConfig
 from sparsedino.models import load_backbone
 from sparsedino.models.hf_backbone import HF_FAMILIES, HFBackbone
 
-from ..backbones import tiny_timm, write_hf, write_timm
+from ..backbones import write_hf, write_timm
 
 transformers = pytest.importorskip("transformers")
-
-
-def _converts(model: torch.nn.Module) -> bool:
-    try:
-        sparsify(model, "softmax")
-    except (TypeError, ValueError):
-        return False
-    return True
 
 
 def _hf_model(kind: str) -> HFBackbone:
@@ -43,16 +32,6 @@ def _hf_model(kind: str) -> HFBackbone:
     )
 
 
-needs_eva = pytest.mark.xfail(
-    not _converts(tiny_timm("vit_small_patch16_dinov3")),
-    reason="sparsify does not convert timm's EvaAttention in this checkout (branch families)",
-    strict=True,
-)
-needs_hf = pytest.mark.xfail(
-    not _converts(_hf_model("dinov2_with_registers")),
-    reason="sparsify does not convert transformers attention in this checkout (branch hf)",
-    strict=True,
-)
 OPTIONS = [
     "batch_size=8",
     "n_images=8",
@@ -89,7 +68,6 @@ def _check_cli(spec: str, data, out, img_size: int, registers: int) -> dict:
     return metrics
 
 
-@needs_eva
 def test_dinov3_timm_state_dict(tmp_path, synthetic_root, squares):
     reference, spec = write_timm("vit_small_patch16_dinov3", tmp_path, "original", ".pth")
     _check_cli(spec, synthetic_root, tmp_path / "diag", 64, 4)
@@ -106,7 +84,6 @@ def test_dinov3_timm_state_dict(tmp_path, synthetic_root, squares):
         assert scores["reg.norm"] == pytest.approx(float(prefix[:, 1:].norm(dim=-1).mean()), rel=1e-4)
 
 
-@needs_hf
 @pytest.mark.parametrize(("kind", "registers"), [("dinov2_with_registers", 4), ("dinov2", 0)])
 def test_transformers_dinov2_folder(tmp_path, synthetic_root, squares, kind, registers):
     reference, spec = write_hf(kind, tmp_path / "hf")
