@@ -18,6 +18,8 @@ from sparsedino.cli import main
 from sparsedino.data.synthetic import write_synthetic_dataset
 from sparsedino.models.vit import build_vit
 
+from .cli_errors import error_line
+
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
@@ -38,15 +40,6 @@ def checkpoint(tmp_path_factory):
 def _copy(data, tmp_path):
     shutil.copytree(data, tmp_path / "data")
     return tmp_path / "data"
-
-
-def error_line(capsys, prog: str) -> str:
-    """The command's one-line error (progress bars may precede it on stderr; no traceback may)."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith(f"{prog}: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 SEG = ["crop_size=32", "eval_short_side=32", "eval_stride=32", "iters=2", "batch_size=4", "warmup_iters=0"]

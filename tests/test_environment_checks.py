@@ -21,13 +21,7 @@ from sparsedino.data.synthetic import write_synthetic_dataset
 from sparsedino.models.vit import build_vit
 from sparsedino.runlock import RunLock
 
-
-def error_line(capsys, prog: str) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith(f"{prog}: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+from .cli_errors import error_line
 
 
 def test_a_misspelt_variable_is_reported_with_the_closest_name(monkeypatch, capsys):

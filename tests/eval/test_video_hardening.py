@@ -19,6 +19,7 @@ from sparsedino.data.synthetic_video import write_synthetic_videos
 from sparsedino.eval.video import propagate_step
 from sparsedino.runlock import LOCK_NAME, RunLock
 
+from ..cli_errors import error_line as _error_line
 from .conftest import make_tiny_vit
 
 PROG = "sparsedino eval video"
@@ -26,11 +27,7 @@ SMALL = ["short_side=32", "size_multiple=8", "device=cpu", "size_mask_neighborho
 
 
 def error_line(capsys, prog: str = PROG) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith(f"{prog}: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+    return _error_line(capsys, prog)
 
 
 @pytest.fixture(scope="module")

@@ -11,15 +11,13 @@ import torch
 from sparsedino.cli import main
 from sparsedino.models import CheckpointError, DINOHead, MultiCropWrapper, build_vit, load_backbone
 
+from ..cli_errors import error_line as _error_line
+
 PROG = "sparsedino export"
 
 
 def error_line(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [line for line in err.splitlines() if line.startswith(f"{PROG}: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
+    return _error_line(capsys, PROG)
 
 
 def _training_checkpoint(path, normalizer="entmax15"):
