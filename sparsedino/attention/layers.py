@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from sparsedino.attention.adaptive import alpha_parameter
 from sparsedino.attention.core import SparseCore, attention_map, sparse_attention
-from sparsedino.attention.normalizers import Normalizer, check_scale, normalizer_name
+from sparsedino.attention.normalizers import Normalizer, check_scale, parse_normalizer
 
 __all__ = [
     "SparseAttention",
@@ -111,7 +111,7 @@ class SparseAttention(SparseCore, nn.Module):
         self.proj = nn.Linear(self.attn_dim, dim_out, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         self.register_parameter(
-            "alpha", alpha_parameter(num_heads, normalizer, **dd) if learn_alpha else None
+            "alpha", alpha_parameter(num_heads, self._spec, **dd) if learn_alpha else None
         )
 
     @classmethod
@@ -167,14 +167,14 @@ def make_attn_layer(
     timm instantiates ``attn_layer`` itself (it must be a class, not a ``functools.partial``), e.g.
     ``timm.create_model("vit_small_patch16_224", attn_layer=make_attn_layer("sparsemax"))``.
     """
-    name = normalizer_name(normalizer)
+    spec = parse_normalizer(normalizer)
 
     class _Configured(SparseAttention):
         def __init__(self, *args, **kwargs) -> None:
-            kwargs.setdefault("normalizer", name)
+            kwargs.setdefault("normalizer", spec)
             kwargs.setdefault("scale", scale)
             kwargs.setdefault("chunk_size", chunk_size)
             super().__init__(*args, **kwargs)
 
-    _Configured.__name__ = _Configured.__qualname__ = f"SparseAttention_{name.replace('.', '_')}"
+    _Configured.__name__ = _Configured.__qualname__ = f"SparseAttention_{spec.name.replace('.', '_')}"
     return _Configured

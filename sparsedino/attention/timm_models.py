@@ -20,7 +20,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from sparsedino.attention.convert import sparsify
 from sparsedino.attention.layers import SparseAttention
-from sparsedino.attention.normalizers import normalizer_name
+from sparsedino.attention.normalizers import parse_normalizer
 
 __all__ = ["ENTMAX_ARCHS", "create_entmax_vit"]
 
@@ -78,7 +78,7 @@ def create_entmax_vit(name: str, pretrained: bool = False, **kwargs: Any) -> Vis
         )
     if name not in ENTMAX_ARCHS:
         raise ValueError(f"unknown entmax architecture {name!r}; known: {sorted(ENTMAX_ARCHS)}")
-    normalizer = normalizer_name(kwargs.pop("normalizer", "entmax15"))  # validated before building
+    spec = parse_normalizer(kwargs.pop("normalizer", "entmax15"))  # validated before building
     scale = kwargs.pop("attn_scale", None)
     out_indices = kwargs.pop("out_indices", 3)  # timm's ViT default for features_only: the last 3 blocks
     args = {**ENTMAX_ARCHS[name], **kwargs}
@@ -90,8 +90,8 @@ def create_entmax_vit(name: str, pretrained: bool = False, **kwargs: Any) -> Vis
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **args,
     )
-    if normalizer != "entmax15" or scale is not None:
-        sparsify(model, normalizer, scale)
+    if spec.name != "entmax15" or scale is not None:
+        sparsify(model, spec, scale)
     return model
 
 

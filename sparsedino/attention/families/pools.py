@@ -25,8 +25,8 @@ __all__ = ["SparseAttentionPoolLatent", "SparseAttentionPoolPrr"]
 
 
 class _SparsePool(SparseCore):
-    def _init_sparse(self, normalizer: str | float | Normalizer, scale: float | None) -> None:
-        super()._init_sparse(normalizer, scale)
+    def _init_sparse(self, spec: Normalizer, scale: float | None) -> None:
+        super()._init_sparse(spec, scale)
         if not hasattr(self, "attn_drop"):
             self.attn_drop = nn.Dropout(0.0)  # the hook point of the maps (timm's pools apply no dropout)
 
