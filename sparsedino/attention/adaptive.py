@@ -9,8 +9,10 @@ softmax, ``1.5``: entmax-1.5, ``2``: sparsemax), learned with the rest of the ne
 * :func:`bounded_alpha`: the map from the stored parameter to the alpha used, a clamp into
   ``[ALPHA_MIN, ALPHA_MAX]`` (see its docstring for why a clamp and not a reparametrisation).
 * :func:`adaptive_attention_probs`: materialised attention probabilities (B, H, N, M) with a learned alpha.
-* :func:`alpha_parameter`, :func:`enable_learned_alpha`, :func:`learned_alphas`: creating the per-head
-  parameters on :class:`~sparsedino.attention.SparseAttention` modules and reading them back.
+* :func:`initial_alpha`, :func:`alpha_parameter`, :func:`used_alphas`: the per-head parameter, its start
+  and the alphas it stands for. Putting it on a model's layers and reading it back
+  (:func:`~sparsedino.attention.layers.enable_learned_alpha`, :func:`~sparsedino.attention.layers.learned_alphas`)
+  is layer code, in :mod:`sparsedino.attention.layers`: this module knows no layer.
 
 Masking and precision follow :mod:`sparsedino.attention.entmax`: ``-inf`` scores get exactly 0, a fully
 masked row gives zeros (no NaN), a row holding ``+inf`` or NaN gives NaN; computed in float32 (float64 for
@@ -36,10 +38,8 @@ __all__ = [
     "adaptive_attention_probs",
     "alpha_parameter",
     "bounded_alpha",
-    "enable_learned_alpha",
     "entmax_adaptive",
     "initial_alpha",
-    "learned_alphas",
     "used_alphas",
 ]
 
@@ -275,44 +275,6 @@ def alpha_parameter(
     init = initial_alpha(spec)
     dtype = dtype if dtype is not None and dtype.is_floating_point else torch.float32
     return nn.Parameter(torch.full((num_heads,), init, device=device, dtype=dtype))
-
-
-def enable_learned_alpha(model: nn.Module) -> nn.Module:
-    """Give every :class:`~sparsedino.attention.SparseAttention` of ``model`` a learned alpha per head.
-
-    The parameter is named ``alpha`` (state-dict key ``<block>.attn.alpha``, shape (H,)) and starts at
-    the module's normaliser alpha; modules that already learn alpha keep theirs. Being 1-D it gets no
-    weight decay from :func:`sparsedino.train.schedules.param_groups`.
-
-    Returns:
-        ``model`` itself.
-
-    Raises:
-        ValueError: ``model`` has no SparseAttention, or one of them uses softmax.
-    """
-    from sparsedino.attention.layers import SparseAttention
-
-    layers = [m for m in model.modules() if isinstance(m, SparseAttention)]
-    if not layers:
-        raise ValueError(f"enable_learned_alpha: {type(model).__name__} has no SparseAttention module")
-    for m in layers:
-        if m.alpha is None:
-            w = m.qkv.weight
-            m.alpha = alpha_parameter(m.num_heads, m._spec, device=w.device, dtype=w.dtype)
-    return model
-
-
-def learned_alphas(model: nn.Module) -> list[list[float]] | None:
-    """The alpha each head uses, per attention layer in module order ([[block 0 heads], ...]), or None.
-
-    None when no layer of ``model`` learns alpha.
-    """
-    from sparsedino.attention.layers import SparseAttention
-
-    found = [m.alpha for m in model.modules() if isinstance(m, SparseAttention) and m.alpha is not None]
-    if not found:
-        return None
-    return [used_alphas(raw) for raw in found]
 
 
 def used_alphas(raw: Tensor) -> list[float]:

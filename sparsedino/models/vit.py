@@ -188,7 +188,7 @@ def build_vit(
             trunc_normal_(model.cls_token, std=0.02)  # DINO's init (timm: normal, std 1e-6)
     sparsify(model, normalizer, scale=attn_scale)
     if learn_alpha:
-        from sparsedino.attention.adaptive import enable_learned_alpha
+        from sparsedino.attention.layers import enable_learned_alpha
 
         enable_learned_alpha(model)
     return model
