@@ -144,7 +144,7 @@ class SparseAttention(SparseCore, nn.Module):
 
     def extra_repr(self) -> str:
         learned = ", learn_alpha=True" if self.alpha is not None else ""
-        return f"num_heads={self.num_heads}, normalizer={self.normalizer!r}, scale={self.scale:.4g}{learned}"
+        return super().extra_repr() + learned
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         """Self-attention over tokens ``x`` (B, N, C); ``attn_mask`` bool (True = attend) or additive float."""
