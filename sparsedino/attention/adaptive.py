@@ -9,8 +9,10 @@ softmax, ``1.5``: entmax-1.5, ``2``: sparsemax), learned with the rest of the ne
 * :func:`bounded_alpha`: the map from the stored parameter to the alpha used, a clamp into
   ``[ALPHA_MIN, ALPHA_MAX]`` (see its docstring for why a clamp and not a reparametrisation).
 * :func:`adaptive_attention_probs`: materialised attention probabilities (B, H, N, M) with a learned alpha.
-* :func:`alpha_parameter`, :func:`enable_learned_alpha`, :func:`learned_alphas`: creating the per-head
-  parameters on :class:`~sparsedino.attention.SparseAttention` modules and reading them back.
+* :func:`initial_alpha`, :func:`alpha_parameter`, :func:`used_alphas`: the per-head parameter, its start
+  and the alphas it stands for. Putting it on a model's layers and reading it back
+  (:func:`~sparsedino.attention.layers.enable_learned_alpha`, :func:`~sparsedino.attention.layers.learned_alphas`)
+  is layer code, in :mod:`sparsedino.attention.layers`: this module knows no layer.
 
 Masking and precision follow :mod:`sparsedino.attention.entmax`: ``-inf`` scores get exactly 0, a fully
 masked row gives zeros (no NaN), a row holding ``+inf`` or NaN gives NaN; computed in float32 (float64 for
@@ -25,10 +27,10 @@ from torch import Tensor, nn
 
 from sparsedino.attention.alpha_entmax import BISECT_STEPS, _bisect_forward
 from sparsedino.attention.gradients import TINY as _TINY
-from sparsedino.attention.gradients import compute_dtype as _compute_dtype
 from sparsedino.attention.gradients import entmax_grad, entmax_support_weights
-from sparsedino.attention.normalizers import canonical_alpha, normalizer_name
-from sparsedino.attention.ops import _autocast_inputs, masked_scores
+from sparsedino.attention.normalizers import Normalizer, parse_normalizer
+from sparsedino.attention.ops import masked_scores
+from sparsedino.attention.precision import autocast_inputs, compute_dtype
 
 __all__ = [
     "ALPHA_MAX",
@@ -36,10 +38,8 @@ __all__ = [
     "adaptive_attention_probs",
     "alpha_parameter",
     "bounded_alpha",
-    "enable_learned_alpha",
     "entmax_adaptive",
     "initial_alpha",
-    "learned_alphas",
     "used_alphas",
 ]
 
@@ -106,7 +106,7 @@ class _EntmaxAdaptiveFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, alpha: Tensor) -> Tensor:  # type: ignore[override]
-        ct = _compute_dtype(x)
+        ct = compute_dtype(x)
         a = alpha.to(ct)
         p = _newton_forward(x.to(ct), a)  # (..., N, M), compute dtype
         ctx.alpha_shape, ctx.alpha_dtype = alpha.shape, alpha.dtype
@@ -153,7 +153,7 @@ def entmax_adaptive(x: Tensor, alpha: Tensor) -> Tensor:
         ValueError: ``alpha`` outside ``(1, 2]`` or not broadcastable to the rows of ``x``.
     """
     if not torch.is_tensor(alpha):
-        alpha = torch.tensor(float(alpha), dtype=_compute_dtype(x), device=x.device)
+        alpha = torch.tensor(float(alpha), dtype=compute_dtype(x), device=x.device)
     alpha_b = _per_head(alpha, x)
     rows = (*x.shape[:-1], 1)
     try:
@@ -236,82 +236,45 @@ def adaptive_attention_probs(
         Probabilities (B, H, N, M) in the (autocast) input dtype; scores and normaliser in float32
         (float64 for float64 inputs), as :func:`~sparsedino.attention.ops.attention_probs`.
     """
-    (q, k), precision = _autocast_inputs(q, k)
-    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    (q, k), precision = autocast_inputs(q, k)
+    compute = compute_dtype(q)
     with precision:
         scores = masked_scores(q.to(compute), k.to(compute), scale, attn_mask)  # (B, H, N, M)
         return _entmax_adaptive_unchecked(scores, alpha).to(q.dtype)
 
 
-def initial_alpha(normalizer: str | float) -> float:
+def initial_alpha(normalizer: str | float | Normalizer) -> float:
     """The alpha a learned-alpha layer with ``normalizer`` starts from (1.5 for "entmax15").
+
+    Also the check of a user's setting (``model.learn_alpha`` with ``model.normalizer``), hence any spelling.
 
     Raises:
         ValueError: ``normalizer`` is not an entmax normaliser with alpha in ``[ALPHA_MIN, ALPHA_MAX]``
             (softmax, alpha = 1, is outside the learnable range: it has no sparse family to start from).
     """
-    name = normalizer_name(normalizer)
-    init = canonical_alpha(name)
-    if not ALPHA_MIN <= init <= ALPHA_MAX:
+    spec = parse_normalizer(normalizer)
+    if not ALPHA_MIN <= spec.alpha <= ALPHA_MAX:
         raise ValueError(
             f"a learned alpha needs an entmax normaliser with alpha in [{ALPHA_MIN}, {ALPHA_MAX}] to start "
-            f"from (e.g. 'entmax15'), got {name!r}"
+            f"from (e.g. 'entmax15'), got {spec.name!r}"
         )
-    return init
+    return spec.alpha
 
 
 def alpha_parameter(
     num_heads: int,
-    normalizer: str | float,
+    spec: Normalizer,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> nn.Parameter:
-    """A per-head alpha parameter (H,) initialised at ``normalizer``'s alpha (1.5 for "entmax15").
+    """A per-head alpha parameter (H,) initialised at ``spec``'s alpha (1.5 for entmax-1.5).
 
     Raises:
         ValueError: see :func:`initial_alpha`.
     """
-    init = initial_alpha(normalizer)
+    init = initial_alpha(spec)
     dtype = dtype if dtype is not None and dtype.is_floating_point else torch.float32
     return nn.Parameter(torch.full((num_heads,), init, device=device, dtype=dtype))
-
-
-def enable_learned_alpha(model: nn.Module) -> nn.Module:
-    """Give every :class:`~sparsedino.attention.SparseAttention` of ``model`` a learned alpha per head.
-
-    The parameter is named ``alpha`` (state-dict key ``<block>.attn.alpha``, shape (H,)) and starts at
-    the module's normaliser alpha; modules that already learn alpha keep theirs. Being 1-D it gets no
-    weight decay from :func:`sparsedino.train.schedules.param_groups`.
-
-    Returns:
-        ``model`` itself.
-
-    Raises:
-        ValueError: ``model`` has no SparseAttention, or one of them uses softmax.
-    """
-    from sparsedino.attention.layers import SparseAttention
-
-    layers = [m for m in model.modules() if isinstance(m, SparseAttention)]
-    if not layers:
-        raise ValueError(f"enable_learned_alpha: {type(model).__name__} has no SparseAttention module")
-    for m in layers:
-        if m.alpha is None:
-            w = m.qkv.weight
-            m.alpha = alpha_parameter(m.num_heads, m.normalizer, device=w.device, dtype=w.dtype)
-    return model
-
-
-def learned_alphas(model: nn.Module) -> list[list[float]] | None:
-    """The alpha each head uses, per attention layer in module order ([[block 0 heads], ...]), or None.
-
-    None when no layer of ``model`` learns alpha.
-    """
-    from sparsedino.attention.layers import SparseAttention
-
-    found = [m.alpha for m in model.modules() if isinstance(m, SparseAttention) and m.alpha is not None]
-    if not found:
-        return None
-    return [used_alphas(raw) for raw in found]
 
 
 def used_alphas(raw: Tensor) -> list[float]:

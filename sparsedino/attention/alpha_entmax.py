@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sparsedino.attention.gradients import TINY, compute_dtype, entmax_grad, entmax_support_weights
+from sparsedino.attention.gradients import TINY, entmax_grad, entmax_support_weights
+from sparsedino.attention.precision import compute_dtype
 
 __all__ = ["BISECT_STEPS", "entmax_bisect", "sparsemax"]
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparsedino.attention.normalizers import Normalizer, parse_normalizer
+from sparsedino.attention.normalizers import Normalizer
 
 __all__ = ["DEVICE_TYPES", "ENABLED", "LaunchPlan", "adasplash_attention", "adasplash_usable", "launch_plan"]
 
@@ -81,28 +81,37 @@ def _installed() -> bool:
     return _available
 
 
-def adasplash_usable(q: Tensor, k: Tensor, v: Tensor, normalizer: str | Normalizer) -> bool:
-    """Whether the adasplash kernel can run these inputs (the one switch; never on CPU in production)."""
-    spec = parse_normalizer(normalizer)
+def adasplash_usable(
+    q: Tensor, k: Tensor, v: Tensor, spec: Normalizer, dtype: torch.dtype | None = None
+) -> bool:
+    """Whether the adasplash kernel can run these inputs (the one switch; never on CPU in production).
+
+    Args:
+        q: Queries (B, H, N, D).
+        k: Keys.
+        v: Values.
+        spec: The normaliser.
+        dtype: The dtype q, k, v are cast to before the kernel runs (autocast's), or None: as they are.
+    """
     if not (ENABLED and q.device.type in DEVICE_TYPES and _installed()):
         return False
     if not 1.0 < spec.alpha <= 2.0:  # (softmax is alpha 1)
         return False
     if q.shape != k.shape or k.shape != v.shape or q.shape[-1] not in HEAD_DIMS or q.shape[2] == 0:
         return False
-    if not (q.dtype == k.dtype == v.dtype and q.dtype in DTYPES):
+    if dtype is None and not q.dtype == k.dtype == v.dtype:
+        return False
+    if (q.dtype if dtype is None else dtype) not in DTYPES:
         return False
     grads = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
     return q.requires_grad or not grads
 
 
-def adasplash_attention(
-    q: Tensor, k: Tensor, v: Tensor, normalizer: str | Normalizer, scale: float
-) -> Tensor:
+def adasplash_attention(q: Tensor, k: Tensor, v: Tensor, spec: Normalizer, scale: float) -> Tensor:
     """alpha-entmax attention (B, H, N, D) through adasplash, laid out by :func:`launch_plan`."""
-    from adasplash import adasplash
+    from adasplash import adasplash  # optional dependency (Triton kernels), imported only when it runs
 
-    alpha = parse_normalizer(normalizer).alpha
+    alpha = spec.alpha
     # adasplash applies the standard 1/sqrt(d) scale inside its kernels; fold any other scale into q.
     default = q.shape[-1] ** -0.5
     if scale != default:

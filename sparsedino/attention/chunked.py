@@ -39,8 +39,7 @@ from sparsedino.attention.dispatch import (
     sparse_kernels_pay,
 )
 from sparsedino.attention.entmax import entmax15_recompute, thresholds_supported
-from sparsedino.attention.gradients import compute_dtype
-from sparsedino.attention.normalizers import parse_normalizer
+from sparsedino.attention.precision import compute_dtype
 
 __all__ = ["SparseAttentionFunction"]
 
@@ -88,15 +87,15 @@ def _bmm_acc(acc: Tensor, a: Tensor, b: Tensor) -> None:
 
 
 class SparseAttentionFunction(torch.autograd.Function):
-    """``(q, k, v, bias, normalizer, scale, chunk_size, batch_per_tile, recorded) -> out``; grads for q, k, v.
+    """``(q, k, v, bias, spec, scale, chunk_size, batch_per_tile, recorded) -> out``; grads for q, k, v.
 
-    ``chunk_size`` query rows and ``batch_per_tile`` batch elements make one tile (0 rows = no tiling).
+    ``spec`` is the :class:`~sparsedino.attention.normalizers.Normalizer`. ``chunk_size`` query rows and ``batch_per_tile`` batch elements make one tile (0 rows = no tiling).
     ``recorded``: whether autograd records the call (grad mode on and an input needing a gradient; the
     forward itself cannot tell): only then are the probabilities kept for backward.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, name, scale, chunk_size, batch_per_tile=1, recorded=True):  # type: ignore[override]
+    def forward(ctx, q, k, v, bias, spec, scale, chunk_size, batch_per_tile=1, recorded=True):  # type: ignore[override]
         if bias is not None and bias.dim() < 4:
             bias = bias.reshape((1,) * (4 - bias.dim()) + tuple(bias.shape))
         # One copy each now instead of one per matmul (timm's q/k/v are strided views of the qkv output);
@@ -105,11 +104,10 @@ class SparseAttentionFunction(torch.autograd.Function):
         b, h, n, _ = q.shape
         m, compute = k.shape[2], compute_dtype(q)
         tiles = _tiles(b, n, chunk_size, batch_per_tile)
-        name = parse_normalizer(name)
-        ctx.name, ctx.scale, ctx.tiles, ctx.lease, ctx.thresholds = name, scale, tiles, (0, 0), False
+        ctx.spec, ctx.scale, ctx.tiles, ctx.lease, ctx.thresholds = spec, scale, tiles, (0, 0), False
         if len(tiles) == 1:
             buf, lease = workspace.take((b, h, n, m), compute, q.device)
-            probs = normalize_scores(_scores_into(q, k, buf), name, scale, bias)  # (B, H, N, M)
+            probs = normalize_scores(_scores_into(q, k, buf), spec, scale, bias)  # (B, H, N, M)
             if probs.dtype != v.dtype:
                 probs = probs.to(v.dtype)
             out = probs_matmul(probs, v)  # sparse kernel when P has few nonzeros
@@ -127,12 +125,12 @@ class SparseAttentionFunction(torch.autograd.Function):
         batch = max(b1 - b0 for b0, b1, _, _ in tiles)
         scratch, lease = workspace.take((batch, h, rows, m), compute, q.device)
         thresholds = None
-        if name.kind == "entmax15" and thresholds_supported(scratch, scale):
+        if spec.kind == "entmax15" and thresholds_supported(scratch, scale):
             thresholds = torch.empty((b, h, n, 2), dtype=compute, device=q.device)  # per row (off, tau)
         for b0, b1, r0, r1 in tiles:
             s = _scores_into(q[b0:b1, :, r0:r1], k[b0:b1], _part(scratch, (b1 - b0, h, r1 - r0, m)))
             thr = None if thresholds is None else s.new_empty((*s.shape[:-1], 2))
-            p = normalize_scores(s, name, scale, _bias_tile(bias, b0, b1, r0, r1), thr)
+            p = normalize_scores(s, spec, scale, _bias_tile(bias, b0, b1, r0, r1), thr)
             if thr is not None:
                 thresholds[b0:b1, :, r0:r1] = thr
             probs_matmul(p.to(v.dtype), v[b0:b1], out=out[b0:b1, :, r0:r1])
@@ -150,17 +148,17 @@ class SparseAttentionFunction(torch.autograd.Function):
             probs = ctx.probs
             if not workspace.valid(probs, ctx.lease):  # retain_graph: the buffer was reused since
                 buf = torch.empty(probs.shape, dtype=compute_dtype(q), device=q.device)
-                probs = normalize_scores(_scores_into(q, k, buf), ctx.name, ctx.scale, bias).to(v.dtype)
-            grads = _unchunked_grads(q, k, v, probs, grad_out, ctx.name, ctx.scale, need)
+                probs = normalize_scores(_scores_into(q, k, buf), ctx.spec, ctx.scale, bias).to(v.dtype)
+            grads = _unchunked_grads(q, k, v, probs, grad_out, ctx.spec, ctx.scale, need)
             workspace.give(probs, ctx.lease)
             return (*grads, None, None, None, None, None, None)
         return (*_tiled_grads(ctx, q, k, v, bias, thresholds, grad_out, need), *(None,) * 6)
 
 
-def _unchunked_grads(q, k, v, p, grad_out, name, scale, need):
+def _unchunked_grads(q, k, v, p, grad_out, spec, scale, need):
     """(dQ, dK, dV) from the saved probabilities, None where not needed."""
     need_q, need_k, need_v = need
-    if (need_q or need_k) and name.kind == "entmax15" and sparse_kernels_pay(p, q, k, v, grad_out):
+    if (need_q or need_k) and spec.kind == "entmax15" and sparse_kernels_pay(p, q, k, v, grad_out):
         grads = native.sparse_attention_backward(p, q, k, v, grad_out, scale)  # on the support only
         return tuple(g if n else None for g, n in zip(grads, need))
     dv = torch.matmul(p.transpose(-2, -1), grad_out) if need_v else None  # (B, H, M, Dv)
@@ -168,7 +166,7 @@ def _unchunked_grads(q, k, v, p, grad_out, name, scale, need):
         return None, None, dv
     dp, lease = workspace.take(p.shape, v.dtype, v.device)
     torch.matmul(grad_out, v.transpose(-2, -1), out=dp)  # (B, H, N, M)
-    ds = normalizer_backward(p, dp, name, scale=scale, inplace=True).to(q.dtype)
+    ds = normalizer_backward(p, dp, spec, scale=scale, inplace=True).to(q.dtype)
     dq = probs_matmul(ds, k) if need_q else None  # (B, H, N, D); dS is zero outside the support
     dk = torch.matmul(ds.transpose(-2, -1), q) if need_k else None  # (B, H, M, D)
     del ds
@@ -195,9 +193,9 @@ def _tiled_grads(ctx, q, k, v, bias, thresholds, grad_out, need):
         if ctx.thresholds:  # one pass from the stored thresholds instead of a solve
             p = entmax15_recompute(s, ctx.scale, bias_t, thresholds[b0:b1, :, r0:r1].contiguous())
         else:
-            p = normalize_scores(s, ctx.name, ctx.scale, bias_t)
+            p = normalize_scores(s, ctx.spec, ctx.scale, bias_t)
         p = p.to(v.dtype)
-        if ctx.name.kind == "entmax15" and sparse_kernels_pay(p, q, k, v, grad_out):
+        if ctx.spec.kind == "entmax15" and sparse_kernels_pay(p, q, k, v, grad_out):
             # dP, dS, dQ, dK, dV over the tile's support only
             dq_t, dk_t, dv_t = native.sparse_attention_backward(
                 p, q_t.contiguous(), k[b0:b1], v[b0:b1], do_t.contiguous(), ctx.scale
@@ -214,7 +212,7 @@ def _tiled_grads(ctx, q, k, v, bias, thresholds, grad_out, need):
         if not (need_q or need_k):
             continue
         dp = torch.matmul(do_t, v[b0:b1].transpose(-2, -1), out=_part(dp_buf, (b1 - b0, h, r1 - r0, m)))
-        ds = normalizer_backward(p, dp, ctx.name, scale=ctx.scale, inplace=True).to(q.dtype)
+        ds = normalizer_backward(p, dp, ctx.spec, scale=ctx.scale, inplace=True).to(q.dtype)
         if need_q:
             probs_matmul(ds, k[b0:b1], out=dq[b0:b1, :, r0:r1])
         if need_k:  # dK += dS_t^T Q_t

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch._dynamo
 from torch import Tensor
 
 from sparsedino.attention import native
@@ -102,8 +103,6 @@ def entmax15_backend(x: Tensor, dim: int, scale: float, eager_block: int, last_d
 
 def _compiled(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     if name not in _cache:
-        import torch._dynamo
-
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, CACHE_SIZE_LIMIT)
         _cache[name] = torch.compile(fn, dynamic=False, fullgraph=True)
     return _cache[name]

@@ -142,7 +142,7 @@ def sparsify(
     if hf_detect.contains_transformers_model(model):  # a transformers model, or a module holding one
         from sparsedino.attention import hf  # optional dependency (transformers), already imported here
 
-        return hf.sparsify_transformers(model, normalizer, scale)
+        return hf.sparsify_transformers(model, spec, scale)
     targets = _conversions(model, pools)
     existing = [m for m in model.modules() if isinstance(m, SparseCore)]
     if not targets and not existing:

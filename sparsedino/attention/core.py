@@ -14,6 +14,12 @@ qk-norm, ...) and hands them to :meth:`SparseCore._attend`, the one place that p
 The module functions below are torch.fx leaves (one graph node each, ``<module path>.attention_map`` /
 ``<module path>.sparse_attention``): they validate inputs and pick kernels in Python, which tracing cannot
 follow. Under TorchScript they run :mod:`sparsedino.attention.scripted` (plain tensor ops).
+
+A module parses its normaliser once, when it is set (:attr:`SparseCore.normalizer`), and keeps the
+:class:`~sparsedino.attention.normalizers.Normalizer` plus two plain copies that TorchScript reads: the
+canonical name and whether it is softmax. The fx leaves take the name: an fx graph stores their arguments
+as constants in its code, and TorchScript (which also compiles traced graphs) cannot compile the
+dataclass; the op they call maps the canonical name back to its value (a cached lookup).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from sparsedino.attention.normalizers import (
     parse_normalizer,
 )
 from sparsedino.attention.ops import attention, attention_probs
+from sparsedino.attention.precision import compute_dtype
 
 __all__ = [
     "SparseCore",
@@ -93,8 +100,7 @@ def score_map(scores: Tensor, normalizer: str) -> Tensor:
     """
     if torch.jit.is_scripting():
         return scripted.probs(scores, canonical_alpha(normalizer))
-    compute = torch.float64 if scores.dtype == torch.float64 else torch.float32
-    return normalize(scores.to(compute), normalizer).to(scores.dtype)
+    return normalize(scores.to(compute_dtype(scores)), normalizer).to(scores.dtype)
 
 
 @torch.fx.wrap
@@ -117,7 +123,8 @@ class SparseCore:
 
     Expects the timm attention attributes ``scale``, ``fused_attn`` and ``attn_drop``; adds ``normalizer``
     (canonical name, settable and validated), ``chunk_size`` and the recorder of
-    :func:`~sparsedino.attention.collect_attention`.
+    :func:`~sparsedino.attention.collect_attention`. The parsed value is ``_spec``
+    (a :class:`~sparsedino.attention.normalizers.Normalizer`, for eager code: TorchScript skips it).
     """
 
     __jit_unused_properties__ = ("normalizer",)  # TorchScript reads ``_normalizer`` (the setter validates)
@@ -130,6 +137,7 @@ class SparseCore:
     @normalizer.setter
     def normalizer(self, value: str | float | Normalizer) -> None:
         spec = parse_normalizer(value)
+        self._spec = spec
         # Plain attributes, which TorchScript reads: the canonical name and the answer to "softmax?".
         self._normalizer = spec.name
         self._softmax = spec.is_softmax
@@ -140,15 +148,18 @@ class SparseCore:
 
         Its class becomes ``cls``, a subclass of its own class whose ``forward`` computes the same scores
         (as ``torch.nn.utils.parametrize`` swaps a module's class); every timm method keeps working.
+        ``normalizer`` and ``scale`` are checked before the module is touched.
         """
+        spec, scale = parse_normalizer(normalizer), check_scale(scale)
         module.__class__ = cls
-        module._init_sparse(normalizer, scale)
+        module._init_sparse(spec, scale)
         return module
 
-    def _init_sparse(self, normalizer: str | float | Normalizer, scale: float | None) -> None:
-        self.normalizer = normalizer
+    def _init_sparse(self, spec: Normalizer, scale: float | None) -> None:
+        """The sparse state on a converted module (``scale``: checked, or None to keep the module's)."""
+        self.normalizer = spec
         if scale is not None:
-            self.scale = check_scale(scale)
+            self.scale = scale
         self.chunk_size = None
         self._recorder = None
 

@@ -1,20 +1,28 @@
 """Which kernels run: the one dispatch table of the attention op (read top to bottom, first match wins).
 
-**Path of** ``attention(q, k, v, normalizer, ...)`` (:func:`attention_path`, called by :mod:`.ops`):
+**Path of** ``attention(q, k, v, normalizer, ...)`` (:func:`attention_path`, called once per call by
+:mod:`.ops`, on the inputs as given; the op then runs that path and no other):
 
 =============  ==============================================  ==============================================
 path           when                                            forward / backward
 =============  ==============================================  ==============================================
-"sdpa"         softmax (:attr:`.Normalizer.is_softmax`; before    ``F.scaled_dot_product_attention`` / autograd
-               the autocast casts, SDPA does its own)
+"sdpa"         softmax (:attr:`.Normalizer.is_softmax`)        ``F.scaled_dot_product_attention`` / autograd
+               (SDPA gets the inputs as given: its own casts)
 "materialise"  ``dropout_p > 0``, or a float ``attn_mask``     :func:`.ops.attention_probs` + dropout, then
                needing a gradient (a learned position bias:    ``P @ V`` / autograd through the normaliser's
                the fused op gives q, k, v gradients only)      autograd function (:mod:`.entmax`)
 "adasplash"    no mask and :func:`.backends.adasplash_usable`  adasplash's Triton kernels (forward and
-               (CUDA, ``1 < alpha <= 2``, head dims, dtypes)   backward)
+               (CUDA, ``1 < alpha <= 2``, head dims, dtypes:   backward)
+               those autocast will cast the inputs to)
 "fused"        otherwise                                       :class:`.chunked.SparseAttentionFunction`:
                                                                whole or tiled (``chunk_size``); rows below
 =============  ==============================================  ==============================================
+
+A sparse attention *module* makes its own choice first (:meth:`.core.SparseCore._attend`, compiled by
+TorchScript, so it reads what its normaliser setter stored from :attr:`.Normalizer.is_softmax`):
+probabilities it must keep or show (unfused mode, attention dropout while training, a learned alpha, a
+recorder or hooks) -> :func:`.core.attention_map`; softmax -> SDPA with timm's arguments (timm's output
+bit for bit); otherwise the op above (:func:`.core.sparse_attention`), which then never sees softmax.
 
 **Row kernels per normaliser** inside the fused op (:func:`normalize_scores` / :func:`normalizer_backward`;
 gradient formulas in :mod:`.gradients`, one copy each):
@@ -68,8 +76,9 @@ from torch import Tensor
 
 from sparsedino.attention import backends, compiled, native
 from sparsedino.attention.entmax import entmax15_backward, entmax15_forward
-from sparsedino.attention.gradients import compute_dtype, entmax_grad, softmax_grad
-from sparsedino.attention.normalizers import Normalizer, normalize, parse_normalizer
+from sparsedino.attention.gradients import entmax_grad, softmax_grad
+from sparsedino.attention.normalizers import Normalizer, normalize
+from sparsedino.attention.precision import autocast_dtype, compute_dtype
 
 __all__ = ["attention_path", "normalize_scores", "normalizer_backward", "probs_matmul", "sparse_kernels_pay"]
 
@@ -87,13 +96,14 @@ def attention_path(
 ) -> str:
     """The path of one attention call: "sdpa", "materialise", "adasplash" or "fused" (first table).
 
-    The op asks for "sdpa" first on its raw inputs, the rest on the autocast-cast ones.
+    Asked once per call on the inputs as the op receives them (before its autocast casts: the adasplash
+    check is given the dtype they will be cast to).
     """
     if spec.is_softmax:
         return "sdpa"
     if dropout_p > 0.0 or _mask_needs_grad(attn_mask):
         return "materialise"
-    if attn_mask is None and backends.adasplash_usable(q, k, v, spec):
+    if attn_mask is None and backends.adasplash_usable(q, k, v, spec, autocast_dtype(q)):
         return "adasplash"
     return "fused"
 
@@ -104,7 +114,7 @@ def _mask_needs_grad(attn_mask: Tensor | None) -> bool:
 
 def normalize_scores(
     scores: Tensor,
-    normalizer: str | Normalizer,
+    spec: Normalizer,
     scale: float,
     bias: Tensor | None,
     thresholds: Tensor | None = None,
@@ -113,7 +123,6 @@ def normalize_scores(
 
     ``scores`` is a temporary the caller owns (overwritten). ``thresholds``: see ``entmax15_forward``.
     """
-    spec = parse_normalizer(normalizer)
     if spec.kind == "entmax15":
         return entmax15_forward(scores, -1, scale, bias, inplace=True, thresholds=thresholds)
     scores = scores * scale if bias is None else scores * scale + bias
@@ -124,7 +133,7 @@ def normalize_scores(
 def normalizer_backward(
     p: Tensor,
     grad: Tensor,
-    normalizer: str | Normalizer,
+    spec: Normalizer,
     dim: int = -1,
     scale: float = 1.0,
     inplace: bool = False,
@@ -134,7 +143,6 @@ def normalizer_backward(
     Computed in float32 (float64 stays float64), returned in ``grad``'s dtype. ``inplace=True`` allows
     overwriting ``grad`` (a temporary the caller owns).
     """
-    spec = parse_normalizer(normalizer)
     if spec.kind == "entmax15":
         return entmax15_backward(p, grad, dim, scale, inplace=inplace)
     out_dtype = grad.dtype

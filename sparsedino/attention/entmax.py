@@ -27,7 +27,8 @@ from torch import Tensor
 
 from sparsedino.attention import compiled, native
 from sparsedino.attention.alpha_entmax import entmax_bisect, sparsemax  # (re-exported: one import path)
-from sparsedino.attention.gradients import TINY, compute_dtype
+from sparsedino.attention.gradients import TINY
+from sparsedino.attention.precision import compute_dtype
 
 __all__ = [
     "entmax15",

@@ -18,15 +18,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["TINY", "compute_dtype", "entmax_grad", "entmax_support_weights", "softmax_grad"]
+__all__ = ["TINY", "entmax_grad", "entmax_support_weights", "softmax_grad"]
 
 TINY = 1e-30
-
-
-def compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype every normaliser, its gradient and the attention op's scores compute in: float64 stays
-    float64, anything else (float32, bfloat16, float16) is computed in float32."""
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def softmax_grad(p: Tensor, grad: Tensor, dim: int, scale: float = 1.0) -> Tensor:

@@ -82,6 +82,8 @@ _UNSUPPORTED_KWARGS = ("softcap", "position_bias", "s_aux")
 # Model attribute holding [(config, implementation)] to give back on sparsify(model, "softmax").
 _PREVIOUS_ATTR = "_sparsedino_previous_attn_implementation"
 
+# The normaliser of our softmax function (registered as _SOFTMAX_NAME by collect_transformers_attention).
+_SOFTMAX = parse_normalizer("softmax")
 _REGISTERED: dict[str, Normalizer] = {}  # attn_implementation name -> its normaliser
 _RECORDERS: dict[
     int, list[Tensor]
@@ -293,7 +295,7 @@ def collect_transformers_attention(model: nn.Module) -> Iterator[list[Tensor]]:
                     "(recording works for transformers' softmax implementations and sparsedino's)"
                 )
             routed.append((config, name))
-    softmax_name = _register(parse_normalizer("softmax")) if routed else None
+    softmax_name = _register(_SOFTMAX) if routed else None
     maps: list[Tensor] = []
     previous = [(id(sub), _RECORDERS.get(id(sub))) for sub in model.modules()]
     for config, _ in routed:

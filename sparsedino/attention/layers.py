@@ -6,6 +6,9 @@ attention; parameter names are those of timm's ``Attention`` (``qkv``, ``q_norm`
 the attention of an existing timm model (this class for timm's ``Attention``, :mod:`.families` for the
 others) and :func:`~sparsedino.attention.collect_attention` records the maps (:mod:`.convert`).
 
+:func:`enable_learned_alpha` gives the layers of a model a learned alpha per head (the kernels are in
+:mod:`sparsedino.attention.adaptive`) and :func:`learned_alphas` reads them back.
+
 When probabilities are materialised they go through the ``attn_drop`` module, so forward hooks on it (e.g.
 ``timm.utils.AttentionExtract(model, method="hook")``) see the entmax maps; for torch.fx extraction they are
 the graph node ``*attn.attention_map`` (see :func:`~sparsedino.attention.core.attention_map`). They are
@@ -24,13 +27,15 @@ import torch
 from timm.layers import use_fused_attn
 from torch import Tensor, nn
 
-from sparsedino.attention.adaptive import alpha_parameter
+from sparsedino.attention.adaptive import alpha_parameter, used_alphas
 from sparsedino.attention.core import SparseCore, attention_map, sparse_attention
-from sparsedino.attention.normalizers import Normalizer, check_scale, normalizer_name
+from sparsedino.attention.normalizers import Normalizer, check_scale, parse_normalizer
 
 __all__ = [
     "SparseAttention",
     "attention_map",
+    "enable_learned_alpha",
+    "learned_alphas",
     "make_attn_layer",
     "sparse_attention",
 ]
@@ -111,7 +116,7 @@ class SparseAttention(SparseCore, nn.Module):
         self.proj = nn.Linear(self.attn_dim, dim_out, bias=proj_bias, **dd)
         self.proj_drop = nn.Dropout(proj_drop)
         self.register_parameter(
-            "alpha", alpha_parameter(num_heads, normalizer, **dd) if learn_alpha else None
+            "alpha", alpha_parameter(num_heads, self._spec, **dd) if learn_alpha else None
         )
 
     @classmethod
@@ -139,7 +144,7 @@ class SparseAttention(SparseCore, nn.Module):
 
     def extra_repr(self) -> str:
         learned = ", learn_alpha=True" if self.alpha is not None else ""
-        return f"num_heads={self.num_heads}, normalizer={self.normalizer!r}, scale={self.scale:.4g}{learned}"
+        return super().extra_repr() + learned
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         """Self-attention over tokens ``x`` (B, N, C); ``attn_mask`` bool (True = attend) or additive float."""
@@ -167,14 +172,48 @@ def make_attn_layer(
     timm instantiates ``attn_layer`` itself (it must be a class, not a ``functools.partial``), e.g.
     ``timm.create_model("vit_small_patch16_224", attn_layer=make_attn_layer("sparsemax"))``.
     """
-    name = normalizer_name(normalizer)
+    spec = parse_normalizer(normalizer)
 
     class _Configured(SparseAttention):
         def __init__(self, *args, **kwargs) -> None:
-            kwargs.setdefault("normalizer", name)
+            kwargs.setdefault("normalizer", spec)
             kwargs.setdefault("scale", scale)
             kwargs.setdefault("chunk_size", chunk_size)
             super().__init__(*args, **kwargs)
 
-    _Configured.__name__ = _Configured.__qualname__ = f"SparseAttention_{name.replace('.', '_')}"
+    _Configured.__name__ = _Configured.__qualname__ = f"SparseAttention_{spec.name.replace('.', '_')}"
     return _Configured
+
+
+def enable_learned_alpha(model: nn.Module) -> nn.Module:
+    """Give every :class:`~sparsedino.attention.SparseAttention` of ``model`` a learned alpha per head.
+
+    The parameter is named ``alpha`` (state-dict key ``<block>.attn.alpha``, shape (H,)) and starts at
+    the module's normaliser alpha; modules that already learn alpha keep theirs. Being 1-D it gets no
+    weight decay from :func:`sparsedino.train.schedules.param_groups`.
+
+    Returns:
+        ``model`` itself.
+
+    Raises:
+        ValueError: ``model`` has no SparseAttention, or one of them uses softmax.
+    """
+    layers = [m for m in model.modules() if isinstance(m, SparseAttention)]
+    if not layers:
+        raise ValueError(f"enable_learned_alpha: {type(model).__name__} has no SparseAttention module")
+    for m in layers:
+        if m.alpha is None:
+            w = m.qkv.weight
+            m.alpha = alpha_parameter(m.num_heads, m._spec, device=w.device, dtype=w.dtype)
+    return model
+
+
+def learned_alphas(model: nn.Module) -> list[list[float]] | None:
+    """The alpha each head uses, per attention layer in module order ([[block 0 heads], ...]), or None.
+
+    None when no layer of ``model`` learns alpha.
+    """
+    found = [m.alpha for m in model.modules() if isinstance(m, SparseAttention) and m.alpha is not None]
+    if not found:
+        return None
+    return [used_alphas(raw) for raw in found]

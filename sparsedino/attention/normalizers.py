@@ -12,8 +12,11 @@ spellings accepted (case-insensitive)       ``.name``      alpha  ``.kind``    m
 ==========================================  =============  =====  ===========  ==================================
 
 ``.name`` is the canonical spelling: what checkpoints, configs written by the trainer, reports and layers
-store and compare. Commands parse their setting once (config load or CLI parse) with
-:func:`parse_normalizer`; everything below receives the value (or its canonical name).
+store and compare. A value is parsed once where a user gives it (config load, CLI parse, the public
+functions and constructors of :mod:`sparsedino.attention`) with :func:`parse_normalizer`; every internal
+function below them takes the :class:`Normalizer`. The one exception is the boundary TorchScript and
+torch.fx see: a layer keeps the canonical name (a ``str``) for them, and its fx leaf functions receive
+that name (TorchScript cannot compile the dataclass; an fx graph stores the name as a constant).
 """
 
 from __future__ import annotations
@@ -130,15 +133,15 @@ def parse_normalizer(value: str | float | Normalizer) -> Normalizer:
 def normalizer_name(value: str | float | Normalizer) -> str:
     """Canonical name of a normaliser ("softmax", "entmax15", "sparsemax", "entmax1.25", ...).
 
+    Also importable as ``validate_normalizer`` (the same function: it checks the value and returns its name).
+
     Raises:
         ValueError: naming the value if it is not a known normaliser or a valid alpha.
     """
     return parse_normalizer(value).name
 
 
-def validate_normalizer(value: str | float | Normalizer) -> str:
-    """Check ``value`` names a normaliser; returns the canonical name (ValueError naming the value if not)."""
-    return parse_normalizer(value).name
+validate_normalizer = normalizer_name  # (a second name callers use when they only check the value)
 
 
 def check_scale(scale: float | None) -> float | None:
@@ -167,7 +170,8 @@ def check_scale(scale: float | None) -> float | None:
 
 
 def canonical_alpha(name: str) -> float:
-    """The entmax alpha of a canonical name (as :func:`normalizer_name` returns); TorchScript-compatible."""
+    """The entmax alpha of a canonical name (as :func:`normalizer_name` returns), for the TorchScript path
+    (which has the name, not the :class:`Normalizer`)."""
     if name == "softmax":
         return 1.0
     if name == "entmax15":

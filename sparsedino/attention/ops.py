@@ -1,6 +1,6 @@
 """``attention(q, k, v, normalizer=...)``: scaled dot-product attention with a sparse normaliser.
 
-Paths, chosen per call by :func:`sparsedino.attention.dispatch.attention_path` (the table there):
+Paths, chosen once per call by :func:`sparsedino.attention.dispatch.attention_path` (the table there):
 
 * ``"softmax"`` -> ``F.scaled_dot_product_attention`` (fused, never materialises probabilities).
 * dropout on the probabilities (training) -> the plain autograd composition (probabilities materialised).
@@ -9,15 +9,18 @@ Paths, chosen per call by :func:`sparsedino.attention.dispatch.attention_path` (
   probabilities and output per block of queries; backward from the saved probabilities (one block) or by
   recomputing them block by block (``chunk_size``), which bounds memory for long sequences.
 
-Precision: under autocast the sparse paths do what SDPA does (q, k, v cast to the autocast dtype), then
-compute the scores ``q k^T`` and the normaliser (forward and backward) in float32, with autocast off:
-which keys get exactly zero weight depends on the threshold, so the scores are not rounded to bfloat16 /
-float16 first. The probabilities enter the matrix products in the input dtype, as in flash attention.
+Precision (:mod:`sparsedino.attention.precision`): under autocast the sparse paths do what SDPA does (q,
+k, v cast to the autocast dtype), then compute the scores ``q k^T`` and the normaliser (forward and
+backward) in float32, with autocast off: which keys get exactly zero weight depends on the threshold, so
+the scores are not rounded to bfloat16 / float16 first. The probabilities enter the matrix products in
+the input dtype, as in flash attention.
+
+The normaliser is parsed once, by the public functions here; everything they call takes the
+:class:`~sparsedino.attention.normalizers.Normalizer`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -27,8 +30,8 @@ from torch import Tensor
 from sparsedino.attention import backends
 from sparsedino.attention.chunked import SparseAttentionFunction
 from sparsedino.attention.dispatch import attention_path
-from sparsedino.attention.gradients import compute_dtype
 from sparsedino.attention.normalizers import Normalizer, normalize, parse_normalizer
+from sparsedino.attention.precision import autocast_inputs, compute_dtype
 
 __all__ = [
     "AUTO_CHUNK_BYTES",
@@ -78,15 +81,6 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None) -> 
             ) from None
 
 
-def _autocast_inputs(*tensors: Tensor) -> tuple[list[Tensor], contextlib.AbstractContextManager]:
-    """Under autocast: the tensors in the autocast dtype and a context that turns autocast off (else as is)."""
-    device = tensors[0].device.type
-    if device == "meta" or not torch.is_autocast_enabled(device):  # meta: shape-only init, no autocast
-        return list(tensors), contextlib.nullcontext()
-    dtype = torch.get_autocast_dtype(device)
-    return [t.to(dtype) for t in tensors], torch.autocast(device, enabled=False)
-
-
 def auto_chunk_size(q: Tensor, k: Tensor) -> int:
     """Query block size used by ``chunk_size=None``: 0 (no chunking) unless the probabilities are big."""
     b, h, n, _ = q.shape
@@ -123,10 +117,15 @@ def attention_probs(
     """
     spec = parse_normalizer(normalizer)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
-    (q, k), precision = _autocast_inputs(q, k)
-    compute = compute_dtype(q)
+    (q, k), precision = autocast_inputs(q, k)
     with precision:
-        return normalize(masked_scores(q.to(compute), k.to(compute), scale, attn_mask), spec).to(q.dtype)
+        return _probs(q, k, spec, scale, attn_mask)
+
+
+def _probs(q: Tensor, k: Tensor, spec: Normalizer, scale: float, attn_mask: Tensor | None) -> Tensor:
+    """:func:`attention_probs` of q, k already cast for autocast (with autocast off)."""
+    compute = compute_dtype(q)
+    return normalize(masked_scores(q.to(compute), k.to(compute), scale, attn_mask), spec).to(q.dtype)
 
 
 def masked_scores(q: Tensor, k: Tensor, scale: float, attn_mask: Tensor | None) -> Tensor:
@@ -177,22 +176,34 @@ def attention(
     _check_inputs(q, k, v, attn_mask)
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 0):
         raise ValueError(f"chunk_size must be None or an int >= 0, got {chunk_size!r}")
-    if attention_path(q, k, v, spec, attn_mask, dropout_p) == "sdpa":  # before the casts: SDPA does its own
+    path = attention_path(q, k, v, spec, attn_mask, dropout_p)  # the one decision of this call
+    if path == "sdpa":  # before the casts: SDPA does its own
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if dropout_p > 0.0 and chunk_size:
         raise ValueError("the chunked attention path does not support dropout_p > 0 (use chunk_size=0)")
-    (q, k, v), precision = _autocast_inputs(q, k, v)
+    (q, k, v), precision = autocast_inputs(q, k, v)
     with precision:
-        path = attention_path(q, k, v, spec, attn_mask, dropout_p)
         if path == "materialise":
-            probs = F.dropout(attention_probs(q, k, spec, scale, attn_mask), p=dropout_p)
-            return torch.matmul(probs, v)
+            return torch.matmul(F.dropout(_probs(q, k, spec, scale, attn_mask), p=dropout_p), v)
         if path == "adasplash":
             return backends.adasplash_attention(q, k, v, spec, scale)
-        if chunk_size is None:
-            chunk_size = auto_chunk_size(q, k)
-        bias = mask_to_bias(attn_mask, torch.float32 if q.dtype != torch.float64 else q.dtype)
-        batch = batch_per_tile(q, k, chunk_size) if chunk_size else 0
-        recorded = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-        return SparseAttentionFunction.apply(q, k, v, bias, spec, scale, chunk_size, batch, recorded)
+        return _fused(q, k, v, spec, scale, attn_mask, chunk_size)
+
+
+def _fused(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    spec: Normalizer,
+    scale: float,
+    attn_mask: Tensor | None,
+    chunk_size: int | None,
+) -> Tensor:
+    """The "fused" path: :class:`~sparsedino.attention.chunked.SparseAttentionFunction`, whole or tiled."""
+    if chunk_size is None:
+        chunk_size = auto_chunk_size(q, k)
+    bias = mask_to_bias(attn_mask, compute_dtype(q))
+    batch = batch_per_tile(q, k, chunk_size) if chunk_size else 0
+    recorded = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    return SparseAttentionFunction.apply(q, k, v, bias, spec, scale, chunk_size, batch, recorded)

@@ -26,6 +26,7 @@ from sparsedino.attention.entmax import _entmax15_sort
 from sparsedino.attention.gradients import TINY
 from sparsedino.attention.normalizers import canonical_alpha
 from sparsedino.attention.ops import masked_scores
+from sparsedino.attention.precision import compute_dtype
 
 __all__ = ["attention_probs", "probs"]
 
@@ -37,14 +38,13 @@ def probs(scores: Tensor, alpha: float, tiny: float = TINY, steps: int = BISECT_
     """
     if alpha == 1.0:
         return torch.softmax(scores, -1)
-    compute = torch.float64 if scores.dtype == torch.float64 else torch.float32
-    x = scores.detach().to(compute)
+    x = scores.detach().to(compute_dtype(scores))
     if alpha == 1.5:
         p = _entmax15_sort(x * 0.5)
     elif alpha == 2.0:
         p = _sparsemax_forward(x)
     else:
-        p = _bisect_forward(x, torch.tensor(alpha, dtype=compute, device=x.device), -1, steps, tiny)
+        p = _bisect_forward(x, torch.tensor(alpha, dtype=x.dtype, device=x.device), -1, steps, tiny)
     p = p.to(scores.dtype)
     if not scores.requires_grad:
         return p

@@ -18,18 +18,23 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
+from sparsedino.attention.archs import VIT_ARCHS
 from sparsedino.attention.convert import sparsify
 from sparsedino.attention.layers import SparseAttention
-from sparsedino.attention.normalizers import normalizer_name
+from sparsedino.attention.normalizers import parse_normalizer
 
 __all__ = ["ENTMAX_ARCHS", "create_entmax_vit"]
 
+# registered name -> (architecture in VIT_ARCHS, patch size)
+_REGISTERED = {
+    "vit_tiny_patch16_224_entmax15": ("vit_tiny", 16),
+    "vit_small_patch16_224_entmax15": ("vit_small", 16),
+    "vit_small_patch8_224_entmax15": ("vit_small", 8),
+    "vit_base_patch16_224_entmax15": ("vit_base", 16),
+}
 # name -> VisionTransformer arguments (those of the timm model of the same name without the suffix)
 ENTMAX_ARCHS: dict[str, dict[str, Any]] = {
-    "vit_tiny_patch16_224_entmax15": dict(patch_size=16, embed_dim=192, depth=12, num_heads=3),
-    "vit_small_patch16_224_entmax15": dict(patch_size=16, embed_dim=384, depth=12, num_heads=6),
-    "vit_small_patch8_224_entmax15": dict(patch_size=8, embed_dim=384, depth=12, num_heads=6),
-    "vit_base_patch16_224_entmax15": dict(patch_size=16, embed_dim=768, depth=12, num_heads=12),
+    name: dict(patch_size=patch, **VIT_ARCHS[arch]) for name, (arch, patch) in _REGISTERED.items()
 }
 
 
@@ -78,7 +83,7 @@ def create_entmax_vit(name: str, pretrained: bool = False, **kwargs: Any) -> Vis
         )
     if name not in ENTMAX_ARCHS:
         raise ValueError(f"unknown entmax architecture {name!r}; known: {sorted(ENTMAX_ARCHS)}")
-    normalizer = normalizer_name(kwargs.pop("normalizer", "entmax15"))  # validated before building
+    spec = parse_normalizer(kwargs.pop("normalizer", "entmax15"))  # validated before building
     scale = kwargs.pop("attn_scale", None)
     out_indices = kwargs.pop("out_indices", 3)  # timm's ViT default for features_only: the last 3 blocks
     args = {**ENTMAX_ARCHS[name], **kwargs}
@@ -90,8 +95,8 @@ def create_entmax_vit(name: str, pretrained: bool = False, **kwargs: Any) -> Vis
         feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
         **args,
     )
-    if normalizer != "entmax15" or scale is not None:
-        sparsify(model, normalizer, scale)
+    if spec.name != "entmax15" or scale is not None:
+        sparsify(model, spec, scale)
     return model
 
 

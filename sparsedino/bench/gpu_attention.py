@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from sparsedino.attention import attention, backends, compiled
+from sparsedino.attention import attention, backends, compiled, parse_normalizer
 from sparsedino.attention.gradients import TINY
 from sparsedino.bench.device import peak_bytes, sdpa_flash, synchronize
 
@@ -49,7 +49,7 @@ def forced(path: str, device: torch.device) -> Iterator[Callable[..., torch.Tens
         if path == "adasplash":
 
             def run(q, k, v):
-                if not backends.adasplash_usable(q, k, v, "entmax15"):
+                if not backends.adasplash_usable(q, k, v, parse_normalizer("entmax15")):
                     raise RuntimeError(
                         f"the adasplash path cannot run on {q.device.type} with dtype {q.dtype} and shape "
                         f"{tuple(q.shape)} (it needs CUDA and `pip install adasplash==0.2.2`)"

@@ -17,22 +17,13 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
+from sparsedino.attention.archs import VIT_ARCHS
+
 if TYPE_CHECKING:
     from sparsedino.attention import Normalizer
 
-# Architecture table: name -> (embed_dim, depth, num_heads). The widths/depths are DINO's / DeiT's.
-# ``vit_pico`` is a tiny model for CPU tests; ``vit_femto`` (narrower, one block deeper) is the CPU presets'
-# model: random 32-dim patch features carry less of the pixels than 48-dim ones (epoch-0 dense probe 46 vs
-# 53 mIoU on the embedded data) while trained ones reach nearly as high (64 vs 66), so the dense benchmark
-# sees more of what training adds. Neither is a published architecture.
-ARCHS: dict[str, dict[str, int]] = {
-    "vit_femto": {"embed_dim": 32, "depth": 4, "num_heads": 2},
-    "vit_pico": {"embed_dim": 48, "depth": 3, "num_heads": 3},
-    "vit_tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
-    "vit_small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
-    "vit_base": {"embed_dim": 768, "depth": 12, "num_heads": 12},
-    "vit_large": {"embed_dim": 1024, "depth": 24, "num_heads": 16},
-}
+# Architecture table: name -> (embed_dim, depth, num_heads); its one home is sparsedino.attention.archs.
+ARCHS: dict[str, dict[str, int]] = VIT_ARCHS
 
 
 # How position embeddings follow the input size: DINO's bicubic resize (what DINO checkpoints were trained
@@ -188,7 +179,7 @@ def build_vit(
             trunc_normal_(model.cls_token, std=0.02)  # DINO's init (timm: normal, std 1e-6)
     sparsify(model, normalizer, scale=attn_scale)
     if learn_alpha:
-        from sparsedino.attention.adaptive import enable_learned_alpha
+        from sparsedino.attention.layers import enable_learned_alpha
 
         enable_learned_alpha(model)
     return model

@@ -7,14 +7,8 @@ import torch
 from timm.utils import AttentionExtract
 
 from sparsedino.attention import SparseAttention, collect_attention
-from sparsedino.attention.adaptive import (
-    ALPHA_MAX,
-    ALPHA_MIN,
-    bounded_alpha,
-    enable_learned_alpha,
-    entmax_adaptive,
-    learned_alphas,
-)
+from sparsedino.attention.adaptive import ALPHA_MAX, ALPHA_MIN, bounded_alpha, entmax_adaptive
+from sparsedino.attention.layers import enable_learned_alpha, learned_alphas
 from sparsedino.train.schedules import param_groups
 
 ALPHAS = [1.25, 1.5, 1.75, 2.0]  # one per head

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from sparsedino.attention import attention, backends
-from sparsedino.attention.normalizers import normalizer_name
+from sparsedino.attention.dispatch import attention_path
+from sparsedino.attention.normalizers import parse_normalizer
 
 pytest.importorskip("adasplash")
 pytest.importorskip("triton")
@@ -44,6 +45,7 @@ DEFECTS = [
     ("direct_n37_varlen", 37, True, "_get_tau"),  # block-mask columns past ceil(37 / 16)
 ]
 TOLERANCE = {"float32": 1e-5, "float16": 4e-3}  # of the largest reference magnitude
+ENTMAX15 = parse_normalizer("entmax15")
 
 
 def _case_dicts() -> list[dict]:
@@ -121,7 +123,7 @@ def _qkv(n=64, d=32, requires_grad=True, dtype=torch.float32):
 def test_switch_is_cuda_only_by_default():
     q, k, v = _qkv()
     assert backends.DEVICE_TYPES == ("cuda",)
-    assert not backends.adasplash_usable(q, k, v, "entmax15")
+    assert not backends.adasplash_usable(q, k, v, ENTMAX15)
 
 
 @pytest.mark.parametrize(
@@ -139,16 +141,16 @@ def test_switch_is_cuda_only_by_default():
 def test_switch_conditions(monkeypatch, normalizer, d, dtype, usable):
     monkeypatch.setattr(backends, "DEVICE_TYPES", ("cuda", "cpu"))
     q, k, v = _qkv(d=d, dtype=dtype)
-    assert backends.adasplash_usable(q, k, v, normalizer_name(normalizer)) is usable
+    assert backends.adasplash_usable(q, k, v, parse_normalizer(normalizer)) is usable
 
 
 def test_switch_needs_q_grad_when_k_or_v_need_one(monkeypatch):
     monkeypatch.setattr(backends, "DEVICE_TYPES", ("cuda", "cpu"))
     q, k, v = _qkv(requires_grad=False)
     k.requires_grad_()
-    assert not backends.adasplash_usable(q, k, v, "entmax15")  # adasplash would keep no backward state
+    assert not backends.adasplash_usable(q, k, v, ENTMAX15)  # adasplash would keep no backward state
     with torch.no_grad():
-        assert backends.adasplash_usable(q, k, v, "entmax15")
+        assert backends.adasplash_usable(q, k, v, ENTMAX15)
 
 
 def test_masked_or_dropout_calls_take_the_portable_path(monkeypatch):
@@ -164,3 +166,24 @@ def test_masked_or_dropout_calls_take_the_portable_path(monkeypatch):
     attention(q, k, v, "entmax15", dropout_p=0.1)
     with pytest.raises(AssertionError, match="adasplash called"):
         attention(q, k, v, "entmax15")
+
+
+def test_switch_sees_the_dtype_autocast_casts_to(monkeypatch):
+    """The path is chosen once, before the casts: under autocast the switch judges the autocast dtype."""
+    monkeypatch.setattr(backends, "DEVICE_TYPES", ("cuda", "cpu"))
+    seen = []
+
+    def kernel(q, k, v, spec, scale):
+        seen.append((q.dtype, k.dtype, v.dtype, spec.name, scale))
+        return torch.zeros_like(q)
+
+    monkeypatch.setattr(backends, "adasplash_attention", kernel)
+    q, k, v = _qkv(dtype=torch.float64)  # float64: no adasplash kernel
+    assert attention_path(q, k, v, ENTMAX15, None, 0.0) == "fused"
+    attention(q, k, v, "entmax15")
+    assert not seen
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert attention_path(q, k, v, ENTMAX15, None, 0.0) == "adasplash"
+        out = attention(q, k, v, "entmax-1.5")
+    assert seen == [(torch.bfloat16, torch.bfloat16, torch.bfloat16, "entmax15", 32**-0.5)]
+    assert out.dtype == torch.bfloat16

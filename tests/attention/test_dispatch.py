@@ -72,11 +72,11 @@ def test_one_gradient_formula_for_autograd_and_the_attention_op(dtype):
         p = fn(xr)
         p.backward(grad)
         if normalizer == "sparsemax":  # (bisection's autograd keeps float32 p; the op gets p in x's dtype)
-            assert torch.equal(normalizer_backward(p.detach(), grad, normalizer), xr.grad)
+            assert torch.equal(normalizer_backward(p.detach(), grad, parse_normalizer(normalizer)), xr.grad)
         else:
             compute = torch.float64 if dtype == torch.float64 else torch.float32
             p32 = entmax_bisect(x.to(compute), 1.3)
-            torch.testing.assert_close(normalizer_backward(p32, grad, normalizer), xr.grad)
+            torch.testing.assert_close(normalizer_backward(p32, grad, parse_normalizer(normalizer)), xr.grad)
 
 
 def test_a_learned_bias_gets_its_gradient():

@@ -30,6 +30,7 @@ from torch.utils._pytree import tree_map
 
 import sparsedino  # noqa: F401  (registers the timm names)
 from sparsedino.attention import SparseAttention, collect_attention, converted_modules, sparsify
+from sparsedino.attention.families import SparseEvaAttention
 
 SMALL = dict(depth=2, embed_dim=64, num_heads=4, num_classes=5)
 
@@ -295,6 +296,17 @@ def test_scale_override_and_validation():
     assert {c.scale for c in converted_modules(model)} == {0.5}
     with pytest.raises(ValueError, match="scale"):
         SparseAttention(64, num_heads=4, scale=0.0)
+
+
+def test_from_timm_checks_its_arguments_before_converting():
+    module = _model("dinov3").blocks[0].attn
+    with pytest.raises(ValueError, match=r"invalid attention normalizer 'entmax0\.5'"):
+        SparseEvaAttention.from_timm(module, "entmax0.5")
+    with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+        SparseEvaAttention.from_timm(module, "entmax15", scale=-1.0)
+    assert type(module) is EvaAttention  # left as it was
+    assert SparseEvaAttention.from_timm(module, "sparsemax", scale=0.25) is module
+    assert (type(module), module.normalizer, module.scale) == (SparseEvaAttention, "sparsemax", 0.25)
 
 
 def test_unknown_attention_raises_naming_path_and_type_and_changes_nothing():

@@ -12,6 +12,7 @@ from timm.models._features import FeatureGetterNet
 
 import sparsedino  # noqa: F401  (registers the timm names)
 from sparsedino.attention import SparseAttention, entmax15, entmax_bisect, scripted, sparsemax, sparsify
+from sparsedino.attention.archs import VIT_ARCHS
 from sparsedino.attention.layers import sparse_attention
 from sparsedino.attention.timm_models import ENTMAX_ARCHS
 
@@ -49,6 +50,21 @@ def test_registered_cfg_has_timm_vit_keys_and_no_weights(name):
         timm.create_model(name, pretrained=True)
     with pytest.raises(TypeError):
         timm.create_model(name, device="meta", not_a_model_arg=1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_architecture_from_the_table_is_timms(name):
+    """Each name is built from the one architecture table, and that row is timm's architecture."""
+    ours = timm.create_model(name, device="meta", num_classes=0)
+    plain = timm.create_model(name.removesuffix("_entmax15"), device="meta", num_classes=0)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {
+        k: v.shape for k, v in plain.state_dict().items()
+    }
+    arch = name.split("_patch")[0]
+    assert ENTMAX_ARCHS[name] == {"patch_size": ours.patch_embed.patch_size[0], **VIT_ARCHS[arch]}
+    assert (ours.embed_dim, len(ours.blocks), ours.blocks[0].attn.num_heads) == tuple(
+        VIT_ARCHS[arch].values()
+    )
 
 
 @pytest.mark.parametrize("name", [TINY, "vit_small_patch8_224_entmax15"])  # both patch sizes

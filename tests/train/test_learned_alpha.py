@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sparsedino.attention.adaptive import learned_alphas
+from sparsedino.attention.layers import learned_alphas
 from sparsedino.config import ConfigError
 from sparsedino.models import build_vit, load_backbone
 from sparsedino.pipeline.alphas import checkpoint_alphas

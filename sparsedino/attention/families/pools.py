@@ -24,9 +24,18 @@ from sparsedino.attention.normalizers import Normalizer
 __all__ = ["SparseAttentionPoolLatent", "SparseAttentionPoolPrr"]
 
 
+def _read_out(x: Tensor, pool: str) -> Tensor:
+    """A pool's output as timm reads it: the first token (``"token"``), the mean (``"avg"``) or all tokens."""
+    if pool == "token":  # pooled output when there are several latents
+        return x[:, 0]
+    if pool == "avg":
+        return x.mean(1)
+    return x
+
+
 class _SparsePool(SparseCore):
-    def _init_sparse(self, normalizer: str | float | Normalizer, scale: float | None) -> None:
-        super()._init_sparse(normalizer, scale)
+    def _init_sparse(self, spec: Normalizer, scale: float | None) -> None:
+        super()._init_sparse(spec, scale)
         if not hasattr(self, "attn_drop"):
             self.attn_drop = nn.Dropout(0.0)  # the hook point of the maps (timm's pools apply no dropout)
 
@@ -49,11 +58,7 @@ class SparseAttentionPoolLatent(_SparsePool, AttentionPoolLatent):
         x = self.proj_drop(self.proj(x))
         if self.mlp is not None:
             x = x + self.mlp(self.norm(x))
-        if self.pool == "token":  # pooled output when there are several latents
-            x = x[:, 0]
-        elif self.pool == "avg":
-            x = x.mean(1)
-        return x
+        return _read_out(x, self.pool)
 
 
 class SparseAttentionPoolPrr(_SparsePool, AttentionPoolPrr):
@@ -66,8 +71,4 @@ class SparseAttentionPoolPrr(_SparsePool, AttentionPoolPrr):
         x = self._attend(qkv, qkv, qkv)
         x = x.transpose(1, 2).reshape(b, n, c)
         x = self.post_norm(x)
-        if self.pool == "token":
-            x = x[:, 0]
-        elif self.pool == "avg":
-            x = x.mean(1)
-        return x
+        return _read_out(x, self.pool)
