@@ -46,6 +46,7 @@ __all__ = [
     "attention_map",
     "score_map",
     "self_attn_mask",
+    "softmax_attention",
     "sparse_attention",
 ]
 
@@ -89,6 +90,21 @@ def sparse_attention(
     if torch.jit.is_scripting():
         return torch.matmul(scripted.attention_probs(q, k, normalizer, scale, attn_mask), v)
     return attention(q, k, v, normalizer, scale, attn_mask, chunk_size=chunk_size)
+
+
+@torch.fx.wrap
+@register_notrace_function
+def softmax_attention(
+    q: Tensor, k: Tensor, v: Tensor, scale: float, attn_mask: Tensor | None = None
+) -> Tensor:
+    """Softmax attention through SDPA, called as timm calls it, (B, H, N, Dv).
+
+    ``scale=None`` when ``scale`` is the default ``head_dim ** -0.5``, so outputs match timm's bit for bit.
+    A leaf for torch.fx (graph node ``<module path>.softmax_attention``): the comparison reads the head
+    dimension of ``q``, which is not a concrete number while tracing.
+    """
+    sdpa_scale: float | None = None if scale == q.shape[-1] ** -0.5 else scale
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=sdpa_scale)
 
 
 @torch.fx.wrap
@@ -213,7 +229,5 @@ class SparseCore:
                 self._record(probs)
             return torch.matmul(self.attn_drop(probs), v)
         if self._softmax:
-            # scale=None when default, as timm calls SDPA: outputs match timm bit for bit
-            scale: float | None = None if self.scale == q.shape[-1] ** -0.5 else self.scale
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=scale)
+            return softmax_attention(q, k, v, self.scale, attn_mask)
         return sparse_attention(q, k, v, self._normalizer, self.scale, attn_mask, self.chunk_size)

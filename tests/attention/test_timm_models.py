@@ -13,6 +13,7 @@ from timm.models._features import FeatureGetterNet
 import sparsedino  # noqa: F401  (registers the timm names)
 from sparsedino.attention import SparseAttention, entmax15, entmax_bisect, scripted, sparsemax, sparsify
 from sparsedino.attention.archs import VIT_ARCHS
+from sparsedino.attention.core import softmax_attention
 from sparsedino.attention.layers import sparse_attention
 from sparsedino.attention.timm_models import ENTMAX_ARCHS
 
@@ -173,6 +174,21 @@ def test_fx_trace_with_default_settings_forward_and_backward():
     assert _grads(traced).keys() == eager.keys()
     for n, g in _grads(traced).items():
         torch.testing.assert_close(g, eager[n], rtol=0, atol=0, msg=n)
+
+
+def test_fx_trace_of_a_softmax_model_equals_timm():
+    # sparsify(model, "softmax") keeps SDPA called as timm calls it; tracing must not need the head
+    # dimension as a number (it once compared the scale with q.shape[-1] ** -0.5 on a traced value)
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, depth=2, num_classes=5)
+    reference = copy.deepcopy(model).eval()
+    sparsify(model, "softmax").eval()
+    traced = torch.fx.symbolic_trace(model)
+    targets = [n.target for n in traced.graph.nodes if n.op == "call_function"]
+    assert targets.count(softmax_attention) == 2
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), reference(x), rtol=0, atol=0)
 
 
 def test_eager_attention_still_validates_inputs():
