@@ -60,8 +60,7 @@ def train_stages(plan: RunPlan) -> list[Stage]:
 
         settings = {k: v for k, v in config_to_dict(train_cfg).items() if k != "run"}
         settings["seed"] = train_cfg.run.seed
-        if not settings["model"].get("learn_alpha"):  # runs finished before the key existed stay valid
-            settings["model"].pop("learn_alpha", None)
+        _drop_unused_added_keys(settings)  # runs finished before these keys existed stay valid
         epochs = train_cfg.optim.epochs
         stages.append(
             Stage(f"train/{rid}", run, settings, estimate_s=25.0 * epochs, depends_on=_data_dep(plan))
@@ -145,6 +144,20 @@ def diagnose_stages(plan: RunPlan) -> list[Stage]:
         settings = config_to_dict(plan.diagnose)
         stages.append(Stage(f"diagnose/{rid}", run, settings, estimate_s=45.0, depends_on=[f"train/{rid}"]))
     return stages
+
+
+def _drop_unused_added_keys(settings: dict) -> None:
+    """Remove training keys added after runs were recorded, where they hold their no-op default."""
+    model = settings["model"]
+    for key, off in (("learn_alpha", False), ("alpha_warmup_epochs", 0)):
+        if model.get(key) == off:
+            model.pop(key, None)
+    if not model.get("alpha_warmup_epochs"):
+        model.pop("alpha_warmup_start", None), model.pop("alpha_warmup_shape", None)
+    if not settings.get("init", {}).get("checkpoint"):
+        settings.pop("init", None)
+    if not settings.get("gram", {}).get("enabled"):
+        settings.pop("gram", None)
 
 
 def _data_dep(plan: RunPlan) -> list[str]:
