@@ -199,7 +199,9 @@ def _epoch_checkpoints(plan: RunPlan, rid: str) -> list[tuple[int, Path]]:
         (epoch, p) for p in folder.glob(EPOCH_SNAPSHOT_GLOB) if (epoch := snapshot_epoch(p.name)) is not None
     )
     every = max(1, plan.cfg.curve.every_epochs)
-    init = [(e, p) for e, p in found if e == 0]  # the initialisation: where every curve starts
+    init = [(e, p) for e, p in found if e == 0]  # the initialisation: where every curve starts ...
+    if plan.train[rid].init.checkpoint:  # ... unless it is another run's checkpoint (adapt: start stages)
+        init = []
     trained = [(e, p) for e, p in found if e > 0]
     return init + [(e, p) for i, (e, p) in enumerate(trained) if e % every == 0 or i == len(trained) - 1]
 
