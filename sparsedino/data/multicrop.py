@@ -54,9 +54,14 @@ class MultiCropAugmentation:
         blur_radius: (min, max) Gaussian blur radius in pixels (DINO: (0.1, 2.0) at 224 px).
         solarize_p: probability of solarising the second global crop (DINO: 0.2).
         mean, std: normalisation constants.
+        gram_size: > 0: also return each global crop at this side for a Gram teacher (DINOv3): the crop is
+            taken at ``max(gram_size, global_size)`` and resized to both sides (bicubic).
+        gram_no_distortions: the Gram teacher's crops skip the colour jitter, blur and solarisation (DINOv3's
+            ``gram_teacher_no_distortions``); otherwise they are the distorted global crops, resized.
 
     Returns (when called):
-        A list of ``n_global + n_local`` float tensors, ``(3, global_size, global_size)`` first.
+        A list of ``n_global + n_local`` float tensors, ``(3, global_size, global_size)`` first, followed by
+        ``n_global`` crops ``(3, gram_size, gram_size)`` when ``gram_size > 0``.
     """
 
     def __init__(
@@ -73,6 +78,8 @@ class MultiCropAugmentation:
         solarize_p: float = 0.2,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        gram_size: int = 0,
+        gram_no_distortions: bool = True,
     ) -> None:
         if n_global < 1:
             raise ValueError(f"n_global must be >= 1, got {n_global}")
@@ -115,14 +122,45 @@ class MultiCropAugmentation:
         self.local = T.Compose(
             [crop(local_size, local_scale), *flip_and_jitter, RandomGaussianBlur(0.5, **radius), *to_tensor]
         )
+        self.gram_size, self.gram_no_distortions = gram_size, gram_no_distortions
+        if gram_size > 0:  # DINOv3's order: one crop at the larger side, resized for student and Gram teacher
+            big = max(gram_size, global_size)
+            self.gram_base = T.Compose([crop(big, global_scale), T.RandomHorizontalFlip(p=0.5)])
+            photometric = [T.RandomApply([jitter], p=0.8), T.RandomGrayscale(p=grayscale_p)]
+            self.gram_distort = [
+                T.Compose([*photometric, RandomGaussianBlur(1.0, **radius)]),
+                T.Compose(
+                    [*photometric, RandomGaussianBlur(0.1, **radius), T.RandomSolarize(128, p=solarize_p)]
+                ),
+            ]
+            self.resize_global = T.Resize(global_size, interpolation=InterpolationMode.BICUBIC)
+            self.resize_gram = T.Resize(gram_size, interpolation=InterpolationMode.BICUBIC)
+            self.to_tensor = T.Compose(to_tensor)
 
     def __call__(self, image: Image.Image) -> list[torch.Tensor]:
+        if self.gram_size > 0:
+            return self._with_gram_crops(image)
         crops = [self.global1(image)]
         crops += [self.global2(image) for _ in range(self.n_global - 1)]
         crops += [self.local(image) for _ in range(self.n_local)]
         return crops
 
+    def _with_gram_crops(self, image: Image.Image) -> list[torch.Tensor]:
+        """Global crops, local crops, then the Gram teacher's versions of the global crops."""
+        globals_, grams = [], []
+        for i in range(self.n_global):
+            base = self.gram_base(image)  # PIL crop at the larger side, flipped
+            distort = self.gram_distort[min(i, 1)]
+            if self.gram_no_distortions:
+                globals_.append(self.to_tensor(distort(self.resize_global(base))))
+                grams.append(self.to_tensor(self.resize_gram(base)))
+            else:
+                distorted = distort(base)
+                globals_.append(self.to_tensor(self.resize_global(distorted)))
+                grams.append(self.to_tensor(self.resize_gram(distorted)))
+        return [*globals_, *(self.local(image) for _ in range(self.n_local)), *grams]
+
     @property
     def n_crops(self) -> int:
-        """Total number of crops per image."""
-        return self.n_global + self.n_local
+        """Total number of crops per image (the Gram teacher's included)."""
+        return self.n_global + self.n_local + (self.n_global if self.gram_size > 0 else 0)

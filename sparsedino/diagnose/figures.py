@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,12 @@ from matplotlib.ticker import MaxNLocator
 from sparsedino.atomic import atomic_write_bytes
 from sparsedino.data.joint_transforms import IMAGENET_MEAN, IMAGENET_STD
 from sparsedino.diagnose.scores import GROUPS, SCORES
+
+
+def figure_name(prefix: str, group: str) -> str:
+    """``<prefix>_<group>.png`` with the group's name reduced to letters, digits and ``_`` (a group such as
+    ``dense structure (DSE)`` must not put parentheses into a Markdown image link)."""
+    return f"{prefix}_{re.sub(r'[^0-9A-Za-z]+', '_', group).strip('_')}.png"
 
 
 def save_figure(fig: Figure, path: str | Path) -> Path:

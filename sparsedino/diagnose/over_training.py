@@ -142,7 +142,7 @@ def write_over_training(runs: Sequence[tuple[int, dict, str]], out_dir: str | Pa
     doc.append(("h", 2, "Scores against epoch (one line per block)"))
     figs = []
     for group in GROUPS:
-        p = figures.plot_over_epochs(series, group, out / "figures" / f"epochs_{group.replace(' ', '_')}.png")
+        p = figures.plot_over_epochs(series, group, out / "figures" / figures.figure_name("epochs", group))
         if p:
             figs.append(f"figures/{p.name}")
             doc.append(("img", figs[-1], f"{group} against epoch"))

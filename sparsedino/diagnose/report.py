@@ -145,7 +145,7 @@ def write_run(result: dict, out_dir: str | Path, model_info: dict | None = None)
     figs: list[tuple[str, str]] = []
     for group in GROUPS:
         p = figures.plot_group_curves(
-            {"run": metrics}, group, out / "figures" / f"curves_{group.replace(' ', '_')}.png"
+            {"run": metrics}, group, out / "figures" / figures.figure_name("curves", group)
         )
         if p:
             figs.append((f"figures/{p.name}", f"{group} per block"))
@@ -216,7 +216,7 @@ def write_compare(run_a: str | Path, run_b: str | Path, out_dir: str | Path) -> 
     runs = {la: ma, lb: mb}
     figs: list[tuple[str, str]] = []
     for group in GROUPS:
-        p = figures.plot_group_curves(runs, group, out / "figures" / f"compare_{group.replace(' ', '_')}.png")
+        p = figures.plot_group_curves(runs, group, out / "figures" / figures.figure_name("compare", group))
         if p:
             figs.append((f"figures/{p.name}", f"{group} per block: {la} vs {lb}"))
     p = figures.plot_norm_histograms(runs, out / "figures" / "compare_norm_histograms.png")

@@ -21,6 +21,7 @@ from sparsedino.config import ConfigError, config_to_dict
 from sparsedino.diagnose import alignment, attention_stats, diffusion, norms, registers
 from sparsedino.diagnose.batches import ResizeCollate
 from sparsedino.diagnose.dense_probe import dense_probe_scores
+from sparsedino.diagnose.dse import dse_scores
 from sparsedino.diagnose.masks import image_labels, patch_foreground, pure_background
 from sparsedino.diagnose.pca import pca_rgb
 from sparsedino.diagnose.scores import SCORES
@@ -84,6 +85,7 @@ class _Block:
         self.tokens: dict[str, list[torch.Tensor]] = {"bg": [], "fg": [], "cls": []}
         self.probe_feats: list[torch.Tensor] = []
         self.probe_cls: list[torch.Tensor] = []
+        self.dse_feats: list[torch.Tensor] = []  # patch features of the first dse.max_images images
 
     def add(self, name: str, values: torch.Tensor) -> None:
         self.lists.setdefault(name, []).append(values.detach().float().cpu().flatten())
@@ -177,6 +179,7 @@ def run_diagnostics(
             all_labels.append(image_labels(masks))
             fg_patches += int(fg.sum())
             n_probe = max(0, min(B, cfg.dense_probe.max_images - seen)) if cfg.dense_probe.enabled else 0
+            n_dse = max(0, min(B, cfg.dse.max_images - seen)) if cfg.dse.enabled else 0
             if n_probe:
                 probe_masks.append(masks[:n_probe].to(torch.uint8))  # labels are 0..254 and 255
             picks = [
@@ -265,6 +268,8 @@ def run_diagnostics(
                     acc.probe_feats.append(patches[:n_probe].reshape(n_probe, *grid, -1).half().cpu())
                     if has_cls:
                         acc.probe_cls.append(cls[:n_probe].half().cpu())
+                if n_dse:  # 7. features for DSE (dse.py)
+                    acc.dse_feats.append(patches[:n_dse].half().cpu())
                 # 6. maps for the figures
                 if n_fig:
                     ex = examples["maps"][b]
@@ -369,8 +374,12 @@ def _finalise_block(
         feats = torch.cat(acc.probe_feats)
         cls = torch.cat(acc.probe_cls) if has_cls else None
         res.update(dense_probe_scores(feats, cls, masks, dataset, cfg.dense_probe, device))
+    if acc.dse_feats:
+        res.update(dse_scores(torch.cat(acc.dse_feats), cfg.dse))
     for key in SCORES:  # every score is reported; None = undefined for this model (e.g. no [CLS])
-        if cfg.dense_probe.enabled or not key.startswith("probe."):
+        if (cfg.dense_probe.enabled or not key.startswith("probe.")) and (
+            cfg.dse.enabled or not key.startswith("dse.")
+        ):
             res.setdefault(key, None)
     return {k: _nan_to_none(v) if not isinstance(v, list) else v for k, v in res.items()}
 

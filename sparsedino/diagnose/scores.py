@@ -149,6 +149,31 @@ SCORES: dict[str, tuple[str, str, str]] = {
         "register attention on patches",
         "share of the registers' attention on patch keys (the rest is on [CLS] and registers)",
     ),
+    "dse.score": (
+        "dense structure (DSE)",
+        "DSE",
+        "M_inter - (M_intra_batch + M_intra_image) / 2 + lambda M_dim (Dai et al. 2025), label-free",
+    ),
+    "dse.inter": (
+        "dense structure (DSE)",
+        "DSE M_inter",
+        "mean distance to the nearest other k-means centroid / scale",
+    ),
+    "dse.intra_image": (
+        "dense structure (DSE)",
+        "DSE M_intra (image)",
+        "mean radius of per-image k-means clusters / scale",
+    ),
+    "dse.intra_batch": (
+        "dense structure (DSE)",
+        "DSE M_intra (batch)",
+        "mean radius of 8-image k-means clusters / scale",
+    ),
+    "dse.dim": (
+        "dense structure (DSE)",
+        "DSE M_dim",
+        "normalised effective rank of tokens at one (shuffled) position",
+    ),
 }
 
 GROUPS: list[str] = list(dict.fromkeys(group for group, _, _ in SCORES.values()))

@@ -21,6 +21,21 @@ class DenseProbeSettings:
 
 
 @dataclass
+class DSESettings:
+    """DSE, the label-free dense-quality estimate of Dai et al. 2025 (``dse.py``); defaults are the authors'."""
+
+    enabled: bool = True
+    max_images: int = 256  # patch features of at most the first max_images diagnosed images (float16)
+    local_clusters: int = 3  # k-means clusters per image (authors: 3)
+    global_clusters: int = 24  # k-means clusters per group of images (authors: 24)
+    group_images: int = 8  # images per group for M_inter and M_intra_batch (authors: 8)
+    normalize: bool = True  # L2-normalise the patch features first (authors' command: --normalize)
+    kmeans_iters: int = 20  # k-means iterations (authors: 20, stopping early when the centroids settle)
+    dim_weight: float = 1.0  # lambda on M_dim (authors' code: 1)
+    seed: int = 0  # k-means seeding and the position shuffle
+
+
+@dataclass
 class DiagnoseConfig:
     """Every option of the diagnostics; each is written to ``metrics.json`` with the results."""
 
@@ -41,6 +56,7 @@ class DiagnoseConfig:
     seed: int = 0
     n_figure_images: int = 4  # images whose maps (attention, PCA, norms) are drawn
     dense_probe: DenseProbeSettings = field(default_factory=DenseProbeSettings)
+    dse: DSESettings = field(default_factory=DSESettings)
 
 
 DATASETS = ("voc", "ade20k", "cityscapes")
@@ -76,6 +92,10 @@ def validate(cfg: DiagnoseConfig) -> None:
     need(
         0 < probe.train_fraction < 1, "dense_probe.train_fraction", "must be in (0, 1)", probe.train_fraction
     )
+    dse = cfg.dse
+    for key in ("max_images", "local_clusters", "global_clusters", "group_images", "kmeans_iters"):
+        need(getattr(dse, key) > 0, f"dse.{key}", "must be > 0", getattr(dse, key))
+    need(dse.dim_weight >= 0, "dse.dim_weight", "must be >= 0", dse.dim_weight)
 
 
 def load_diagnose_config(path: str | None = None, overrides=()) -> DiagnoseConfig:

@@ -37,13 +37,18 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint file is missing, truncated, unsafe or does not hold what was asked for."""
 
 
-def fingerprint(path: Path) -> str:
-    """First 16 hex digits of the file's SHA-256 (a cache key for features computed from it)."""
+def sha256_hex(path: Path) -> str:
+    """The file's SHA-256, 64 hex digits (provenance of an initialisation source)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
+
+
+def fingerprint(path: Path) -> str:
+    """First 16 hex digits of the file's SHA-256 (a cache key for features computed from it)."""
+    return sha256_hex(path)[:16]
 
 
 def read_checkpoint(path: str | Path) -> tuple[Any, dict]:

@@ -111,15 +111,32 @@ class MultiCropWrapper(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, crops: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self, crops: torch.Tensor | Sequence[torch.Tensor], patches_of: int = 0
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Head outputs ``(n_crops * B, out_dim)``; with ``patches_of = n`` also the patch tokens (after the
+        final norm) of the first ``n`` crops from the same forward, ``(n * B, P, embed_dim)`` (Gram anchoring).
+        """
         if isinstance(crops, torch.Tensor):
             crops = [crops]
         outputs: list[torch.Tensor] = []
+        patches = None
         start = 0
         while start < len(crops):
             end = start + 1
             while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
                 end += 1
-            outputs.append(self.backbone(torch.cat(list(crops[start:end]))))  # (k * B, embed_dim)
+            x = torch.cat(list(crops[start:end]))
+            if start == 0 and patches_of:
+                if end < patches_of:
+                    raise ValueError(
+                        f"the first {patches_of} crops must share one size for their patch tokens"
+                    )
+                tokens = self.backbone.forward_features(x)  # (k * B, N, C): what backbone(x) pools
+                patches = tokens[: patches_of * crops[0].shape[0], self.backbone.num_prefix_tokens :]
+                outputs.append(self.backbone.forward_head(tokens))
+            else:
+                outputs.append(self.backbone(x))  # (k * B, embed_dim)
             start = end
-        return self.head(torch.cat(outputs))
+        out = self.head(torch.cat(outputs))
+        return (out, patches) if patches_of else out

@@ -44,6 +44,7 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
     Returns:
         The report dict (also written to ``OUT/results.json``), or the plan description for ``dry_run``.
     """
+    from sparsedino.pipeline.adapt import start_stages
     from sparsedino.pipeline.controls import control_stages
     from sparsedino.pipeline.plan import (
         build_plan,
@@ -79,6 +80,7 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
             *diagnose_stages(plan),
             *video_stages(plan),
             *control_stages(plan),
+            *start_stages(plan),
         ]
         start = time.perf_counter()
         runner = StageRunner(out, log=lambda line: print(f"[reproduce] {line}", flush=True))

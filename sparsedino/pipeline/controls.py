@@ -65,7 +65,9 @@ def _floor_stages(plan: RunPlan) -> list[Stage]:
 
     _, seg_cfg = _first_seg(plan)
     stages = []
-    for rid, train_cfg in plan.train.items():
+    # adapt: only the base run starts from random weights (an arm's epoch 0 is the base's checkpoint)
+    for rid in plan.base or plan.train:
+        train_cfg = plan.train[rid]
 
         def run(stage_dir: Path, rid=rid, train_cfg=train_cfg) -> dict:
             from sparsedino.models import load_backbone

@@ -157,6 +157,12 @@ def instrument_doc(summary: dict) -> Doc:
               + (f" Ceiling (oracle): {oracle:.2f}." if oracle is not None else "")),
         ("table", ["arm", "floor (epoch 0)", "trained", "trained - floor"], rows),
     ]  # fmt: skip
+    return doc + controls_doc(summary)
+
+
+def controls_doc(summary: dict) -> Doc:
+    """Report section: the positive control (injected diffusion) and the negative one (probe noise)."""
+    doc: Doc = []
     for rid, control in summary["controls"].items():
         source = "[CLS] token" if control["source"] == "cls" else "mean patch token"
         doc.append(("p", f"Positive control on {rid}: every last-block patch token mixed with the {source}, "

@@ -6,6 +6,7 @@ the plan is built, so a wrong key, path or value fails in seconds, before any tr
 Stages, in order::
 
     data                      embedded dataset (skipped when real data paths are given)
+    train/base-s<seed>        adapt only: the base run whose checkpoint every arm continues (pipeline/adapt.py)
     train/<arm>-s<seed>       DINO pre-training (resumes from its own checkpoint when killed)
     eval/<arm>-s<seed>        k-NN, linear probe, seg probes with and without [CLS] on the final teacher
     curve/<arm>-s<seed>       k-NN and seg mIoU on the periodic epoch checkpoints
@@ -38,7 +39,12 @@ class RunPlan:
     data_root: Path | None  # embedded dataset folder, None with real data
     imagenet_root: Path
     seg_roots: dict[str, Path]
-    train: dict[str, Any] = field(default_factory=dict)  # run id -> TrainConfig
+    train: dict[str, Any] = field(default_factory=dict)  # run id -> TrainConfig (an adapt base run first)
+    overrides: dict[str, list[str]] = field(default_factory=dict)  # run id -> its overrides of train_preset
+    base: list[str] = field(
+        default_factory=list
+    )  # adapt: the base run (trained here, continued by every arm)
+    init_source: Path | None = None  # adapt: the checkpoint every arm starts from
     arm_of: dict[str, str] = field(default_factory=dict)  # run id -> canonical arm name
     seed_of: dict[str, int] = field(default_factory=dict)  # run id -> training seed
     knn: Any = None
@@ -50,6 +56,12 @@ class RunPlan:
 
     @property
     def run_ids(self) -> list[str]:
+        """The arms' runs (what the comparison compares; an adapt base run is not one of them)."""
+        return [rid for rid in self.train if rid not in self.base]
+
+    @property
+    def evaluated_ids(self) -> list[str]:
+        """Every trained run, an adapt base run first (evaluated and given curves like the arms)."""
         return list(self.train)
 
 
@@ -81,7 +93,6 @@ def build_plan(cfg: ReproduceConfig, out: Path) -> RunPlan:
     """Resolve every stage's config under ``out``; raises ConfigError / MissingDataError on bad input."""
     from sparsedino.diagnose.settings import load_diagnose_config
     from sparsedino.eval.settings import load_protocol_config
-    from sparsedino.train import load_train_config
 
     out = Path(out)
     if cfg.synth.enabled:
@@ -95,24 +106,16 @@ def build_plan(cfg: ReproduceConfig, out: Path) -> RunPlan:
             name: _existing_dir(getattr(cfg.data, name), f"data.{name}") for name in cfg.seg_datasets
         }
     plan = RunPlan(cfg=cfg, out=out, data_root=data_root, imagenet_root=imagenet_root, seg_roots=seg_roots)
+    continued: list[str] = []
+    if cfg.adapt.enabled:
+        plan.init_source = _plan_adapt_base(plan)
+        continued = [*cfg.adapt.overrides, f"init.checkpoint={plan.init_source}"]
     for arm in cfg.arms:
         name, arm_overrides = resolve_arm(arm)
         for seed in cfg.seeds:
             rid = f"{name}-s{seed}"
             plan.arm_of[rid], plan.seed_of[rid] = name, seed
-            try:
-                plan.train[rid] = load_train_config(
-                    cfg.train_preset,
-                    [
-                        *cfg.train_overrides,
-                        *arm_overrides,
-                        f"run.seed={seed}",
-                        f"data.path={imagenet_root}",
-                        f"run.output_dir={out / 'train' / rid}",
-                    ],
-                )
-            except ConfigError as err:
-                raise ConfigError(f"train_preset {cfg.train_preset!r} with train_overrides: {err}") from err
+            _plan_run(plan, rid, seed, [*continued, *arm_overrides])
     root = f"data_root={imagenet_root}"
     plan.knn = _section("knn_overrides", load_protocol_config, "knn", "eval_knn", [root, *cfg.knn_overrides])
     plan.linear = _section(
@@ -138,6 +141,37 @@ def build_plan(cfg: ReproduceConfig, out: Path) -> RunPlan:
     plan.video = build_video_config(cfg, out)
     check_video_plan(plan)
     return plan
+
+
+def _plan_run(plan: RunPlan, rid: str, seed: int, overrides: list[str]) -> None:
+    """Resolve the training config of run ``rid`` (train_overrides, then ``overrides``, then seed and paths)."""
+    from sparsedino.train import load_train_config
+
+    cfg, out = plan.cfg, plan.out
+    plan.overrides[rid] = [*cfg.train_overrides, *overrides, f"run.seed={seed}", f"data.path={plan.imagenet_root}",
+                           f"run.output_dir={out / 'train' / rid}"]  # fmt: skip
+    try:
+        plan.train[rid] = load_train_config(cfg.train_preset, plan.overrides[rid])
+    except ConfigError as err:
+        raise ConfigError(f"train_preset {cfg.train_preset!r} with train_overrides: {err}") from err
+
+
+def _plan_adapt_base(plan: RunPlan) -> Path:
+    """The checkpoint every arm continues: ``adapt.base_checkpoint``, or the base run planned here."""
+    from sparsedino.train.checkpointing import LATEST
+
+    adapt = plan.cfg.adapt
+    if adapt.base_checkpoint:
+        path = Path(adapt.base_checkpoint).expanduser()
+        if not path.is_file():
+            raise MissingDataError(
+                f"key 'adapt.base_checkpoint': file {adapt.base_checkpoint!r} does not exist"
+            )
+        return path
+    rid = f"base-s{adapt.base_seed}"
+    _plan_run(plan, rid, adapt.base_seed, [*adapt.base_overrides, *resolve_arm(adapt.base_arm)[1]])
+    plan.base.append(rid)
+    return Path(plan.train[rid].run.output_dir) / LATEST
 
 
 def _section(name: str, load: Callable[..., Any], *args: Any) -> Any:
@@ -187,7 +221,7 @@ def check_training_processes(plan: RunPlan) -> None:
     cfg = plan.cfg
     commands = [
         f"`torchrun --nproc_per_node={n} -m sparsedino train {cfg.train_preset} "
-        + " ".join(shlex.quote(item) for item in [*cfg.train_overrides, *_run_overrides(plan, rid)])
+        + " ".join(shlex.quote(item) for item in plan.overrides[rid])
         + "`"
         for rid in todo
     ]
@@ -209,17 +243,6 @@ def check_training_processes(plan: RunPlan) -> None:
     )
 
 
-def _run_overrides(plan: RunPlan, rid: str) -> list[str]:
-    """The per-run overrides :func:`build_plan` adds to the training preset (arm, seed, paths)."""
-    t = plan.train[rid]
-    return [
-        *resolve_arm(plan.arm_of[rid])[1],  # the normaliser and what else defines the arm (e.g. registers)
-        f"run.seed={t.run.seed}",
-        f"data.path={t.data.path}",
-        f"run.output_dir={t.run.output_dir}",
-    ]
-
-
 def describe(plan: RunPlan) -> dict:
     """A JSON-ready summary of the plan (what ``--dry-run`` prints and the report records)."""
     cfg = plan.cfg
@@ -229,6 +252,9 @@ def describe(plan: RunPlan) -> dict:
         "out": str(plan.out),
         "data": "embedded synthetic dataset" if cfg.synth.enabled else config_to_dict(cfg.data),
         "runs": {rid: config_to_dict(t) for rid, t in plan.train.items()},
+        "adapt": {"base_runs": plan.base, "init_checkpoint": str(plan.init_source)}
+        if plan.init_source
+        else None,
         "knn": config_to_dict(plan.knn),
         "linear": config_to_dict(plan.linear),
         "seg": {name: config_to_dict(s) for name, s in plan.seg.items()},

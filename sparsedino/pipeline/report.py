@@ -20,9 +20,11 @@ from sparsedino.atomic import atomic_write_json
 from sparsedino.diagnose.figures import save_figure
 from sparsedino.diagnose.report import Doc, fmt, write_documents
 from sparsedino.diagnose.scores import SCORES
+from sparsedino.pipeline.adapt import adapt_doc, adapt_summary
 from sparsedino.pipeline.alphas import learned_alpha_doc
-from sparsedino.pipeline.evidence import instrument_doc, paired_doc, summarise
+from sparsedino.pipeline.evidence import controls_doc, instrument_doc, paired_doc, summarise
 from sparsedino.pipeline.plan import RunPlan, describe
+from sparsedino.pipeline.ranks import dse_rank_doc, dse_rank_summary
 from sparsedino.pipeline.statistics import format_mean_std, summarise_values
 from sparsedino.pipeline.video import video_section
 
@@ -63,21 +65,20 @@ def aggregate(plan: RunPlan, results: dict[str, dict]) -> dict:
 
 
 def _curve_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | None:
-    series = {rid: results.get(f"curve/{rid}", {}).get("points", []) for rid in plan.run_ids}
+    series = {rid: results.get(f"curve/{rid}", {}).get("points", []) for rid in plan.evaluated_ids}
     if not any(series.values()):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     colours = {arm: f"C{i}" for i, arm in enumerate(dict.fromkeys(plan.arm_of.values()))}
+    colours.update({rid: "0.5" for rid in plan.base})  # an adapt base run: grey (its arms continue from it)
+    offset = max((plan.train[rid].optim.epochs for rid in plan.base), default=0)  # arms continue the base
     for rid, points in series.items():
         if not points:
             continue
-        epochs = [p["epoch"] for p in points]
-        axes[0].plot(
-            epochs, [p["knn_top1"] for p in points], "o-", color=colours[plan.arm_of[rid]], label=rid
-        )
-        axes[1].plot(
-            epochs, [100 * p["seg_miou"] for p in points], "o-", color=colours[plan.arm_of[rid]], label=rid
-        )
+        epochs = [p["epoch"] + (0 if rid in plan.base else offset) for p in points]
+        colour = colours[plan.arm_of.get(rid, rid)]
+        axes[0].plot(epochs, [p["knn_top1"] for p in points], "o-", color=colour, label=rid)
+        axes[1].plot(epochs, [100 * p["seg_miou"] for p in points], "o-", color=colour, label=rid)
     oracle = results.get("oracle", {}).get("miou")
     if oracle is not None:  # the ceiling (trained with the final probe's settings)
         axes[1].axhline(100 * oracle, ls="--", color="k", lw=1, label="oracle features (ceiling)")
@@ -167,7 +168,11 @@ def write_report(
     ]  # fmt: skip
     evidence = summarise(plan, results)
     calibrated = any(f["n"] for f in evidence["floor"].values()) or evidence["oracle_miou"] is not None
-    doc += instrument_doc(evidence) if calibrated or evidence["controls"] else []
+    adapt = adapt_summary(plan, results, evidence) if plan.init_source is not None else None
+    if adapt is not None:  # every arm continues one checkpoint: floor, base, start and trained levels
+        doc += adapt_doc(adapt) + controls_doc(evidence)
+    elif calibrated or evidence["controls"]:
+        doc += instrument_doc(evidence)
     if evidence["paired"]:
         doc += paired_doc(evidence, plan.cfg.statistics.confidence, plan.cfg.statistics.power)
     doc += [
@@ -184,6 +189,8 @@ def write_report(
     doc += alpha_doc
     video_doc, video = video_section(plan, results, out)
     doc += video_doc
+    dse_ranks = dse_rank_summary(plan, results)
+    doc += dse_rank_doc(dse_ranks)
     report = {
         "preset": plan.cfg.name,
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -197,6 +204,8 @@ def write_report(
         "stage_seconds": stage_seconds,
         "arms": arms,
         "evidence": evidence,
+        "adapt": adapt,
+        "dse_ranks": dse_ranks,
         "runs": {key: value for key, value in results.items()},
         "diagnostics_last_block": diag_last,
         "video": video,

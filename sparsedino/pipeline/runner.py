@@ -60,12 +60,10 @@ def train_stages(plan: RunPlan) -> list[Stage]:
 
         settings = {k: v for k, v in config_to_dict(train_cfg).items() if k != "run"}
         settings["seed"] = train_cfg.run.seed
-        if not settings["model"].get("learn_alpha"):  # runs finished before the key existed stay valid
-            settings["model"].pop("learn_alpha", None)
+        _drop_unused_added_keys(settings)  # runs finished before these keys existed stay valid
         epochs = train_cfg.optim.epochs
-        stages.append(
-            Stage(f"train/{rid}", run, settings, estimate_s=25.0 * epochs, depends_on=_data_dep(plan))
-        )
+        deps = [*_data_dep(plan), *(f"train/{b}" for b in plan.base if b != rid)]  # adapt: after the base run
+        stages.append(Stage(f"train/{rid}", run, settings, estimate_s=25.0 * epochs, depends_on=deps))
     return stages
 
 
@@ -74,7 +72,7 @@ def eval_stages(plan: RunPlan) -> list[Stage]:
     from sparsedino.eval.command import run_protocol
 
     stages = []
-    for rid in plan.run_ids:
+    for rid in plan.evaluated_ids:
 
         def run(stage_dir: Path, rid=rid) -> dict:
             model, _ = _load_final(plan, rid)
@@ -104,8 +102,9 @@ def curve_stages(plan: RunPlan) -> list[Stage]:
     from sparsedino.eval.command import run_protocol
     from sparsedino.models import load_backbone
 
+    dse_images = _dse_images(plan) if plan.cfg.curve.dse else None
     stages = []
-    for rid in plan.run_ids:
+    for rid in plan.evaluated_ids:
 
         def run(stage_dir: Path, rid=rid) -> dict:
             points = []
@@ -114,10 +113,14 @@ def curve_stages(plan: RunPlan) -> list[Stage]:
                 knn = run_protocol("knn", model, plan.knn)
                 seg = run_protocol("seg", model, plan.curve_seg)
                 points.append({"epoch": epoch, "knn_top1": _knn_top1(knn), "seg_miou": seg["miou"]})
+                if dse_images is not None:  # the label-free score of the same checkpoint (last block)
+                    points[-1]["dse"] = model_dse(model, dse_images(), plan.diagnose)
             return {"points": points}
 
         settings = {"every_epochs": plan.cfg.curve.every_epochs, "knn": config_to_dict(plan.knn),
                     "seg": config_to_dict(plan.curve_seg)}  # fmt: skip
+        if dse_images is not None:
+            settings["dse"] = config_to_dict(plan.diagnose)
         stages.append(Stage(f"curve/{rid}", run, settings, estimate_s=60.0, depends_on=[f"train/{rid}"]))
     return stages
 
@@ -147,6 +150,36 @@ def diagnose_stages(plan: RunPlan) -> list[Stage]:
     return stages
 
 
+def _drop_unused_added_keys(settings: dict) -> None:
+    """Remove training keys added after runs were recorded, where they hold their no-op default."""
+    model = settings["model"]
+    for key, off in (("learn_alpha", False), ("alpha_warmup_epochs", 0)):
+        if model.get(key) == off:
+            model.pop(key, None)
+    if not model.get("alpha_warmup_epochs"):
+        model.pop("alpha_warmup_start", None), model.pop("alpha_warmup_shape", None)
+    if not settings.get("init", {}).get("checkpoint"):
+        settings.pop("init", None)
+    if not settings.get("gram", {}).get("enabled"):
+        settings.pop("gram", None)
+
+
+def _dse_images(plan: RunPlan):
+    """A loader of the diagnosed split (its images; DSE reads no label) for the curves' DSE points."""
+    from sparsedino.data.segmentation import build_seg_dataset
+
+    first = plan.cfg.seg_datasets[0]
+    return lambda: build_seg_dataset(first, plan.seg_roots[first], plan.diagnose.split)
+
+
+def model_dse(model, dataset, diag_cfg) -> dict:
+    """DSE of the last block of ``model`` on ``dataset`` (``diag_cfg``: image size, batch, ``dse.*``)."""
+    from sparsedino.diagnose.dse import block_features, dse_scores
+
+    feats = block_features(model, dataset, diag_cfg.dse.max_images, diag_cfg.img_size, diag_cfg.batch_size)
+    return dse_scores(feats, diag_cfg.dse)
+
+
 def _data_dep(plan: RunPlan) -> list[str]:
     return ["data"] if plan.data_root is not None else []
 
@@ -166,7 +199,9 @@ def _epoch_checkpoints(plan: RunPlan, rid: str) -> list[tuple[int, Path]]:
         (epoch, p) for p in folder.glob(EPOCH_SNAPSHOT_GLOB) if (epoch := snapshot_epoch(p.name)) is not None
     )
     every = max(1, plan.cfg.curve.every_epochs)
-    init = [(e, p) for e, p in found if e == 0]  # the initialisation: where every curve starts
+    init = [(e, p) for e, p in found if e == 0]  # the initialisation: where every curve starts ...
+    if plan.train[rid].init.checkpoint:  # ... unless it is another run's checkpoint (adapt: start stages)
+        init = []
     trained = [(e, p) for e, p in found if e > 0]
     return init + [(e, p) for i, (e, p) in enumerate(trained) if e % every == 0 or i == len(trained) - 1]
 

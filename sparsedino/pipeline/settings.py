@@ -7,6 +7,7 @@ own typed configs, so every option of ``sparsedino eval`` / ``sparsedino diagnos
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from sparsedino.config import ConfigError
@@ -15,7 +16,9 @@ PRESETS = {
     "micro": "reproduce_micro",
     "cpu-demo": "reproduce_cpu_demo",
     "cpu-long": "reproduce_cpu_long",
+    "cpu-adapt": "reproduce_cpu_adapt",
     "paper": "reproduce_paper",
+    "paper-adapt": "reproduce_paper_adapt",
 }
 
 
@@ -55,6 +58,8 @@ class CurveSettings:
     enabled: bool = True
     every_epochs: int = 1  # evaluate the epoch checkpoints at multiples of n (plus epoch 0 and the last)
     seg_overrides: list[str] = field(default_factory=list)  # cheaper probe for the curve points
+    dse: bool = False  # also the label-free DSE of the last block (diagnose_overrides' dse.* settings), and
+    # its rank correlation with the curve's mIoU over every curve point (pipeline/ranks.py)
 
 
 @dataclass
@@ -94,6 +99,24 @@ class VideoSettings:
 
 
 @dataclass
+class AdaptSettings:
+    """Start every arm from one trained checkpoint instead of random weights (``cpu-adapt``, ``paper-adapt``).
+
+    The source is ``base_checkpoint`` when given (e.g. an official DINO ViT-S/16 checkpoint), otherwise one
+    base run trained here first (``train/base-s<base_seed>``: ``train_overrides`` + ``base_overrides``, the
+    normaliser of ``base_arm``). Each arm and seed then trains ``train_overrides`` + ``overrides`` with
+    ``init.checkpoint`` = that source, so every arm continues the same weights.
+    """
+
+    enabled: bool = False
+    base_checkpoint: str = ""  # a trained checkpoint every arm starts from ("" = train the base run here)
+    base_arm: str = "softmax"  # the base run's arm (normaliser) when it is trained here
+    base_seed: int = 0  # the base run's seed (one base run: all seeds of all arms start from it)
+    base_overrides: list[str] = field(default_factory=list)  # training overrides of the base run only
+    overrides: list[str] = field(default_factory=list)  # training overrides of the continued runs only
+
+
+@dataclass
 class ReproduceConfig:
     """Everything ``sparsedino reproduce`` reads."""
 
@@ -115,6 +138,7 @@ class ReproduceConfig:
     controls: ControlSettings = field(default_factory=ControlSettings)
     statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
     video: VideoSettings = field(default_factory=VideoSettings)
+    adapt: AdaptSettings = field(default_factory=AdaptSettings)
     # Processes the training recipe is stated for (global batch = optim.batch_size_per_gpu x this). Above 1,
     # `reproduce` (one process) trains nothing itself: it needs each run finished by torchrun first, and says
     # how; set 1 to train in one process on purpose (a smaller global batch, recorded in the report).
@@ -130,7 +154,13 @@ ARM_VARIANTS: dict[str, tuple[str, list[str]]] = {
     "entmax15-reg4": ("entmax15", ["model.num_registers=4"]),
     # beyond the paper: alpha learned per head from 1.5, clamped into (1, 2] (Correia et al. 2019)
     "entmax-learned-alpha": ("entmax15", ["model.learn_alpha=true"]),
+    # DINOv3's fix for dense degradation: Gram anchoring (train/gram.py; gram.* in train_overrides tune it)
+    "softmax-gram": ("softmax", ["gram.enabled=true"]),
+    "entmax15-gram": ("entmax15", ["gram.enabled=true"]),
 }
+# Any arm followed by "-warmup<E>" (e.g. entmax15-warmup3) moves alpha from softmax to the arm's over its
+# first E epochs (model.alpha_warmup_epochs, train/alpha_schedule.py).
+_WARMUP = re.compile(r"^(?P<arm>.+)-warmup(?P<epochs>\d+)$")
 
 
 def resolve_arm(arm: str) -> tuple[str, list[str]]:
@@ -141,6 +171,11 @@ def resolve_arm(arm: str) -> tuple[str, list[str]]:
     """
     from sparsedino.attention import normalizer_name
 
+    warmup = _WARMUP.match(arm)
+    if warmup:
+        name, overrides = resolve_arm(warmup["arm"])
+        epochs = int(warmup["epochs"])
+        return f"{name}-warmup{epochs}", [*overrides, f"model.alpha_warmup_epochs={epochs}"]
     if arm in ARM_VARIANTS:
         normalizer, extra = ARM_VARIANTS[arm]
         return arm, [f"model.normalizer={normalizer}", *extra]
@@ -149,7 +184,7 @@ def resolve_arm(arm: str) -> tuple[str, list[str]]:
     except ValueError as err:
         raise ConfigError(
             f"key 'arms': {arm!r} is neither an attention normaliser ({err}) nor one of the arm variants "
-            f"{', '.join(ARM_VARIANTS)}"
+            f"{', '.join(ARM_VARIANTS)} (any of them may end in -warmup<epochs>)"
         ) from err
     return name, [f"model.normalizer={name}"]
 
@@ -182,6 +217,16 @@ def validate(cfg: ReproduceConfig) -> None:
     if len(set(names)) != len(names):
         raise ConfigError(f"key 'arms': duplicate entries in {list(cfg.arms)}")
     _validate_controls(cfg, names)
+    if cfg.adapt.enabled:
+        try:
+            resolve_arm(cfg.adapt.base_arm)
+        except ConfigError as err:
+            raise ConfigError(f"key 'adapt.base_arm': {err}") from err
+        if not cfg.adapt.base_checkpoint and cfg.train_processes > 1:
+            raise ConfigError(
+                f"key 'adapt.base_checkpoint': give the checkpoint every arm continues (the {cfg.name!r} recipe "
+                f"trains with {cfg.train_processes} processes, so no base run is trained here)"
+            )
     if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
         raise ConfigError(f"key 'seeds': give distinct seeds, got {list(cfg.seeds)}")
     if cfg.train_processes < 1:

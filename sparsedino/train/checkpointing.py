@@ -5,7 +5,9 @@ Layout (``torch.load(weights_only=True)`` reads it; no pickled classes):
     optimizer, fp16_scaler (or None), dino_loss: {"center": (1, out_dim)}
     epoch: epochs completed; iteration: iterations done in the current epoch (0 at epoch ends)
     global_step, skipped_images; args: the resolved config as plain dicts
-    sparsedino: metadata for :func:`sparsedino.models.load_backbone` (arch, normalizer, ...)
+    sparsedino: metadata for :func:`sparsedino.models.load_backbone` (arch, normalizer in use, ...) and
+        ``init``: the source of an initialised run (path, sha256, kind) or None
+    gram_teacher: the Gram teacher's weights and sync state (runs with ``gram.enabled``)
     rng: one dict of RNG states per rank
 """
 
@@ -110,6 +112,7 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
     dino_loss: torch.nn.Module
+    gram: Any = None  # GramAnchor of runs with gram.enabled
 
 
 def save_checkpoint(
@@ -121,8 +124,10 @@ def save_checkpoint(
     global_step: int,
     rngs: list,
     skipped_images: int = 0,
+    meta: dict | None = None,
 ) -> None:
-    """Write a full, resumable checkpoint atomically."""
+    """Write a full, resumable checkpoint atomically (``meta`` updates the ``sparsedino`` metadata)."""
+    extra = {"gram_teacher": state.gram.state_dict()} if state.gram is not None else {}
     atomic_torch_save(
         {
             "student": state.student.state_dict(),
@@ -135,14 +140,15 @@ def save_checkpoint(
             "global_step": global_step,
             "skipped_images": skipped_images,
             "args": config_to_dict(cfg),
-            "sparsedino": model_metadata(cfg, epoch, iteration),
+            "sparsedino": {**model_metadata(cfg, epoch, iteration), **(meta or {})},
             "rng": rngs,
+            **extra,
         },
         path,
     )
 
 
-def save_snapshot(path: Path, state: TrainState, cfg: Any, epoch: int) -> None:
+def save_snapshot(path: Path, state: TrainState, cfg: Any, epoch: int, meta: dict | None = None) -> None:
     """Weights-only snapshot (student + teacher + metadata) for per-epoch evaluation curves."""
     atomic_torch_save(
         {
@@ -150,7 +156,7 @@ def save_snapshot(path: Path, state: TrainState, cfg: Any, epoch: int) -> None:
             "teacher": state.teacher.state_dict(),
             "epoch": epoch,
             "args": config_to_dict(cfg),
-            "sparsedino": model_metadata(cfg, epoch, 0),
+            "sparsedino": {**model_metadata(cfg, epoch, 0), **(meta or {})},
         },
         path,
     )
@@ -170,7 +176,14 @@ def _canonical_normalizer(model: Any) -> Any:
 
 
 # Model keys added after the checkpoint format was fixed, with the value that reproduces older checkpoints.
-ADDED_MODEL_KEYS = {"learn_alpha": False}
+ADDED_MODEL_KEYS = {
+    "learn_alpha": False,
+    "alpha_warmup_epochs": 0,
+    "alpha_warmup_start": 1.0,
+    "alpha_warmup_shape": "linear",
+}
+# Other compared keys added later, with the value of checkpoints written before them.
+ADDED_KEYS = {"init.checkpoint": "", "gram.enabled": False}
 
 
 def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
@@ -178,7 +191,8 @@ def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
     current = config_to_dict(cfg)
     current["model"] = _canonical_normalizer(current["model"])
     stored = {**stored, "model": _canonical_normalizer(stored.get("model", {}))}
-    keys = ["model", "data.global_crops_number", "data.local_crops_number", "optim.batch_size_per_gpu"]
+    keys = ["model", "data.global_crops_number", "data.local_crops_number", "optim.batch_size_per_gpu",
+            *ADDED_KEYS]  # fmt: skip
     for key in keys:
         section, _, leaf = key.partition(".")
         old = stored.get(section, {})
@@ -186,7 +200,7 @@ def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
         if section == "model" and isinstance(old, dict):
             old = {**ADDED_MODEL_KEYS, **old}  # written before these keys existed: their default applies
         if leaf:
-            old, new = old.get(leaf), new[leaf]
+            old, new = old.get(leaf, ADDED_KEYS.get(key)), new[leaf]
         if old != new:
             raise ConfigError(
                 f"cannot resume from {str(path)!r}: config {key!r} differs from the checkpoint "
@@ -194,10 +208,11 @@ def _check_compatible(stored: dict, cfg: Any, path: Path) -> None:
             )
 
 
-def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_size: int) -> dict[str, int]:
+def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_size: int) -> dict[str, Any]:
     """Restore ``state`` from ``path`` and return ``{"epoch", "iteration", "global_step"}``.
 
-    Returns also ``skipped_images`` (unreadable files skipped so far).
+    Returns also ``skipped_images`` (unreadable files skipped so far) and ``init`` (the recorded source of
+    an initialised run, or None).
 
     Raises:
         CheckpointError / ConfigError: naming the file and what does not match.
@@ -206,7 +221,7 @@ def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_si
     if not isinstance(obj, dict) or "optimizer" not in obj or "sparsedino" not in obj:
         raise CheckpointError(f"{str(path)!r} is not a resumable sparsedino training checkpoint")
     position = check_position(obj, path)
-    for part in ("student", "teacher", "dino_loss", "optimizer"):  # before any is loaded into the run
+    for part in ("student", "teacher", "dino_loss", "optimizer", "gram_teacher"):  # before any is loaded
         check_finite_tensors(obj.get(part), path, part)
     try:
         _check_compatible(obj.get("args", {}), cfg, path)
@@ -216,6 +231,14 @@ def load_checkpoint(path: Path, state: TrainState, cfg: Any, rank: int, world_si
         state.optimizer.load_state_dict(obj["optimizer"])
         if state.scaler is not None and obj.get("fp16_scaler") is not None:
             state.scaler.load_state_dict(obj["fp16_scaler"])
+        if state.gram is not None:
+            try:
+                state.gram.load_state_dict(obj["gram_teacher"])
+            except RuntimeError as err:
+                raise CheckpointError(
+                    f"checkpoint {str(path)!r}: its Gram teacher does not fit: {err}"
+                ) from err
+        position["init"] = obj["sparsedino"].get("init")  # the source of an initialised run (or None)
     except (CheckpointError, ConfigError):
         raise
     except (KeyError, TypeError, AttributeError, ValueError) as err:  # a damaged or hand-edited file

@@ -102,6 +102,8 @@ def build_dataset(cfg: TrainConfig) -> MultiCropDataset:
         grayscale_p=d.grayscale_prob,
         blur_radius=tuple(d.blur_radius),
         solarize_p=d.solarize_prob,
+        gram_size=cfg.gram.teacher_crop_size if cfg.gram.enabled else 0,
+        gram_no_distortions=cfg.gram.teacher_no_distortions,
     )
     return MultiCropDataset(folder, augment, cfg.run.seed)
 

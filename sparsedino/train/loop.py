@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 from tqdm.auto import tqdm
 
 from sparsedino.atomic import atomic_write_json, check_output_dir, remove_stale_temps
 from sparsedino.config import ConfigError, config_to_dict, save_config
 from sparsedino.runlock import RunLock
+from sparsedino.train.alpha_schedule import AlphaSchedule
 from sparsedino.train.build import Precision, build_loss, build_networks, build_optimizer, resolve_precision
 from sparsedino.train.checkpointing import (
     LATEST,
@@ -35,9 +35,17 @@ from sparsedino.train.data import (
     main_process_threads,
 )
 from sparsedino.train.distributed import DistInfo, all_reduce_sum, cleanup, gather_objects, init_distributed
+from sparsedino.train.gram import GramAnchor
+from sparsedino.train.init_from import initialise_networks, with_init_record
 from sparsedino.train.metrics import MetricLogger, truncate_jsonl
 from sparsedino.train.schedules import make_schedules
 from sparsedino.train.settings import TrainConfig, canonical, validate
+from sparsedino.train.updates import (
+    clip_gradients,
+    ema_update,
+    first_nonfinite_gradient,
+    gradients_finite,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,42 +58,6 @@ class NonFiniteLossError(FloatingPointError):
 # healthy run skips a handful while the scale settles from 2**16 (8 in the CPU tests) and then rarely;
 # 32 halvings in a row (scale / 4e9) mean the gradients cannot be represented at any scale.
 MAX_OVERFLOW_STREAK = 32
-
-
-def gradients_finite(model: nn.Module) -> bool:
-    """Whether every gradient of ``model`` is finite (one fused norm per parameter, one host sync)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    return not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all())
-
-
-def first_nonfinite_gradient(model: nn.Module) -> str:
-    """Name of the first parameter whose gradient holds NaN/inf (for the error message)."""
-    for name, param in model.named_parameters():
-        if param.grad is not None and not bool(param.grad.isfinite().all()):
-            return name
-    return "?"
-
-
-def clip_gradients(model: nn.Module, max_norm: float, mode: str) -> None:
-    """DINO's per-parameter clipping (each gradient to norm <= max_norm) or one global-norm clip."""
-    if max_norm <= 0:
-        return
-    if mode == "global":
-        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-        return
-    for param in model.parameters():
-        if param.grad is not None:
-            norm = param.grad.detach().norm(2)
-            param.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-
-
-@torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, parameter by parameter."""
-    t_params = list(teacher.parameters())
-    s_params = [p.detach() for p in student.parameters()]
-    torch._foreach_mul_(t_params, momentum)
-    torch._foreach_add_(t_params, s_params, alpha=1.0 - momentum)
 
 
 class Trainer:
@@ -114,9 +86,13 @@ class Trainer:
         self.nets = build_networks(cfg, dist_info)
         self.loss_fn = build_loss(cfg).to(dist_info.device)
         self.optimizer = build_optimizer(cfg, self.nets.student)
-        self.state = TrainState(
-            self.nets.student, self.nets.teacher, self.optimizer, self.precision.scaler(), self.loss_fn
-        )
+        # alpha schedule (softmax -> target over model.alpha_warmup_epochs) and Gram anchoring (cfg.gram)
+        self.alpha = AlphaSchedule(cfg, iters)
+        self.gram = GramAnchor(cfg, self.nets.teacher.backbone, iters) if cfg.gram.enabled else None
+        self.init_record: dict | None = None  # the init.checkpoint source, once read (or resumed)
+        self.gram_value: torch.Tensor | None = None  # the last step's unweighted Gram loss
+        nets, scaler = self.nets, self.precision.scaler()
+        self.state = TrainState(nets.student, nets.teacher, self.optimizer, scaler, self.loss_fn, self.gram)
         self.sched = make_schedules(cfg, iters, dist_info.world_size)
         self.epoch, self.iteration, self.global_step, self.skipped_total = 0, 0, 0, 0
         self.overflow_streak = 0  # fp16: consecutive steps skipped by the GradScaler
@@ -138,10 +114,16 @@ class Trainer:
             pos = load_checkpoint(latest, self.state, cfg, dist_info.rank, dist_info.world_size)
             self.epoch, self.iteration, self.global_step = pos["epoch"], pos["iteration"], pos["global_step"]
             self.skipped_total = pos["skipped_images"]
+            self.init_record = pos["init"]  # an initialised run resumes its own checkpoint, never the source
+            if self.init_record:
+                self.cfg = cfg = with_init_record(cfg, self.init_record)
             if self.iteration >= iters:  # killed between the last step's checkpoint and the epoch end
                 self.epoch, self.iteration = self.epoch + 1, 0
             log.info("resumed from %s at epoch %d iteration %d", latest, self.epoch, self.iteration)
         else:
+            if cfg.init.checkpoint:  # before the seeding below: reading the source builds a model
+                self.init_record = initialise_networks(cfg, self.nets, self.loss_fn)
+                self.cfg = cfg = with_init_record(cfg, self.init_record)
             # Per-rank streams for drop path etc.; data augmentation is seeded per sample instead.
             torch.manual_seed(seed + dist_info.rank)
             random.seed(seed + dist_info.rank)
@@ -175,7 +157,13 @@ class Trainer:
                 self.global_step,
                 rngs,
                 self.skipped_total,
+                self._meta(),
             )
+
+    def _meta(self) -> dict:
+        """Checkpoint metadata beyond the config: the attention at this step (what load_backbone rebuilds,
+        mid alpha schedule too) and the initialisation source."""
+        return {"normalizer": self.alpha.normalizer_at(self.global_step).name, "init": self.init_record}
 
     # ---- one iteration -----------------------------------------------------------------------
     def step(self, crops: list[torch.Tensor], epoch: int) -> torch.Tensor:
@@ -186,11 +174,21 @@ class Trainer:
             if not group.get("no_decay"):
                 group["weight_decay"] = float(self.sched.wd[it])
         crops = [c.to(self.dist.device, non_blocking=True) for c in crops]
+        self.alpha.apply(it, self.nets.student, self.nets.teacher)
         n_global = cfg.data.global_crops_number
+        n_student = n_global + cfg.data.local_crops_number  # (the Gram teacher's crops, if any, follow)
+        gram_w = self.gram.weight(it) if self.gram is not None else 0.0
+        self.gram_value = None
         with self.precision.autocast():
             teacher_out = self.nets.teacher(crops[:n_global])  # (n_global * B, K)
-            student_out = self.nets.student_ddp(crops)  # (n_crops * B, K)
+            if gram_w > 0:  # the student's global-crop patch tokens come from the same forward
+                student_out, patches = self.nets.student_ddp(crops[:n_student], patches_of=n_global)
+                self.gram_value = self.gram.loss(patches, crops[n_student:] or crops[:n_global])
+            else:
+                student_out = self.nets.student_ddp(crops[:n_student])  # (n_crops * B, K)
             loss = self.loss_fn(student_out, teacher_out, epoch)
+            if self.gram_value is not None:
+                loss = loss + gram_w * self.gram_value
         return loss
 
     def update(self, loss: torch.Tensor, epoch: int) -> None:
@@ -246,6 +244,10 @@ class Trainer:
         cfg, bs = self.cfg, self.cfg.optim.batch_size_per_gpu
         ipe = self.sched.iters_per_epoch
         self.sampler.set_position(epoch, self.iteration * bs)
+        if self.gram is not None and self.iteration == 0:  # the Gram teacher's snapshots (epoch starts)
+            self.gram.maybe_sync(
+                epoch, self.nets.teacher.backbone, self.alpha.normalizer_at(self.global_step)
+            )
         loader = build_loader(self.dataset, self.sampler, cfg, epoch, self.dist.rank)
         self.nets.student.train()
         self.nets.teacher.train()
@@ -294,6 +296,13 @@ class Trainer:
                 }
                 if self.state.scaler is not None:
                     record["loss_scale"] = self.state.scaler.get_scale()
+                if cfg.model.alpha_warmup_epochs:
+                    record["alpha"] = self.alpha.normalizer_at(self.global_step - 1).alpha
+                if self.gram is not None:
+                    record["gram_weight"] = self.gram.weight(self.global_step - 1)
+                    record["gram_loss"] = (
+                        float(self.gram_value.detach()) if self.gram_value is not None else None
+                    )
                 self.logger.log(record, self.global_step)
                 bar.set_postfix(
                     loss=f"{loss_value:.4f}", lr=f"{record['lr']:.2e}", img_s=f"{record['images_per_s']:.1f}"
@@ -311,14 +320,15 @@ class Trainer:
         every = cfg.run.checkpoint_every_epochs
         if self.dist.is_main and every > 0 and self.global_step == 0:
             # epoch 0 = the initialisation: the baseline point of every quality-over-training curve
-            save_snapshot(self.out / epoch_snapshot_name(0), self.state, cfg, 0)
+            save_snapshot(self.out / epoch_snapshot_name(0), self.state, cfg, 0, self._meta())
         for epoch in range(self.epoch, cfg.optim.epochs):
             self.epoch = epoch
             mean_loss = self.train_epoch(epoch)
             self.iteration = 0
             self.save(epoch + 1, 0)
             if self.dist.is_main and every > 0 and (epoch + 1) % every == 0:
-                save_snapshot(self.out / epoch_snapshot_name(epoch + 1), self.state, cfg, epoch + 1)
+                snapshot = self.out / epoch_snapshot_name(epoch + 1)
+                save_snapshot(snapshot, self.state, cfg, epoch + 1, self._meta())
             self.logger.log(
                 {"step": self.global_step, "epoch_end": epoch + 1, "epoch_loss": mean_loss}, self.global_step
             )

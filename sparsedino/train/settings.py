@@ -28,6 +28,11 @@ class ModelSettings:
     attn_scale: float | None = None  # None = head_dim ** -0.5 (entmax sparsity depends on it)
     num_registers: int = 0  # register tokens (Darcet et al.), the natural baseline
     learn_alpha: bool = False  # entmax alpha learned per head, from the normaliser's (needs an entmax one)
+    # alpha schedule (train/alpha_schedule.py): per iteration from alpha_warmup_start (1 = softmax) to the
+    # normaliser's alpha over the first alpha_warmup_epochs epochs; 0 = the normaliser from the first step
+    alpha_warmup_epochs: int = 0
+    alpha_warmup_start: float = 1.0
+    alpha_warmup_shape: str = "linear"  # linear | cosine (in alpha, per iteration)
     drop_path_rate: float = 0.1  # student only
     out_dim: int = 65536
     hidden_dim: int = 2048
@@ -101,6 +106,43 @@ class RunSettings:
 
 
 @dataclass
+class InitSettings:
+    """Start a new run from trained weights instead of random ones (train/init_from.py)."""
+
+    checkpoint: str = (
+        ""  # "" = random init; ours, official DINO full or backbone-only, timm (.pth/.safetensors)
+    )
+    which: str = "teacher"  # teacher | student: the network of a full checkpoint both networks start from
+    head: bool = True  # also the DINO head and centre where the checkpoint has them (else a fresh head)
+    # Recorded in the resolved config and in checkpoints once read; given by the user, they are checked.
+    sha256: str = ""  # "" or the file's expected SHA-256 (64 hex digits)
+    kind: str = ""  # "" or the expected kind: sparsedino | dino | export | state_dict
+
+
+@dataclass
+class GramSettings:
+    """Gram anchoring (DINOv3, Simeoni et al. 2025; train/gram.py). Defaults are DINOv3's refinement recipe
+    (configs/train/dinov3_vit7b16_gram_anchor.yaml) with its 1,000-iteration epochs read as our epochs."""
+
+    enabled: bool = False
+    weight: float = 2.0  # final loss weight (DINOv3 refinement: 2.0; its default config: 1.0)
+    start_epoch: int = 0  # weight 0 before; the Gram teacher is the EMA teacher at this epoch
+    ramp_epochs: int = 1  # cosine ramp of the weight from 0 (DINOv3: 1 epoch of 1,000 iterations)
+    update_every_epochs: int = 10  # re-sync the Gram teacher from the EMA teacher (DINOv3: every 10,000 it.)
+    max_updates: int = 3  # re-syncs after the first snapshot (DINOv3: 3); -1 = unlimited
+    normalized: bool = True  # L2-normalise the patch features (DINOv3: true)
+    img_level: bool = True  # Gram matrix per image (DINOv3 refinement: true; false = over the local batch)
+    remove_neg: bool = False  # zero negative similarities of both (DINOv3: false)
+    remove_only_teacher_neg: bool = False  # zero the Gram teacher's negative similarities (DINOv3: false)
+    teacher_crop_size: int = 0  # 0 = the student's global crops; > 0: the same crops at this size for the
+    # Gram teacher, its features resized to the student's grid (DINOv3: 512 for 256-px global crops)
+    teacher_no_distortions: bool = True  # those crops without colour/blur distortions (DINOv3: true)
+    resize_mode: str = "bicubic"  # bicubic | bilinear | nearest | area (DINOv3: bicubic)
+    resize_antialias: bool = False  # (DINOv3: false)
+    teacher_normalizer: str = ""  # "" = the EMA teacher's attention at the snapshot; or a spelling
+
+
+@dataclass
 class LogSettings:
     """Metric sinks (metrics.jsonl is always written)."""
 
@@ -119,6 +161,8 @@ class TrainConfig:
     optim: OptimSettings = field(default_factory=OptimSettings)
     run: RunSettings = field(default_factory=RunSettings)
     log: LogSettings = field(default_factory=LogSettings)
+    init: InitSettings = field(default_factory=InitSettings)
+    gram: GramSettings = field(default_factory=GramSettings)
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -128,6 +172,10 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "optim.clip_mode": ("per_param", "global"),
     "run.device": ("auto", "cpu", "cuda"),
     "run.precision": ("auto", "fp32", "bf16", "fp16"),
+    "model.alpha_warmup_shape": ("linear", "cosine"),
+    "init.which": ("teacher", "student"),
+    "init.kind": ("", "sparsedino", "dino", "export", "state_dict"),
+    "gram.resize_mode": ("bicubic", "bilinear", "nearest", "area"),
 }
 _POSITIVE = (
     "model.patch_size",
@@ -162,6 +210,12 @@ _NON_NEGATIVE = (
     "run.checkpoint_every_epochs",
     "run.max_iters_per_epoch",
     "run.log_every",
+    "model.alpha_warmup_epochs",
+    "gram.weight",
+    "gram.start_epoch",
+    "gram.ramp_epochs",
+    "gram.update_every_epochs",
+    "gram.teacher_crop_size",
 )
 # Longer than any published DINO schedule (800 epochs) by far; beyond it the per-iteration schedules
 # alone would fill the memory, so a larger value is a typo.
@@ -253,6 +307,7 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("data.global_crop_size", "data.local_crop_size"):
         if _get(cfg, key) % cfg.model.patch_size:
             raise ConfigError(f"key {key!r} ({_get(cfg, key)}) must be a multiple of model.patch_size")
+    _validate_adaptation(cfg)
     if cfg.log.wandb:
         try:
             import wandb  # noqa: F401
@@ -260,3 +315,48 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(
                 "key 'log.wandb' is true but wandb is not installed (pip install wandb)"
             ) from err
+
+
+def _validate_adaptation(cfg: TrainConfig) -> None:
+    """The alpha schedule, the initialisation source and Gram anchoring (cross-field rules)."""
+    m, g = cfg.model, cfg.gram
+    if m.alpha_warmup_epochs > 0:
+        target = check_normalizer(m.normalizer, "model.normalizer")
+        if target.is_softmax or m.learn_alpha:
+            why = "model.learn_alpha is true" if m.learn_alpha else "model.normalizer is softmax"
+            raise ConfigError(f"key 'model.alpha_warmup_epochs' needs a fixed entmax target alpha ({why})")
+        if not 1.0 <= m.alpha_warmup_start < target.alpha:
+            raise ConfigError(
+                f"key 'model.alpha_warmup_start' must be in [1, {target.alpha:g}) (the target alpha of "
+                f"{target.name}), got {m.alpha_warmup_start}"
+            )
+        if m.alpha_warmup_epochs > cfg.optim.epochs:
+            raise ConfigError(
+                f"key 'model.alpha_warmup_epochs' ({m.alpha_warmup_epochs}) exceeds optim.epochs "
+                f"({cfg.optim.epochs}): the target alpha would never be reached"
+            )
+    sha = cfg.init.sha256
+    if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
+        raise ConfigError(f"key 'init.sha256' must be empty or 64 hex digits (a SHA-256), got {sha!r}")
+    if (sha or cfg.init.kind) and not cfg.init.checkpoint:
+        raise ConfigError("keys 'init.sha256' / 'init.kind' describe init.checkpoint, which is empty")
+    if not g.enabled:
+        return
+    if g.start_epoch >= cfg.optim.epochs:
+        raise ConfigError(
+            f"key 'gram.start_epoch' ({g.start_epoch}) must be below optim.epochs ({cfg.optim.epochs})"
+        )
+    if g.max_updates < -1:
+        raise ConfigError(f"key 'gram.max_updates' must be >= -1 (-1 = unlimited), got {g.max_updates}")
+    if g.remove_neg and g.remove_only_teacher_neg:
+        raise ConfigError("keys 'gram.remove_neg' and 'gram.remove_only_teacher_neg' exclude each other")
+    size = g.teacher_crop_size
+    if size and (size < cfg.data.global_crop_size or size % m.patch_size):
+        raise ConfigError(
+            f"key 'gram.teacher_crop_size' ({size}) must be 0 or a multiple of model.patch_size that is at "
+            f"least data.global_crop_size ({cfg.data.global_crop_size})"
+        )
+    if g.resize_antialias and g.resize_mode not in ("bicubic", "bilinear"):
+        raise ConfigError("key 'gram.resize_antialias': antialiasing needs resize_mode bicubic or bilinear")
+    if g.teacher_normalizer:
+        check_normalizer(g.teacher_normalizer, "gram.teacher_normalizer")

@@ -25,7 +25,11 @@ def test_curve_points_are_epoch_multiples_plus_initialisation_and_last(tmp_path,
         (tmp_path / epoch_snapshot_name(epoch)).write_bytes(b"")
     (tmp_path / "checkpoint.pth").write_bytes(b"")  # the latest checkpoint is not an epoch point
     plan = SimpleNamespace(
-        train={"softmax-s0": SimpleNamespace(run=SimpleNamespace(output_dir=str(tmp_path)))},
+        train={
+            "softmax-s0": SimpleNamespace(
+                run=SimpleNamespace(output_dir=str(tmp_path)), init=SimpleNamespace(checkpoint="")
+            )
+        },
         cfg=SimpleNamespace(curve=SimpleNamespace(every_epochs=every)),
     )
     points = _epoch_checkpoints(plan, "softmax-s0")

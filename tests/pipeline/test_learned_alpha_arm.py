@@ -3,7 +3,7 @@
 from sparsedino.diagnose.report import render_markdown
 from sparsedino.pipeline.alphas import learned_alpha_doc
 from sparsedino.pipeline.command import run_reproduce
-from sparsedino.pipeline.plan import _run_overrides, build_plan, load_reproduce_config
+from sparsedino.pipeline.plan import build_plan, load_reproduce_config
 from sparsedino.pipeline.runner import train_stages
 
 
@@ -23,7 +23,7 @@ def test_stage_settings_and_torchrun_overrides_carry_the_arm(tmp_path):
     # runs finished before the key existed keep their fingerprint; the new arm's differs
     assert "learn_alpha" not in settings["train/softmax-s0"]["model"]
     assert settings["train/entmax-learned-alpha-s0"]["model"]["learn_alpha"] is True
-    overrides = _run_overrides(plan, "entmax-learned-alpha-s0")
+    overrides = plan.overrides["entmax-learned-alpha-s0"]
     assert "model.learn_alpha=true" in overrides and "model.normalizer=entmax15" in overrides
 
 
