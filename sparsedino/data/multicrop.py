@@ -121,8 +121,3 @@ class MultiCropAugmentation:
         crops += [self.global2(image) for _ in range(self.n_global - 1)]
         crops += [self.local(image) for _ in range(self.n_local)]
         return crops
-
-    @property
-    def n_crops(self) -> int:
-        """Total number of crops per image."""
-        return self.n_global + self.n_local

@@ -69,10 +69,6 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def sample_ids(self) -> list[str]:
-        """Stable ids of the samples (image file stems), e.g. for cache keys."""
-        return [image.stem for image, _ in self.pairs]
-
     def load_raw(self, index: int) -> tuple[Image.Image, np.ndarray]:
         """The RGB image and the *mapped* label array (H, W) uint8 of sample ``index``, validated."""
         image_path, mask_path = self.pairs[index]
