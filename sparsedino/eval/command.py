@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sparsedino.config import ConfigError, check_normalizer, save_config
+from sparsedino.data.segmentation import SEG_DATASETS
 from sparsedino.eval.settings import PROTOCOLS, load_protocol_config
 from sparsedino.models.spec import SPEC_HELP
 
@@ -58,7 +59,7 @@ def _parser(protocol: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", default=None, help=f"output folder (default runs/eval/{protocol})")
     if protocol == "seg":
-        parser.add_argument("--dataset", choices=["voc", "ade20k", "cityscapes"], help="overrides dataset")
+        parser.add_argument("--dataset", choices=SEG_DATASETS, help="overrides dataset")
         parser.add_argument(
             "--with-cls", action="store_true", default=None, help="concatenate [CLS] to patches"
         )

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sparsedino.config import ConfigError, check_device, load_config
+from sparsedino.data.segmentation import SEG_DATASETS
 
-SEG_DATASETS = ("voc", "ade20k", "cityscapes")
 TRAIN_MODES = (
     "cached",
     "augment",
@@ -89,7 +89,8 @@ class SegConfig:
     """DINOv2 "linear" segmentation probe: BatchNorm + 1x1 conv on frozen patch tokens.
 
     Attributes:
-        dataset: ``voc`` (also the embedded dataset), ``ade20k`` or ``cityscapes``.
+        dataset: one of :data:`~sparsedino.data.segmentation.SEG_DATASETS` (``voc`` also reads the embedded
+            dataset).
         data_root: dataset root in its official layout.
         layers: blocks whose patch tokens are concatenated (negative = from the end).
         with_cls: concatenate the block's [CLS] token to every patch token (the complementarity test).
