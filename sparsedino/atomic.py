@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+
 from sparsedino.errors import NO_SPACE, NOT_WRITABLE, OutputError, describe_os_error
 
 TEMP_SUFFIX = ".tmp"
@@ -160,8 +162,6 @@ class _Writer:
 
 def torch_save(obj: Any, handle: IO) -> None:
     """``torch.save`` into an open binary file; a failed write raises its ``OSError`` (e.g. disk full)."""
-    import torch
-
     writer = _Writer(handle)
     try:
         torch.save(obj, writer)

@@ -12,6 +12,8 @@ from typing import Any
 
 from sparsedino.config import ConfigError, check_device, load_config
 from sparsedino.data.segmentation import SEG_DATASETS
+from sparsedino.eval.features import STORAGE_DTYPES
+from sparsedino.eval.video_checks import validate_video_config
 
 TRAIN_MODES = (
     "cached",
@@ -194,8 +196,6 @@ def _one_of(value: Any, choices: Sequence[str], key: str) -> None:
 
 
 def validate_features(f: FeatureSettings) -> None:
-    from sparsedino.eval.features import STORAGE_DTYPES
-
     _need(f.batch_size > 0, "features.batch_size", "must be > 0", f.batch_size)
     _need(f.num_workers >= 0, "features.num_workers", "must be >= 0", f.num_workers)
     _one_of(f.dtype, tuple(STORAGE_DTYPES), "features.dtype")
@@ -260,8 +260,6 @@ def validate_seg(cfg: SegConfig) -> None:
 
 
 def validate_video(cfg: VideoConfig) -> None:
-    from sparsedino.eval.video_checks import validate_video_config
-
     validate_video_config(cfg)
 
 

@@ -164,7 +164,7 @@ class HFBackbone(nn.Module):
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' load report: problems are raised as one line by the caller instead."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # optional dependency: only hf: folders need it
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -192,8 +192,8 @@ def load_hf_backbone(spec: BackboneSpec) -> tuple[HFBackbone, BackboneInfo]:
     """
     where = f"hf:{spec.path}"
     config = read_hf_config(spec.path, where)
-    try:  # an optional dependency: only transformers folders need it
-        from transformers import AutoModel
+    try:
+        from transformers import AutoModel  # optional dependency: only hf: folders need it
     except ImportError as err:
         raise CheckpointError(f"{where}: reading a transformers folder needs transformers installed") from err
     try:
