@@ -12,6 +12,7 @@ real entry point in a subprocess.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -245,7 +246,7 @@ def test_the_table_covers_every_option_of_those_commands(monkeypatch):
     }.items():
         missing = sorted(o for o in _options(parser_main, monkeypatch) - paths if (command, o) not in covered)
         assert not missing, f"{command}: no table row for {missing}"
-    keys = set(VideoConfig.__dataclass_fields__) - {"data_root"}
+    keys = {key.name for key in dataclasses.fields(VideoConfig)} - {"data_root"}
     assert keys <= {row.option for row in TABLE if row.command == "eval video"}
 
 
