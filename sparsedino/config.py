@@ -23,7 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sparsedino.atomic import atomic_write_text
 from sparsedino.attention import Normalizer, parse_normalizer
-from sparsedino.errors import UserError, one_line
+from sparsedino.errors import ConfigError, one_line
 
 T = TypeVar("T")
 
@@ -32,10 +32,6 @@ PRESET_DIR = Path(__file__).resolve().parent / "configs"
 BASE_KEY = "base"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 MAX_BASE_DEPTH = 32  # files in one ``base`` chain (the shipped presets use 2)
-
-
-class ConfigError(UserError, ValueError):
-    """A config file, key or value is wrong; the message says which and what was expected."""
 
 
 def resolve_config_path(path_or_preset: str | Path) -> Path:

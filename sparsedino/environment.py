@@ -21,7 +21,7 @@ import os
 from sparsedino.atomic import check_output_dir
 from sparsedino.attention.compiled import compile_mode
 from sparsedino.attention.native import find_compiler
-from sparsedino.config import ConfigError
+from sparsedino.errors import ConfigError
 
 PREFIX = "SPARSEDINO_"
 KNOWN = ("SPARSEDINO_COMPILE", "SPARSEDINO_CACHE", "SPARSEDINO_MALLOC_TUNING")
