@@ -27,6 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import torch
+
 from sparsedino.errors import NO_SPACE, NOT_WRITABLE, OutputError, describe_os_error
 
 TEMP_SUFFIX = ".tmp"
@@ -160,8 +162,6 @@ class _Writer:
 
 def torch_save(obj: Any, handle: IO) -> None:
     """``torch.save`` into an open binary file; a failed write raises its ``OSError`` (e.g. disk full)."""
-    import torch
-
     writer = _Writer(handle)
     try:
         torch.save(obj, writer)
@@ -312,12 +312,15 @@ def staged_directory(path: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(
+    path: str | os.PathLike, overwrite: bool = False, what: str = "output folder"
+) -> Iterator[Path]:
     """Build a folder under a hidden temporary name next to ``path``, then swap it onto ``path``.
 
     Args:
         path: the final folder; it must not exist or be empty unless ``overwrite``.
         overwrite: replace an existing non-empty ``path`` (its old content is removed after the swap).
+        what: how messages name ``path`` (an argument or option name).
 
     Yields:
         The temporary folder to fill. If the block raises, it is removed and ``path`` is untouched.
@@ -328,7 +331,7 @@ def atomic_directory(path: str | os.PathLike, overwrite: bool = False) -> Iterat
         OutputError: ``path`` is a file or the working folder (see :func:`check_replaceable_dir`).
     """
     path = Path(path)
-    check_replaceable_dir(path, "output folder")
+    check_replaceable_dir(path, what)
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise OutputExistsError(
             f"{path} exists and is not empty (pass overwrite=True / --overwrite to replace it)"

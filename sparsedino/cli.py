@@ -1,17 +1,23 @@
-"""The ``sparsedino`` command line.
+"""The ``sparsedino`` command line: the table of commands, on the skeleton of :mod:`sparsedino.commands`.
 
-Each sub-command lives in the package folder that owns its concern and exposes ``main(argv) -> int``;
-this file only dispatches, so a command's own modules load only when it runs. (Importing the package
+Each command lives in the package folder that owns its concern, as that module's ``CLI`` (a leaf
+:class:`~sparsedino.commands.Command` or a :class:`~sparsedino.commands.Group` of sub-commands); a module
+is imported only when its command runs, so ``sparsedino --help`` loads none of them. (Importing the package
 itself loads torch and timm, because ``import sparsedino`` registers the sparse timm model names.)
 """
 
 from __future__ import annotations
 
-import importlib
 import sys
 from collections.abc import Sequence
 
-# command name -> (module with ``main(argv)``, one-line help)
+from sparsedino import __version__
+from sparsedino.allocator import keep_freed_memory
+from sparsedino.commands import Group, dispatch
+from sparsedino.environment import check_environment
+from sparsedino.errors import run_command
+
+# command name -> (module whose ``CLI`` it is, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("sparsedino.train.command", "pretrain DINO with softmax or sparse attention (torchrun-ready)"),
     "export": ("sparsedino.models.export", "export a training checkpoint's teacher backbone (timm or DINO)"),
@@ -24,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "datasets: `data synth` / `data synth-video` write the embedded data",
     ),
 }
+VERSION_WORDS = ("-V", "--version")
 
 
 def _usage() -> str:
@@ -34,8 +41,11 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+CLI = Group("command", _usage(), {name: module for name, (module, _) in COMMANDS.items()})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``sparsedino`` console script.
+    """Entry point of the ``sparsedino`` console script (and of ``python -m sparsedino``).
 
     Args:
         argv: arguments without the program name; ``sys.argv[1:]`` when None.
@@ -44,28 +54,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         The process exit code.
     """
     args = list(sys.argv[1:] if argv is None else argv)
-    if not args or args[0] in ("-h", "--help"):
-        print(_usage())
-        return 0
-    if args[0] in ("-V", "--version"):
-        from sparsedino import __version__
-
+    if args and args[0] in VERSION_WORDS:
         print(__version__)
         return 0
-    name, rest = args[0], args[1:]
-    if name not in COMMANDS:
-        print(f"sparsedino: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
-    from sparsedino.allocator import keep_freed_memory
-    from sparsedino.environment import check_environment
-    from sparsedino.errors import run_command
-
-    keep_freed_memory()  # large CPU temporaries are reused instead of re-faulted (see allocator.py)
-    status = run_command(f"sparsedino {name}", check_environment)  # bad SPARSEDINO_* values fail now
-    if status:
-        return status
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    if args and args[0] in COMMANDS:  # a command will run: prepare the process for it first
+        keep_freed_memory()  # large CPU temporaries are reused instead of re-faulted (see allocator.py)
+        status = run_command(f"sparsedino {args[0]}", check_environment)  # bad SPARSEDINO_* values fail now
+        if status:
+            return status
+    return dispatch(CLI, args, "sparsedino")
 
 
 if __name__ == "__main__":

@@ -16,12 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sparsedino.atomic import atomic_write_text
-from sparsedino.errors import UserError, one_line
+from sparsedino.attention import Normalizer, parse_normalizer
+from sparsedino.errors import ConfigError, one_line
 
 T = TypeVar("T")
 
@@ -30,10 +32,6 @@ PRESET_DIR = Path(__file__).resolve().parent / "configs"
 BASE_KEY = "base"
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 MAX_BASE_DEPTH = 32  # files in one ``base`` chain (the shipped presets use 2)
-
-
-class ConfigError(UserError, ValueError):
-    """A config file, key or value is wrong; the message says which and what was expected."""
 
 
 def resolve_config_path(path_or_preset: str | Path) -> Path:
@@ -198,8 +196,6 @@ def check_device(value: str, key: str) -> None:
     if not _DEVICE.match(value):
         raise ConfigError(f"key {key!r}: {value!r} is not a device (auto, cpu, cuda or cuda:N)")
     if value.startswith("cuda"):
-        import torch
-
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(value.partition(":")[2] or 0)
         if index >= count:
@@ -211,17 +207,15 @@ def check_device(value: str, key: str) -> None:
             raise ConfigError(f"key {key!r} is {value!r} but this machine has {have}; use auto or cpu")
 
 
-def resolve_device(name: str):
+def resolve_device(name: str) -> torch.device:
     """The ``torch.device`` of a device setting: ``"auto"`` -> CUDA when available, else CPU; anything
     else (``cpu``, ``cuda``, ``cuda:N``, checked by :func:`check_device`) is passed to ``torch.device``."""
-    import torch
-
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def check_normalizer(value: Any, key: str):
+def check_normalizer(value: Any, key: str) -> Normalizer:
     """Parse an attention normaliser setting (any documented spelling) into its value, once.
 
     Returns:
@@ -230,15 +224,13 @@ def check_normalizer(value: Any, key: str):
     Raises:
         ConfigError: naming ``key`` (a config key or a command-line option) and the accepted spellings.
     """
-    from sparsedino.attention import parse_normalizer
-
     try:
         return parse_normalizer(value)
     except ValueError as err:
         raise ConfigError(f"key {key!r}: {err}") from err
 
 
-def check_normalizers(values: Sequence[Any], key: str) -> list:
+def check_normalizers(values: Sequence[Any], key: str) -> list[Normalizer]:
     """:func:`check_normalizer` of each value, in order; ConfigError naming ``key`` when two are the same
     normaliser spelled differently (``entmax15`` and ``entmax-1.5``)."""
     specs = [check_normalizer(value, key) for value in values]

@@ -18,7 +18,10 @@ from __future__ import annotations
 import difflib
 import os
 
-from sparsedino.config import ConfigError
+from sparsedino.atomic import check_output_dir
+from sparsedino.attention.compiled import compile_mode
+from sparsedino.attention.native import find_compiler
+from sparsedino.errors import ConfigError
 
 PREFIX = "SPARSEDINO_"
 KNOWN = ("SPARSEDINO_COMPILE", "SPARSEDINO_CACHE", "SPARSEDINO_MALLOC_TUNING")
@@ -40,10 +43,6 @@ def check_variable_names(environ: dict[str, str] | None = None) -> None:
 
 def check_environment() -> None:
     """Raise :class:`ConfigError` naming the variable when a ``SPARSEDINO_*`` setting is unusable."""
-    from sparsedino.atomic import check_output_dir
-    from sparsedino.attention.compiled import compile_mode
-    from sparsedino.attention.native import find_compiler
-
     check_variable_names()
     try:
         mode = compile_mode()

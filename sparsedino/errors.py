@@ -25,6 +25,11 @@ class UserError(Exception):
     """Bad input from the user (config, data, checkpoint, output folder, environment); the message says which."""
 
 
+class ConfigError(UserError, ValueError):
+    """A config file, key or value is wrong (or a command-line option); the message says which and what was
+    expected. Also importable from :mod:`sparsedino.config`, which raises most of them."""
+
+
 class DataError(UserError, ValueError):
     """A dataset file (image, mask, list) is unreadable or holds values outside the dataset's format."""
 

@@ -25,9 +25,9 @@ def test_applies_on_glibc_and_is_idempotent(monkeypatch):
 
 
 def test_cli_applies_it_before_dispatching(monkeypatch):
-    calls = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1) or True)
-    from sparsedino.cli import main
+    from sparsedino import cli
 
-    assert main(["bench", "--help"]) == 0
+    calls = []
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: calls.append(1) or True)
+    assert cli.main(["bench", "--help"]) == 0
     assert calls == [1]

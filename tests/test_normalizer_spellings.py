@@ -32,6 +32,7 @@ class _Reached(UserError):
 @pytest.fixture()
 def capture_backbone(monkeypatch):
     """Patch ``load_backbone`` to record the ``normalizer`` a command passes and stop there (exit 2)."""
+    import sparsedino.eval.command
     import sparsedino.models
 
     seen: list = []
@@ -40,7 +41,8 @@ def capture_backbone(monkeypatch):
         seen.append(normalizer)
         raise _Reached("stopped before loading")
 
-    monkeypatch.setattr(sparsedino.models, "load_backbone", fake)
+    for where in (sparsedino.models, sparsedino.eval.command):  # the commands' lookups
+        monkeypatch.setattr(where, "load_backbone", fake)
     return seen
 
 

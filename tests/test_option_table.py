@@ -12,6 +12,7 @@ real entry point in a subprocess.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -146,9 +147,9 @@ def files(tmp_path_factory):
 def no_work(monkeypatch):
     """Every command's work replaced by :class:`WorkStarted`."""
     for target in (
-        "sparsedino.eval.video.run_video",
-        "sparsedino.data.synthetic_video.write_synthetic_videos",
-        "sparsedino.data.synthetic.write_synthetic_dataset",
+        "sparsedino.eval.command.run_video",
+        "sparsedino.data.command.write_synthetic_videos",
+        "sparsedino.data.command.write_synthetic_dataset",
         "sparsedino.bench.attention.bench_shape",
         "sparsedino.bench.vit.build_models",
         "sparsedino.bench.train.make_step",
@@ -227,7 +228,7 @@ def _options(parser_main, monkeypatch) -> set[str]:
 def test_the_table_covers_every_option_of_those_commands(monkeypatch):
     """A new option of one of these commands must get a row."""
     from sparsedino.bench import attention, gpu, train, vit
-    from sparsedino.data.command import _synth_parser, _video_parser
+    from sparsedino.data import command as data
     from sparsedino.eval.settings import VideoConfig
     from sparsedino.models import export
 
@@ -240,12 +241,12 @@ def test_the_table_covers_every_option_of_those_commands(monkeypatch):
         "bench train": lambda: train.main([]),
         "bench gpu": lambda: gpu.main([]),
         "export": lambda: export.main([]),
-        "data synth-video": lambda: _video_parser().parse_args([]),
-        "data synth": lambda: _synth_parser().parse_args([]),
+        "data synth-video": lambda: data.main(["synth-video"]),
+        "data synth": lambda: data.main(["synth"]),
     }.items():
         missing = sorted(o for o in _options(parser_main, monkeypatch) - paths if (command, o) not in covered)
         assert not missing, f"{command}: no table row for {missing}"
-    keys = set(VideoConfig.__dataclass_fields__) - {"data_root"}
+    keys = {key.name for key in dataclasses.fields(VideoConfig)} - {"data_root"}
     assert keys <= {row.option for row in TABLE if row.command == "eval video"}
 
 

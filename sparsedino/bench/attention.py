@@ -35,6 +35,7 @@ from sparsedino.atomic import atomic_write_json, check_output_file
 from sparsedino.attention import attention, compile_mode, entmax15, set_compile, workspace
 from sparsedino.attention.ops import block_rows
 from sparsedino.bench.device import held_bytes, peak_bytes
+from sparsedino.commands import Command, dispatch
 from sparsedino.config import check_device, resolve_device
 from sparsedino.options import MAX_COUNT, Range, check_options
 
@@ -52,7 +53,7 @@ def _explicit_softmax(q, k, v):
 
 def _reference_entmax15():
     try:
-        import entmax
+        import entmax  # optional dependency (the dev extra): the reference row is skipped without it
     except ImportError:
         return None
 
@@ -233,9 +234,8 @@ RULES = {
 }
 
 
-def main(argv: Sequence[str]) -> int:
-    """CLI entry point (``sparsedino bench attention``)."""
-    parser = argparse.ArgumentParser(prog="sparsedino bench attention", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``sparsedino bench attention``."""
     parser.add_argument(
         "--shapes",
         type=parse_shapes,
@@ -256,11 +256,14 @@ def main(argv: Sequence[str]) -> int:
         "--input-std", type=float, default=INPUT_STD, help="std of q, k, v (lower: flatter, denser attention)"
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args(list(argv))
-    check_options(vars(args), RULES)
-    check_device(args.device, "--device")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the options (the result file first), time every shape, write the JSON."""
     if args.json is not None:
         check_output_file(args.json, "--json")
+    check_options(vars(args), RULES)
+    check_device(args.device, "--device")
     if args.no_compile:
         set_compile(False)
     device = resolve_device(args.device)
@@ -285,3 +288,11 @@ def main(argv: Sequence[str]) -> int:
     )
     print(f"wrote {path}")
     return 0
+
+
+CLI = Command(add_arguments, run, description=__doc__.splitlines()[0])
+
+
+def main(argv: Sequence[str]) -> int:
+    """``sparsedino bench attention [options]``."""
+    return dispatch(CLI, argv, "sparsedino bench attention")

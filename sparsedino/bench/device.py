@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile, record_function
 
 __all__ = ["gpu_environment", "held_bytes", "peak_bytes", "sdpa_flash", "synchronize"]
 
@@ -63,8 +65,6 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
-    from torch.profiler import ProfilerActivity, profile
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
     return _relative(_memory(_trace_events(prof)))[0]
@@ -82,8 +82,6 @@ def held_bytes(fn: Callable[[], Any], device: torch.device, cleanup: Callable[[]
         del result
         cleanup()
         return held
-    from torch.profiler import ProfilerActivity, profile, record_function
-
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         result = fn()
         with record_function("held_bytes: result complete"):
@@ -101,8 +99,6 @@ def sdpa_flash(device: torch.device) -> Iterator[str]:
     if device.type != "cuda":
         yield "sdpa (cpu)"
         return
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
         yield "sdpa flash"
 

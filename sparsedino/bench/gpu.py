@@ -40,6 +40,7 @@ from sparsedino.bench.device import gpu_environment
 from sparsedino.bench.gpu_attention import PATHS, exactness, forced, time_path
 from sparsedino.bench.gpu_run import RunPlan, dino_restart_run
 from sparsedino.bench.train import make_step
+from sparsedino.commands import Command, dispatch
 from sparsedino.config import ConfigError
 from sparsedino.options import check_unique, split_list
 
@@ -255,15 +256,17 @@ def _print_summary(result: dict[str, Any]) -> None:
               f"{run['kill_at_step']}: weights differ by {run['max_weight_diff']:.3g} (relative)")  # fmt: skip
 
 
-def main(argv: Sequence[str]) -> int:
-    """CLI entry point (``sparsedino bench gpu``)."""
-    parser = argparse.ArgumentParser(prog="sparsedino bench gpu", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``sparsedino bench gpu``."""
     parser.add_argument("--out", type=Path, required=True, help="JSON result file")
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (implies --dry-run)")
     parser.add_argument("--dry-run", action="store_true", help="every check at tiny sizes (seconds)")
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma separated, of {SECTIONS}")
     parser.add_argument("--workdir", type=Path, default=None, help="where the DINO runs go (default: temp)")
-    args = parser.parse_args(list(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the options, run the sections, write the JSON; exit code 1 when a check failed."""
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         raise ConfigError(f"--device must be cuda, cuda:N or cpu (the dry run), got {args.device!r}")
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -309,3 +312,11 @@ def main(argv: Sequence[str]) -> int:
         print(f"FAILED {failure['check']}: {failure['message']}")
     print(f"{'FAILED' if checks.failures else 'OK'}: wrote {args.out} ({sum(seconds.values()):.0f} s)")
     return 1 if checks.failures else 0
+
+
+CLI = Command(add_arguments, run, description=__doc__.splitlines()[0])
+
+
+def main(argv: Sequence[str]) -> int:
+    """``sparsedino bench gpu --out FILE [options]``."""
+    return dispatch(CLI, argv, "sparsedino bench gpu")

@@ -23,6 +23,9 @@ from typing import Any
 
 import torch
 
+from sparsedino.data.synthetic import write_synthetic_dataset
+from sparsedino.train.checkpointing import LATEST
+
 # A ``sparsedino train`` process that dies by SIGKILL right after the checkpoint at step argv[1] is written.
 _KILLED_AFTER_SAVE = """
 import os, signal, sys
@@ -66,8 +69,6 @@ def _losses(out: Path) -> dict[int, float]:
 
 def _weight_difference(a: Path, b: Path) -> float:
     """Largest relative difference between two checkpoints' student/teacher weights and DINO centre."""
-    from sparsedino.train.checkpointing import LATEST
-
     ca = torch.load(a / LATEST, weights_only=True, map_location="cpu")
     cb = torch.load(b / LATEST, weights_only=True, map_location="cpu")
     worst = 0.0
@@ -81,8 +82,6 @@ def _weight_difference(a: Path, b: Path) -> float:
 
 def dino_restart_run(plan: RunPlan, workdir: Path, device: str) -> tuple[dict[str, Any], list[str]]:
     """Run the plan; returns the JSON record and the failures (each naming what failed)."""
-    from sparsedino.data.synthetic import write_synthetic_dataset
-
     data = workdir / "data"
     if not (data / "imagenet").is_dir():
         write_synthetic_dataset(data, n_train=plan.images, n_val=10, size=plan.image_size, colours="class")

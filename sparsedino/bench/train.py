@@ -16,8 +16,20 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from sparsedino.config import ConfigError
+import torch
+from tqdm.auto import tqdm
+
+from sparsedino.atomic import atomic_write_json, check_output_file
+from sparsedino.attention import compile_mode
+from sparsedino.bench.device import synchronize
+from sparsedino.commands import Command, dispatch
+from sparsedino.config import ConfigError, check_normalizers, load_config
+from sparsedino.models.vit import ARCHS
 from sparsedino.options import MAX_COUNT, Range, check_options
+from sparsedino.train.build import Precision, build_loss, build_networks, build_optimizer
+from sparsedino.train.distributed import DistInfo
+from sparsedino.train.loop import clip_gradients, ema_update
+from sparsedino.train.settings import TrainConfig
 
 DEFAULT_JSON = Path("benchmarks/results/train.json")
 RULES = {
@@ -50,15 +62,6 @@ def make_step(normalizer: str, args: argparse.Namespace, device: str = "cpu", pr
         device: Where the networks and crops live.
         precision: "fp32" or "bf16" (autocast, as ``run.precision`` does in training).
     """
-    import torch
-
-    from sparsedino.bench.device import synchronize
-    from sparsedino.config import load_config
-    from sparsedino.train.build import Precision, build_loss, build_networks, build_optimizer
-    from sparsedino.train.distributed import DistInfo
-    from sparsedino.train.loop import clip_gradients, ema_update
-    from sparsedino.train.settings import TrainConfig
-
     cfg = load_config(
         TrainConfig,
         None,
@@ -104,10 +107,8 @@ def make_step(normalizer: str, args: argparse.Namespace, device: str = "cpu", pr
     return step
 
 
-def main(argv: Sequence[str]) -> int:
-    from sparsedino.models.vit import ARCHS
-
-    parser = argparse.ArgumentParser(prog="sparsedino bench train", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``sparsedino bench train``."""
     parser.add_argument(
         "--json", type=Path, default=DEFAULT_JSON, help=f"result file (default {DEFAULT_JSON})"
     )
@@ -122,22 +123,15 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per normaliser (compilation)")
     parser.add_argument("--normalizers", nargs="+", default=["softmax", "entmax15"])
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    args = parser.parse_args(list(argv))
-    from sparsedino.atomic import check_output_file
-    from sparsedino.config import check_normalizers
 
-    check_step_options(args)
+
+def run(args: argparse.Namespace) -> int:
+    """Check the options (the result file first), time the DINO steps, write the JSON."""
     check_output_file(args.json, "--json")
+    check_step_options(args)
     args.normalizers = [spec.name for spec in check_normalizers(args.normalizers, "--normalizers")]
-    import torch
-
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    from tqdm.auto import tqdm
-
-    from sparsedino.atomic import atomic_write_json
-    from sparsedino.attention import compile_mode
-
     steps = {name: make_step(name, args) for name in args.normalizers}
     times: dict[str, list[float]] = {name: [] for name in args.normalizers}
     total = (args.warmup + args.steps) * len(steps)
@@ -185,3 +179,11 @@ def main(argv: Sequence[str]) -> int:
     atomic_write_json(args.json, result)
     print(f"wrote {args.json}")
     return 0
+
+
+CLI = Command(add_arguments, run, description=__doc__.splitlines()[0])
+
+
+def main(argv: Sequence[str]) -> int:
+    """``sparsedino bench train [options]``."""
+    return dispatch(CLI, argv, "sparsedino bench train")

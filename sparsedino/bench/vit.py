@@ -23,6 +23,7 @@ from sparsedino.atomic import atomic_write_json, check_output_file
 from sparsedino.attention import parse_normalizer, sparsify
 from sparsedino.attention.compiled import set_compile
 from sparsedino.bench.attention import DEFAULT_JSON_DIR, environment
+from sparsedino.commands import Command, dispatch
 from sparsedino.config import ConfigError, check_normalizers
 from sparsedino.options import MAX_COUNT, Range, check_options, split_list
 
@@ -55,9 +56,8 @@ def build_models(arch: str, img_size: int, normalizers: Sequence[str]) -> dict[s
     return models
 
 
-def main(argv: Sequence[str]) -> int:
-    """CLI entry point (``sparsedino bench vit``)."""
-    parser = argparse.ArgumentParser(prog="sparsedino bench vit", description=__doc__.splitlines()[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``sparsedino bench vit``."""
     parser.add_argument("--arch", default="vit_small_patch16_224", choices=sorted(ARCHS))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--img-size", type=int, default=224)
@@ -69,14 +69,17 @@ def main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--no-compile", action="store_true", help="run the entmax kernels eagerly")
     parser.add_argument("--shapes", default=None, help="ignored (accepted for symmetry with bench attention)")
-    args = parser.parse_args(list(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check the options (the result file first), time the training steps, write the JSON."""
+    if args.json is not None:
+        check_output_file(args.json, "--json")
     check_options(vars(args), RULES)
     if args.img_size % PATCH:
         raise ConfigError(f"--img-size must be a multiple of the patch size {PATCH}, got {args.img_size}")
     given = split_list(args.normalizers, "--normalizers")
     normalizers = [spec.name for spec in check_normalizers(given, "--normalizers")]
-    if args.json is not None:
-        check_output_file(args.json, "--json")
     if args.no_compile:
         set_compile(False)
     env = environment(torch.device("cpu"))
@@ -135,3 +138,11 @@ def main(argv: Sequence[str]) -> int:
     )
     print(f"wrote {path}")
     return 0
+
+
+CLI = Command(add_arguments, run, description=__doc__.splitlines()[0])
+
+
+def main(argv: Sequence[str]) -> int:
+    """``sparsedino bench vit [options]``."""
+    return dispatch(CLI, argv, "sparsedino bench vit")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsedino.data.segmentation import IGNORE_INDEX, SegmentationDataset
+from sparsedino.data.labels import IGNORE_INDEX
+from sparsedino.data.seg_base import SegmentationDataset
 from sparsedino.errors import DataError, MissingDataError
 
 ADE20K_NUM_CLASSES = 150

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sparsedino.data.segmentation import IGNORE_INDEX, SegmentationDataset
+from sparsedino.data.labels import IGNORE_INDEX
+from sparsedino.data.seg_base import SegmentationDataset
 from sparsedino.errors import MissingDataError
 
 # label id -> (train id, name) for the 19 evaluated classes (cityscapesScripts labels.py)

@@ -4,24 +4,21 @@ embedded videos (DAVIS-2017 layout) to disk."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from sparsedino.atomic import check_replaceable_dir
+from sparsedino.commands import Command, Group, dispatch
 from sparsedino.config import ConfigError
-from sparsedino.data.synthetic import COLOUR_MODES
+from sparsedino.data.synthetic import COLOUR_MODES, MAX_CLASSES, write_synthetic_dataset
+from sparsedino.data.synthetic_video import write_synthetic_videos
 from sparsedino.errors import OutputError
 from sparsedino.options import MAX_SEED, OneOf, Range, check_options, option_name
 
 
-def _synth_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sparsedino data synth",
-        description="Generate the embedded dataset of textured shapes over class-independent clutter, "
-        "written as an ImageNet-style folder tree (imagenet/) and a VOC 2012 tree (VOC2012/).",
-    )
+def add_synth_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``sparsedino data synth``."""
     parser.add_argument("--out", required=True, help="destination folder (must not exist or be empty)")
     parser.add_argument("--n-train", type=int, default=4000, help="training images (default 4000)")
     parser.add_argument("--n-val", type=int, default=1000, help="validation images (default 1000)")
@@ -53,16 +50,10 @@ def _synth_parser() -> argparse.ArgumentParser:
         "--marker-share", type=float, default=0.3, help="colours=marker: class-coloured share of an object"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
-    return parser
 
 
-def _video_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sparsedino data synth-video",
-        description="Generate short clips of the embedded objects moving, rotating and occluding each other "
-        "over class-free clutter, written in the DAVIS-2017 layout (JPEGImages/480p, Annotations/480p, "
-        "ImageSets/2017/val.txt) for `sparsedino eval video`.",
-    )
+def add_video_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``sparsedino data synth-video``."""
     parser.add_argument("--out", required=True, help="destination folder (must not exist or be empty)")
     parser.add_argument("--clips", type=int, default=8, help="number of clips (default 8)")
     parser.add_argument("--frames", type=int, default=12, help="frames per clip, >= 3 (default 12)")
@@ -77,30 +68,6 @@ def _video_parser() -> argparse.ArgumentParser:
         "--colours", choices=COLOUR_MODES, default="random", help="object colours (see `data synth --help`)"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
-    return parser
-
-
-def _synth_video(args: argparse.Namespace) -> int:
-    from sparsedino.data.synthetic_video import write_synthetic_videos
-
-    check_video_options(vars(args), option_name)
-    _check_out(args)
-    start = time.perf_counter()
-    meta = write_synthetic_videos(
-        args.out, clips=args.clips, frames=args.frames, size=args.size, seed=args.seed,
-        num_classes=args.num_classes, max_objects=args.max_objects, clutter=args.clutter,
-        colours=args.colours, overwrite=args.overwrite,
-    )  # fmt: skip
-    objects = sum(s["objects"] for s in meta["sequences"].values())
-    print(
-        f"wrote {meta['clips']} clips x {meta['frames']} frames ({objects} objects, {meta['size']} px) to "
-        f"{args.out} in {time.perf_counter() - start:.1f} s"
-    )
-    return 0
-
-
-_USAGE = """usage: sparsedino data synth --out DIR [--n-train N] [--n-val N] [--size PX] [--seed S]
-       sparsedino data synth-video --out DIR [--clips N] [--frames T] [--size PX] [--seed S]"""
 
 
 MAX_IMAGES = 10_000_000  # images of a split / clips of the video set: beyond any embedded dataset
@@ -110,22 +77,25 @@ MAX_IMAGE_OBJECTS = 32
 MAX_VIDEO_OBJECTS = 8  # more cannot all be placed visibly in the first frame of a clip
 
 
-def _synth_rules() -> dict[str, Range | OneOf]:
-    from sparsedino.data.synthetic import COLOUR_MODES, MAX_CLASSES
-
-    return {
-        "n_train": Range(1, MAX_IMAGES, integer=True),
-        "n_val": Range(1, MAX_IMAGES, integer=True),
-        "size": Range(16, MAX_SIZE, integer=True),
-        "seed": Range(0, MAX_SEED, integer=True),
-        "num_classes": Range(2, MAX_CLASSES, integer=True),
-        "max_objects": Range(1, MAX_IMAGE_OBJECTS, integer=True),
-        "clutter": Range(0, MAX_CLUTTER),
-        "colours": OneOf(COLOUR_MODES),
-        "colour_groups": Range(1, MAX_CLASSES, integer=True),
-        "same_group": Range(0, 1),
-        "marker_share": Range(0, 1, open_low=True),
-    }
+SYNTH_RULES: dict[str, Range | OneOf] = {
+    "n_train": Range(1, MAX_IMAGES, integer=True),
+    "n_val": Range(1, MAX_IMAGES, integer=True),
+    "size": Range(16, MAX_SIZE, integer=True),
+    "seed": Range(0, MAX_SEED, integer=True),
+    "num_classes": Range(2, MAX_CLASSES, integer=True),
+    "max_objects": Range(1, MAX_IMAGE_OBJECTS, integer=True),
+    "clutter": Range(0, MAX_CLUTTER),
+    "colours": OneOf(COLOUR_MODES),
+    "colour_groups": Range(1, MAX_CLASSES, integer=True),
+    "same_group": Range(0, 1),
+    "marker_share": Range(0, 1, open_low=True),
+}
+VIDEO_RULES: dict[str, Range | OneOf] = {
+    **SYNTH_RULES,
+    "clips": Range(1, MAX_IMAGES, integer=True),
+    "frames": Range(3, 10_000, integer=True),
+    "max_objects": Range(2, MAX_VIDEO_OBJECTS, integer=True),
+}
 
 
 def check_synth_options(values: Mapping[str, Any], key: Callable[[str], str]) -> None:
@@ -140,7 +110,7 @@ def check_synth_options(values: Mapping[str, Any], key: Callable[[str], str]) ->
     Raises:
         ConfigError: naming the option and its allowed range.
     """
-    check_options(values, _synth_rules(), key)
+    check_options(values, SYNTH_RULES, key)
     _check_colours(values, key)
 
 
@@ -164,13 +134,7 @@ def check_video_options(values: Mapping[str, Any], key: Callable[[str], str]) ->
     Raises:
         ConfigError: naming the option and its allowed range.
     """
-    rules = {
-        **_synth_rules(),
-        "clips": Range(1, MAX_IMAGES, integer=True),
-        "frames": Range(3, 10_000, integer=True),
-        "max_objects": Range(2, MAX_VIDEO_OBJECTS, integer=True),
-    }
-    check_options(values, rules, key)
+    check_options(values, VIDEO_RULES, key)
     _check_colours(values, key)
 
 
@@ -181,27 +145,8 @@ def _check_out(args: argparse.Namespace) -> None:
         raise OutputError(f"--out {str(out)!r} exists and is not empty (pass --overwrite to replace it)")
 
 
-def main(argv: Sequence[str]) -> int:
-    """Entry point: ``sparsedino data synth --out DIR ...`` or ``sparsedino data synth-video --out DIR ...``."""
-    argv = list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in ("synth", "synth-video"):
-        stream = sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr
-        if stream is sys.stderr:
-            print(f"sparsedino data: unknown sub-command {argv[0]!r}", file=stream)
-        print(_USAGE, file=stream)
-        return 0 if stream is sys.stdout else 2
-    from sparsedino.errors import run_command
-
-    if argv[0] == "synth-video":
-        video_args = _video_parser().parse_args(argv[1:])
-        return run_command("sparsedino data synth-video", lambda: _synth_video(video_args))
-    args = _synth_parser().parse_args(argv[1:])
-    return run_command("sparsedino data synth", lambda: _synth(args))
-
-
-def _synth(args: argparse.Namespace) -> int:
-    from sparsedino.data.synthetic import write_synthetic_dataset
-
+def run_synth(args: argparse.Namespace) -> int:
+    """Check the options and ``--out``, then write the dataset."""
     check_synth_options(vars(args), option_name)
     _check_out(args)
     start = time.perf_counter()
@@ -227,3 +172,51 @@ def _synth(args: argparse.Namespace) -> int:
         f"{seconds:.1f} s ({total / seconds:.0f} images/s)"
     )
     return 0
+
+
+def run_synth_video(args: argparse.Namespace) -> int:
+    """Check the options and ``--out``, then write the clips."""
+    check_video_options(vars(args), option_name)
+    _check_out(args)
+    start = time.perf_counter()
+    meta = write_synthetic_videos(
+        args.out, clips=args.clips, frames=args.frames, size=args.size, seed=args.seed,
+        num_classes=args.num_classes, max_objects=args.max_objects, clutter=args.clutter,
+        colours=args.colours, overwrite=args.overwrite,
+    )  # fmt: skip
+    objects = sum(s["objects"] for s in meta["sequences"].values())
+    print(
+        f"wrote {meta['clips']} clips x {meta['frames']} frames ({objects} objects, {meta['size']} px) to "
+        f"{args.out} in {time.perf_counter() - start:.1f} s"
+    )
+    return 0
+
+
+USAGE = """usage: sparsedino data synth --out DIR [--n-train N] [--n-val N] [--size PX] [--seed S]
+       sparsedino data synth-video --out DIR [--clips N] [--frames T] [--size PX] [--seed S]"""
+
+
+CLI = Group(
+    "sub-command",
+    USAGE,
+    {
+        "synth": Command(
+            add_synth_arguments,
+            run_synth,
+            description="Generate the embedded dataset of textured shapes over class-independent clutter, "
+            "written as an ImageNet-style folder tree (imagenet/) and a VOC 2012 tree (VOC2012/).",
+        ),
+        "synth-video": Command(
+            add_video_arguments,
+            run_synth_video,
+            description="Generate short clips of the embedded objects moving, rotating and occluding each "
+            "other over class-free clutter, written in the DAVIS-2017 layout (JPEGImages/480p, "
+            "Annotations/480p, ImageSets/2017/val.txt) for `sparsedino eval video`.",
+        ),
+    },
+)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``sparsedino data synth --out DIR ...`` or ``sparsedino data synth-video --out DIR ...``."""
+    return dispatch(CLI, argv, "sparsedino data")

@@ -159,8 +159,3 @@ class MultiCropAugmentation:
                 globals_.append(self.to_tensor(self.resize_global(distorted)))
                 grams.append(self.to_tensor(self.resize_gram(distorted)))
         return [*globals_, *(self.local(image) for _ in range(self.n_local)), *grams]
-
-    @property
-    def n_crops(self) -> int:
-        """Total number of crops per image (the Gram teacher's included)."""
-        return self.n_global + self.n_local + (self.n_global if self.gram_size > 0 else 0)

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +50,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from sparsedino.atomic import check_replaceable_dir
+from sparsedino.atomic import atomic_directory
 from sparsedino.data.labels import IGNORE_INDEX
 from sparsedino.data.palettes import class_colours, jittered_class_colours, object_colours, voc_palette
 from sparsedino.data.synthetic_classes import (
@@ -330,16 +329,7 @@ def write_synthetic_dataset(
         "marker_share": marker_share,
     }
     names = class_names(num_classes, colours)  # validates num_classes
-    check_replaceable_dir(out, "out")  # not a file, nor the working folder (it is swapped in whole)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out} exists and is not empty (pass overwrite=True / --overwrite to replace it)"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    try:
+    with atomic_directory(out, overwrite, what="out") as tmp:  # swapped in whole, only when complete
         voc = tmp / "VOC2012"
         for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
             (voc / sub).mkdir(parents=True)
@@ -378,14 +368,4 @@ def write_synthetic_dataset(
             "marker_share": marker_share,
         }
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        if out.exists():  # empty, or overwrite: move the old tree aside, swap in the new one, drop the old
-            trash = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, trash)
-            os.replace(tmp, out)
-            shutil.rmtree(trash)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return meta

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sparsedino.data.labels import IGNORE_INDEX
 from sparsedino.data.lists import read_lines
-from sparsedino.data.segmentation import IGNORE_INDEX, SegmentationDataset
+from sparsedino.data.seg_base import SegmentationDataset
 from sparsedino.errors import DataError, MissingDataError
 
 VOC_CLASSES = (

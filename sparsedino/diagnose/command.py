@@ -18,16 +18,13 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from sparsedino.commands import Command, dispatch
 from sparsedino.config import save_config
 from sparsedino.models.spec import SPEC_HELP
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="sparsedino diagnose",
-        description="Per-block semantic-diffusion diagnostics of a ViT: token norms, attention statistics, "
-        "foreground alignment, background label probe, dense probes, figures and reports.",
-    )
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``sparsedino diagnose``."""
     p.add_argument(
         "--checkpoint",
         nargs="+",
@@ -56,7 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. n_images=128")
-    return p
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
@@ -104,19 +100,17 @@ def _print_summary(metrics: dict) -> None:
         print(f"{b:>5}  " + "  ".join(f"{fmt(values.get(k)):>18}" for k in keys))
 
 
-def main(argv: Sequence[str]) -> int:
-    """Run the command; returns the exit code (2 for bad input, with a message naming the culprit)."""
-    parser = build_parser()
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """The options, with the ``key=value`` overrides taken out first (see :func:`split_overrides`)."""
     options, overrides = split_overrides(list(argv))
     args = parser.parse_args(options)
     if not args.compare and (not args.checkpoint or not args.data):
         parser.error("--checkpoint and --data are required (or use --compare DIR_A DIR_B)")
-    from sparsedino.errors import run_command
+    args.overrides = [*overrides, *args.overrides]
+    return args
 
-    return run_command("sparsedino diagnose", lambda: _diagnose(args, overrides))
 
-
-def _diagnose(args: argparse.Namespace, overrides: list[str]) -> int:
+def _diagnose(args: argparse.Namespace) -> int:
     """Check every input, then write the outputs into a folder beside ``--out``, swapped in only when all
     are complete (under ``--out``'s lock): a failed run leaves nothing behind, nor a half-updated ``--out``."""
     from sparsedino.atomic import check_output_dir, staged_directory
@@ -139,7 +133,7 @@ def _diagnose(args: argparse.Namespace, overrides: list[str]) -> int:
     from sparsedino.models import load_backbone
 
     layers = [f"layers=[{','.join(map(str, args.layers))}]"] if args.layers else []
-    cfg = load_diagnose_config(args.config, overrides + list(args.overrides) + layers)
+    cfg = load_diagnose_config(args.config, list(args.overrides) + layers)
     normalizer = normalizer_option(args.normalizer)
     if not Path(args.data).is_dir():
         raise MissingDataError(f"--data {args.data}: no such folder")
@@ -197,3 +191,17 @@ def _run_all(
         done.append((epoch, metrics, run_dir.name))
     if not single:
         write_over_training(done, out)
+
+
+CLI = Command(
+    add_arguments,
+    _diagnose,
+    description="Per-block semantic-diffusion diagnostics of a ViT: token norms, attention statistics, "
+    "foreground alignment, background label probe, dense probes, figures and reports.",
+    parse=parse_args,
+)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Run the command; returns the exit code (2 for bad input, with a message naming the culprit)."""
+    return dispatch(CLI, argv, "sparsedino diagnose")

@@ -20,15 +20,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sparsedino.config import ConfigError, check_normalizer, save_config
+from sparsedino.atomic import check_output_dir, staged_directory
+from sparsedino.attention import Normalizer
+from sparsedino.commands import Command, Group, dispatch
+from sparsedino.config import ConfigError, check_normalizer, resolve_device, save_config
+from sparsedino.data.imagenet import ImageNetFolder
+from sparsedino.data.joint_transforms import make_classification_transform
+from sparsedino.data.segmentation import SEG_DATASETS, build_seg_dataset
+from sparsedino.eval.knn import run_knn
+from sparsedino.eval.linear import run_linear
+from sparsedino.eval.report import write_results
+from sparsedino.eval.segmentation import run_seg_probe
 from sparsedino.eval.settings import PROTOCOLS, load_protocol_config
+from sparsedino.eval.video import BackboneFeatures, build_davis, run_video
+from sparsedino.eval.video_checks import check_fits_backbone, first_frame_sizes
+from sparsedino.models import load_backbone, parse_backbone_spec
+from sparsedino.models.layout import token_layout
 from sparsedino.models.spec import SPEC_HELP
+from sparsedino.runlock import RunLock
 
-_HELP = """
+USAGE = """usage: sparsedino eval {knn,linear,seg,video} --checkpoint SPEC --data ROOT [--config YAML] \
+[key=value ...]
 protocols:
   knn     DINO weighted k-NN on last-block [CLS] (T=0.07, k=10/20/100/200)      preset: eval_knn
   linear  linear probe on [CLS]: fast grid of lrs x (last 1/4 blocks) x avgpool on cached features
@@ -41,11 +56,8 @@ protocols:
 Run `sparsedino eval PROTOCOL --help` for the options of one protocol."""
 
 
-def _parser(protocol: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=f"sparsedino eval {protocol}",
-        description=f"Frozen-backbone {protocol} evaluation. Extra key=value arguments override config keys.",
-    )
+def add_arguments(parser: argparse.ArgumentParser, protocol: str) -> None:
+    """The options of ``sparsedino eval PROTOCOL`` (``seg`` adds ``--dataset`` and ``--with-cls``)."""
     parser.add_argument("--checkpoint", required=True, metavar="SPEC", help=SPEC_HELP)
     parser.add_argument("--data", help="dataset root (overrides data_root)")
     parser.add_argument("--config", help="YAML file or preset (e.g. eval_seg_voc)")
@@ -58,15 +70,14 @@ def _parser(protocol: str) -> argparse.ArgumentParser:
     )
     parser.add_argument("--out", default=None, help=f"output folder (default runs/eval/{protocol})")
     if protocol == "seg":
-        parser.add_argument("--dataset", choices=["voc", "ade20k", "cityscapes"], help="overrides dataset")
+        parser.add_argument("--dataset", choices=SEG_DATASETS, help="overrides dataset")
         parser.add_argument(
             "--with-cls", action="store_true", default=None, help="concatenate [CLS] to patches"
         )
     parser.add_argument("overrides", nargs="*", help="config overrides key=value")
-    return parser
 
 
-def normalizer_option(value: str | None):
+def normalizer_option(value: str | None) -> Normalizer | None:
     """``--normalizer`` parsed once (any documented spelling, e.g. ``entmax-1.5`` or ``1.5``) into the
     :class:`sparsedino.attention.Normalizer` that :func:`sparsedino.models.load_backbone` takes; None if
     not given. ConfigError naming the option otherwise."""
@@ -85,10 +96,6 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _classification_sets(cfg, model):
-    from sparsedino.data.imagenet import ImageNetFolder
-    from sparsedino.data.joint_transforms import make_classification_transform
-    from sparsedino.models.layout import token_layout
-
     layout = token_layout(model)  # the model's image statistics
     transform = make_classification_transform(
         train=False, crop=cfg.crop, resize=cfg.resize, mean=layout.mean, std=layout.std
@@ -134,10 +141,6 @@ def run_protocol(protocol: str, model, cfg, out: Path | None = None) -> dict:
         raise ConfigError("data_root is empty: pass --data ROOT or data_root=...")
     check_fits_model(protocol, model, cfg)
     if protocol == "video":
-        from sparsedino.config import resolve_device
-        from sparsedino.eval.video import BackboneFeatures, build_davis, run_video
-        from sparsedino.eval.video_checks import check_fits_backbone, first_frame_sizes
-
         dataset = build_davis(cfg)
         check_fits_backbone(
             cfg, first_frame_sizes(dataset), model.patch_embed.patch_size[0], len(model.blocks)
@@ -146,55 +149,23 @@ def run_protocol(protocol: str, model, cfg, out: Path | None = None) -> dict:
         masks = out / "masks" if out is not None and cfg.save_masks else None
         return run_video(dataset, extractor, cfg, masks_dir=masks)
     if protocol == "seg":
-        from sparsedino.data.segmentation import build_seg_dataset
-        from sparsedino.eval.segmentation import run_seg_probe
-
         train = build_seg_dataset(cfg.dataset, cfg.data_root, cfg.train_split)
         val = build_seg_dataset(cfg.dataset, cfg.data_root, cfg.val_split)
         train.load_raw(0), val.load_raw(0)  # fail fast on a wrong annotation folder
         return run_seg_probe(model, train, val, list(cfg.layers), cfg.with_cls, cfg)
     train, val = _classification_sets(cfg, model)
     if protocol == "knn":
-        from sparsedino.eval.knn import run_knn
-
         return run_knn(model, train, val, cfg)
-    from sparsedino.eval.linear import run_linear
-
     return run_linear(model, train, val, cfg)
 
 
-def main(argv: Sequence[str]) -> int:
-    """Entry point: ``sparsedino eval PROTOCOL [options] [key=value ...]``."""
-    argv = list(argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in PROTOCOLS:
-        stream = sys.stdout if not argv or argv[0] in ("-h", "--help") else sys.stderr
-        if stream is sys.stderr:
-            print(f"sparsedino eval: unknown protocol {argv[0]!r}", file=stream)
-        print(
-            "usage: sparsedino eval {knn,linear,seg,video} --checkpoint SPEC --data ROOT [--config YAML] "
-            "[key=value ...]" + _HELP,
-            file=stream,
-        )
-        return 0 if stream is sys.stdout else 2
-    protocol, rest = argv[0], argv[1:]
-    args = _parser(protocol).parse_args(rest)
-    from sparsedino.errors import run_command
-
-    return run_command(f"sparsedino eval {protocol}", lambda: _evaluate(protocol, args))
-
-
-def _evaluate(protocol: str, args: argparse.Namespace) -> int:
+def evaluate(protocol: str, args: argparse.Namespace) -> int:
     """Check every input (config, output folder, checkpoint), then evaluate and write the results.
 
     The outputs are written into a folder beside ``--out`` and swapped in only when all are complete
     (:func:`~sparsedino.atomic.staged_directory`), under ``--out``'s lock: a failed run leaves a finished
     result untouched, and a fresh ``--out`` is not left holding masks without a result file.
     """
-    from sparsedino.atomic import check_output_dir, staged_directory
-    from sparsedino.eval.report import write_results
-    from sparsedino.models import load_backbone, parse_backbone_spec
-    from sparsedino.runlock import RunLock
-
     spec = parse_backbone_spec(args.checkpoint)
     cfg = load_protocol_config(protocol, args.config, _overrides(args))
     if not cfg.data_root:
@@ -211,3 +182,20 @@ def _evaluate(protocol: str, args: argparse.Namespace) -> int:
         json_path, md_path = write_results(stage, result["protocol"], result)
     print(f"wrote {out / json_path.name} and {out / md_path.name}")
     return 0
+
+
+def _protocol(protocol: str) -> Command:
+    """The leaf ``sparsedino eval PROTOCOL``."""
+    return Command(
+        add_arguments=lambda parser: add_arguments(parser, protocol),
+        run=lambda args: evaluate(protocol, args),
+        description=f"Frozen-backbone {protocol} evaluation. Extra key=value arguments override config keys.",
+    )
+
+
+CLI = Group("protocol", USAGE, {protocol: _protocol(protocol) for protocol in PROTOCOLS})
+
+
+def main(argv: Sequence[str]) -> int:
+    """``sparsedino eval PROTOCOL [options] [key=value ...]`` (``argv`` starts with the protocol)."""
+    return dispatch(CLI, argv, "sparsedino eval")

@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from sparsedino.eval.features import extract_for_protocol
+
 
 @torch.no_grad()
 def knn_classify(
@@ -94,8 +96,6 @@ def run_knn(model: torch.nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> 
     Returns:
         A plain dict: protocol description, the k-NN results and feature-extraction timings.
     """
-    from sparsedino.eval.features import extract_for_protocol
-
     train = extract_for_protocol(model, train_ds, cfg.features, layers=(-1,), norm=True, tag="train")
     val = extract_for_protocol(model, val_ds, cfg.features, layers=(-1,), norm=True, tag="val")
     num_classes = len(getattr(train_ds, "classes", [])) or None

@@ -26,8 +26,13 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
+
+from sparsedino.config import resolve_device
+from sparsedino.data.joint_transforms import make_classification_transform
+from sparsedino.eval.features import extract_for_protocol, forward_tokens, resolve_layers
+from sparsedino.models.layout import token_layout
 
 
 def linear_inputs(cls: torch.Tensor, pooled: torch.Tensor, n_last_blocks: int, avgpool: bool) -> torch.Tensor:
@@ -179,9 +184,6 @@ def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dic
             evaluation transform; ``augment`` mode swaps the train transform for the augmenting one.
         cfg: :class:`sparsedino.eval.settings.LinearConfig`.
     """
-    from sparsedino.config import resolve_device
-    from sparsedino.eval.features import extract_for_protocol
-
     model_depth = len(model.blocks)
     blocks = [n for n in cfg.n_last_blocks if n <= model_depth]  # a 3-block model has no "last 4"
     if not blocks:
@@ -246,9 +248,6 @@ def run_linear(model: nn.Module, train_ds: Dataset, val_ds: Dataset, cfg) -> dic
 
 def _augmented(dataset: Dataset, crop: int, model: nn.Module) -> Dataset:
     """A shallow copy of a reader whose transform is DINO's linear-probe train view (the model's statistics)."""
-    from sparsedino.data.joint_transforms import make_classification_transform
-    from sparsedino.models.layout import token_layout
-
     layout = token_layout(model)
     clone = copy.copy(dataset)
     clone.transform = make_classification_transform(train=True, crop=crop, mean=layout.mean, std=layout.std)
@@ -257,10 +256,6 @@ def _augmented(dataset: Dataset, crop: int, model: nn.Module) -> Dataset:
 
 def _online_batches(model: nn.Module, dataset: Dataset, layers: tuple[int, ...], cfg, device) -> Callable:
     """``epoch -> batches of (cls, pooled, labels)``: augmented views through the frozen backbone."""
-    from torch.utils.data import DataLoader
-
-    from sparsedino.eval.features import forward_tokens, resolve_layers
-
     abs_layers = resolve_layers(model, layers)
     generator = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(

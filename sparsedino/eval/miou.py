@@ -53,9 +53,6 @@ class ConfusionMatrix:
         counts = torch.bincount(target * self.num_classes + pred, minlength=self.num_classes**2)
         self.matrix += counts.reshape(self.num_classes, self.num_classes)
 
-    def reset(self) -> None:
-        self.matrix.zero_()
-
     def compute(self) -> dict:
         """Metrics as plain Python values (JSON-ready; NaN for undefined classes).
 

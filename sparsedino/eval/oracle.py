@@ -19,8 +19,10 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from sparsedino.data.joint_transforms import make_seg_fixed_transform
 from sparsedino.data.labels import IGNORE_INDEX
 from sparsedino.eval.miou import ConfusionMatrix
+from sparsedino.eval.seg_probe import train_seg_probe
 
 
 def patch_label_histograms(masks: torch.Tensor, patch: int, num_classes: int) -> torch.Tensor:
@@ -99,9 +101,6 @@ def run_oracle_seg_probe(dataset_train: Dataset, dataset_val: Dataset, patch_siz
         patch_size: the patch size of the backbones the oracle is the ceiling for.
         cfg: :class:`sparsedino.eval.settings.SegConfig` (crop size, eval resolution, optimiser).
     """
-    from sparsedino.data.joint_transforms import make_seg_fixed_transform
-    from sparsedino.eval.segmentation import train_seg_probe
-
     crop = int(cfg.crop_size)
     if crop % patch_size:
         raise ValueError(f"crop_size {crop} must be a multiple of the patch size {patch_size}")

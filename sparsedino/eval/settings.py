@@ -1,22 +1,37 @@
-"""Typed configs of the evaluation protocols (load with :func:`sparsedino.config.load_config`).
+"""Typed configs of the evaluation protocols, loaded and checked by :func:`load_protocol_config`.
 
 Defaults follow DINO (k-NN, linear) and DINOv2's "linear" segmentation protocol; the shipped presets
 ``configs/eval_*.yaml`` set the paper-scale values. Every field can be overridden as ``key=value``.
+
+Each dataclass states the ranges and choices of its keys in its ``RULES`` table
+(:func:`sparsedino.options.check_section` checks them, naming the key); :data:`CHECKS` holds what a table
+cannot say (a key against another, a device this machine lacks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from sparsedino.config import ConfigError, check_device, load_config
+from sparsedino.data.segmentation import SEG_DATASETS
+from sparsedino.eval.features import STORAGE_DTYPES
+from sparsedino.options import NON_NEGATIVE, POSITIVE, Check, ListOf, OneOf, Range, Rules, check_section
 
-SEG_DATASETS = ("voc", "ade20k", "cityscapes")
-TRAIN_MODES = (
-    "cached",
-    "augment",
-)  # probe inputs: features cached once, or backbone re-run on augmented views
+# probe inputs: features cached once, or the backbone re-run on augmented views
+TRAIN_MODES = ("cached", "augment")
+MAX_SIDE = 8192  # pixels (frames) or patches (the window radius): beyond any video a ViT is run on
+MAX_COUNT = 2**31 - 1  # counts (frames, patches, sequences): no meaningful value needs more than 32 bits
+MAX_THREADS = 1024
+
+
+def _davis_name(value: str) -> bool:
+    """A folder or file name inside the DAVIS root: not empty, no separator, not ``.`` / ``..``."""
+    return 0 < len(value) <= 255 and "/" not in value and "\\" not in value and value not in (".", "..")
+
+
+DAVIS_NAME = Check(_davis_name, "a folder or list name of the DAVIS layout")
 
 
 @dataclass
@@ -31,6 +46,11 @@ class FeatureSettings:
         cache_dir: folder of the feature cache ("" = no cache). Keyed by weights, data, layers and norm.
     """
 
+    RULES: ClassVar[Rules] = {
+        "batch_size": POSITIVE,
+        "num_workers": NON_NEGATIVE,
+        "dtype": OneOf(tuple(STORAGE_DTYPES)),
+    }
     batch_size: int = 64
     num_workers: int = 0
     device: str = "auto"
@@ -42,6 +62,13 @@ class FeatureSettings:
 class KnnConfig:
     """DINO's weighted k-NN on last-block [CLS] features (after the final norm, L2-normalised)."""
 
+    RULES: ClassVar[Rules] = {
+        "resize": POSITIVE,
+        "crop": POSITIVE,
+        "ks": ListOf("k", POSITIVE),
+        "temperature": POSITIVE,
+        "chunk_size": POSITIVE,
+    }
     data_root: str = ""  # ImageNet-style root holding train/<class>/ and val/<class>/
     train_split: str = "train"
     val_split: str = "val"
@@ -65,6 +92,18 @@ class LinearConfig:
       RandomResizedCrop + horizontal-flip views of the train images.
     """
 
+    RULES: ClassVar[Rules] = {
+        "train_mode": OneOf(TRAIN_MODES),
+        "resize": POSITIVE,
+        "crop": POSITIVE,
+        "lrs": ListOf("lr", POSITIVE),
+        "n_last_blocks": ListOf("block counts", POSITIVE),
+        "avgpool": ListOf("true / false"),
+        "epochs": POSITIVE,
+        "batch_size": POSITIVE,
+        "momentum": Range(0, 1, open_high=True),
+        "weight_decay": NON_NEGATIVE,
+    }
     data_root: str = ""
     train_mode: str = "cached"
     train_split: str = "train"
@@ -89,7 +128,8 @@ class SegConfig:
     """DINOv2 "linear" segmentation probe: BatchNorm + 1x1 conv on frozen patch tokens.
 
     Attributes:
-        dataset: ``voc`` (also the embedded dataset), ``ade20k`` or ``cityscapes``.
+        dataset: one of :data:`~sparsedino.data.segmentation.SEG_DATASETS` (``voc`` also reads the embedded
+            dataset).
         data_root: dataset root in its official layout.
         layers: blocks whose patch tokens are concatenated (negative = from the end).
         with_cls: concatenate the block's [CLS] token to every patch token (the complementarity test).
@@ -104,6 +144,22 @@ class SegConfig:
         eval_every: evaluate on val every this many iterations (0 = only at the end).
     """
 
+    RULES: ClassVar[Rules] = {
+        "dataset": OneOf(SEG_DATASETS),
+        "train_mode": OneOf(TRAIN_MODES),
+        "layers": ListOf("block indices"),
+        "crop_size": POSITIVE,
+        "eval_stride": POSITIVE,
+        "iters": POSITIVE,
+        "batch_size": POSITIVE,
+        "lr": POSITIVE,
+        "eval_short_side": NON_NEGATIVE,
+        "weight_decay": NON_NEGATIVE,
+        "warmup_iters": NON_NEGATIVE,
+        "eval_every": NON_NEGATIVE,
+        "max_train_images": NON_NEGATIVE,
+        "max_val_images": NON_NEGATIVE,
+    }
     dataset: str = "voc"
     data_root: str = ""
     train_split: str = "train"
@@ -152,6 +208,22 @@ class VideoConfig:
             (more runnable processes than cores) idle-waiting threads made them up to 60x slower.
     """
 
+    RULES: ClassVar[Rules] = {
+        "short_side": Range(1, MAX_SIDE, integer=True, note="pixels"),
+        "size_multiple": Range(1, MAX_SIDE, integer=True, note="pixels"),
+        "layer": Range(-MAX_COUNT, MAX_COUNT, integer=True, note="a block index"),
+        "temperature": POSITIVE,
+        "topk": Range(1, MAX_COUNT, integer=True),
+        "n_last_frames": Range(0, MAX_COUNT, integer=True),
+        "size_mask_neighborhood": Range(0, MAX_SIDE, integer=True, note="patches, 0 = no window"),
+        "max_sequences": Range(0, MAX_COUNT, integer=True, note="0 = all"),
+        "batch_size": Range(1, MAX_COUNT, integer=True),
+        "query_chunk": Range(1, MAX_COUNT, integer=True),
+        "num_threads": Range(0, MAX_THREADS, integer=True, note="0 = torch's default"),
+        "split": DAVIS_NAME,
+        "year": DAVIS_NAME,
+        "resolution": DAVIS_NAME,
+    }
     data_root: str = ""
     split: str = "val"
     year: str = "2017"
@@ -172,105 +244,47 @@ class VideoConfig:
     num_threads: int = 0
 
 
-# ---- validation: every protocol setting checked at load time, naming the key ---------------------------
-def _need(ok: bool, key: str, rule: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"key {key!r} {rule}, got {value!r}")
+def _check_features(cfg: Any) -> None:
+    check_device(cfg.features.device, "features.device")
 
 
-def _positive(cfg: Any, keys: Sequence[str]) -> None:
-    for key in keys:
-        _need(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))
+def _check_seg(cfg: SegConfig) -> None:
+    """Training views use the evaluation's scale, so it cannot be smaller than a training crop."""
+    if cfg.eval_short_side and cfg.eval_short_side < cfg.crop_size:
+        raise ConfigError(
+            f"key 'eval_short_side' must be 0 (original size) or >= crop_size ({cfg.crop_size}): training "
+            f"views use the same scale, got {cfg.eval_short_side!r}"
+        )
 
 
-def _non_negative(cfg: Any, keys: Sequence[str]) -> None:
-    for key in keys:
-        _need(getattr(cfg, key) >= 0, key, "must be >= 0", getattr(cfg, key))
+def _check_video(cfg: VideoConfig) -> None:
+    check_device(cfg.device, "device")
 
 
-def _one_of(value: Any, choices: Sequence[str], key: str) -> None:
-    _need(value in choices, key, f"must be one of {', '.join(choices)}", value)
-
-
-def validate_features(f: FeatureSettings) -> None:
-    from sparsedino.eval.features import STORAGE_DTYPES
-
-    _need(f.batch_size > 0, "features.batch_size", "must be > 0", f.batch_size)
-    _need(f.num_workers >= 0, "features.num_workers", "must be >= 0", f.num_workers)
-    _one_of(f.dtype, tuple(STORAGE_DTYPES), "features.dtype")
-    check_device(f.device, "features.device")
-
-
-def validate_knn(cfg: KnnConfig) -> None:
-    _positive(cfg, ("resize", "crop", "temperature", "chunk_size"))
-    _need(
-        len(cfg.ks) > 0 and all(k > 0 for k in cfg.ks),
-        "ks",
-        "must be a non-empty list of k > 0",
-        list(cfg.ks),
-    )
-    validate_features(cfg.features)
-
-
-def validate_linear(cfg: LinearConfig) -> None:
-    _one_of(cfg.train_mode, TRAIN_MODES, "train_mode")
-    _positive(cfg, ("resize", "crop", "epochs", "batch_size"))
-    _non_negative(cfg, ("weight_decay",))
-    _need(0 <= cfg.momentum < 1, "momentum", "must be in [0, 1)", cfg.momentum)
-    _need(
-        len(cfg.lrs) > 0 and all(lr > 0 for lr in cfg.lrs),
-        "lrs",
-        "must be a non-empty list of lr > 0",
-        list(cfg.lrs),
-    )
-    _need(
-        len(cfg.n_last_blocks) > 0 and all(n > 0 for n in cfg.n_last_blocks),
-        "n_last_blocks",
-        "must be a non-empty list of block counts > 0",
-        list(cfg.n_last_blocks),
-    )
-    _need(len(cfg.avgpool) > 0, "avgpool", "must list at least one of true / false", list(cfg.avgpool))
-    validate_features(cfg.features)
-
-
-def validate_seg(cfg: SegConfig) -> None:
-    _one_of(cfg.dataset, SEG_DATASETS, "dataset")
-    _one_of(cfg.train_mode, TRAIN_MODES, "train_mode")
-    _need(len(cfg.layers) > 0, "layers", "must list at least one block", list(cfg.layers))
-    _positive(cfg, ("crop_size", "eval_stride", "iters", "batch_size", "lr"))
-    _non_negative(
-        cfg,
-        (
-            "eval_short_side",
-            "weight_decay",
-            "warmup_iters",
-            "eval_every",
-            "max_train_images",
-            "max_val_images",
-        ),
-    )
-    _need(
-        cfg.eval_short_side == 0 or cfg.eval_short_side >= cfg.crop_size,
-        "eval_short_side",
-        f"must be 0 (original size) or >= crop_size ({cfg.crop_size}): training views use the same scale",
-        cfg.eval_short_side,
-    )
-    validate_features(cfg.features)
-
-
-def validate_video(cfg: VideoConfig) -> None:
-    from sparsedino.eval.video_checks import validate_video_config
-
-    validate_video_config(cfg)
-
-
-_VALIDATORS = {KnnConfig: validate_knn, LinearConfig: validate_linear, SegConfig: validate_seg,
-               VideoConfig: validate_video}  # fmt: skip
 PROTOCOLS = {"knn": KnnConfig, "linear": LinearConfig, "seg": SegConfig, "video": VideoConfig}
+# schema -> the checks after its RULES tables, in order
+CHECKS: dict[type, tuple[Callable[[Any], None], ...]] = {
+    KnnConfig: (_check_features,),
+    LinearConfig: (_check_features,),
+    SegConfig: (_check_seg, _check_features),
+    VideoConfig: (_check_video,),
+}
+
+
+def check_protocol_config(cfg: Any, schema: type) -> None:
+    """Check a loaded protocol config: its ``RULES`` tables, then its :data:`CHECKS`.
+
+    Raises:
+        ConfigError: naming the key, for a value outside its range or choices, or a CUDA device this
+            machine does not have.
+    """
+    check_section(cfg, schema)
+    for check in CHECKS[schema]:
+        check(cfg)
 
 
 def load_protocol_config(protocol: str, path: str | None = None, overrides: Sequence[str] = ()) -> Any:
-    """Load (defaults < YAML/preset < overrides) and validate the config of ``protocol`` (see PROTOCOLS).
+    """Load (defaults < YAML/preset < overrides) and check the config of ``protocol`` (see PROTOCOLS).
 
     Raises:
         ConfigError: naming the key, for an unknown key, a wrong type, a value outside its range or choices,
@@ -278,5 +292,5 @@ def load_protocol_config(protocol: str, path: str | None = None, overrides: Sequ
     """
     schema = PROTOCOLS[protocol]
     cfg = load_config(schema, path, overrides)
-    _VALIDATORS[schema](cfg)
+    check_protocol_config(cfg, schema)
     return cfg

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from sparsedino.eval.features import forward_tokens
 from sparsedino.eval.miou import ConfusionMatrix
+from sparsedino.eval.seg_probe import probe_inputs
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[int]:
@@ -34,8 +35,6 @@ def window_logits(
     model: nn.Module, head: nn.Module, window: torch.Tensor, layers: Sequence[int], norm: bool, with_cls: bool
 ) -> torch.Tensor:
     """Probe logits (B, K, H, W) for image windows (B, 3, H, W) at pixel resolution."""
-    from sparsedino.eval.segmentation import probe_inputs
-
     patch = model.patch_embed.patch_size
     height, width = window.shape[-2:]
     pad_h, pad_w = (-height) % patch[0], (-width) % patch[1]

@@ -1,9 +1,9 @@
 """Checks of ``eval video`` settings against their ranges, the DAVIS tree and the backbone, before any work.
 
 Three stages, each as early as its inputs exist: :func:`validate_video_config` when the config is loaded
-(ranges, the device), :func:`check_sequences` when the tree is listed (every frame's size from its header,
-every annotation read: ids and sizes), :func:`check_fits_backbone` when the backbone is known (the block
-index, frames at least one patch after resizing). A bad second sequence therefore fails before the first
+(the ranges of ``VideoConfig.RULES``, the device), :func:`check_sequences` when the tree is listed (every
+frame's size from its header, every annotation read: ids and sizes), :func:`check_fits_backbone` when the
+backbone is known (the block index, frames at least one patch after resizing). A bad second sequence therefore fails before the first
 one is segmented.
 """
 
@@ -13,47 +13,19 @@ from typing import Any
 
 from PIL import Image
 
-from sparsedino.config import ConfigError, check_device
+from sparsedino.config import ConfigError
 from sparsedino.data.davis import DavisDataset, DavisError
-
-MAX_SIDE = 8192  # pixels (frames) or patches (the window radius): beyond any video a ViT is run on
-MAX_COUNT = 2**31 - 1  # counts (frames, patches, sequences): no meaningful value needs more than 32 bits
-MAX_THREADS = 1024
-
-
-def _rules(cfg: Any) -> dict[str, tuple[bool, str]]:
-    return {
-        "short_side": (1 <= cfg.short_side <= MAX_SIDE, f"in [1, {MAX_SIDE}] pixels"),
-        "size_multiple": (1 <= cfg.size_multiple <= MAX_SIDE, f"in [1, {MAX_SIDE}] pixels"),
-        "layer": (-MAX_COUNT <= cfg.layer <= MAX_COUNT, "a block index"),
-        "temperature": (cfg.temperature > 0, "> 0"),
-        "topk": (1 <= cfg.topk <= MAX_COUNT, f"in [1, {MAX_COUNT}]"),
-        "n_last_frames": (0 <= cfg.n_last_frames <= MAX_COUNT, f"in [0, {MAX_COUNT}]"),
-        "size_mask_neighborhood": (
-            0 <= cfg.size_mask_neighborhood <= MAX_SIDE,
-            f"in [0, {MAX_SIDE}] patches (0 = no window)",
-        ),
-        "max_sequences": (0 <= cfg.max_sequences <= MAX_COUNT, f"in [0, {MAX_COUNT}] (0 = all)"),
-        "batch_size": (1 <= cfg.batch_size <= MAX_COUNT, f"in [1, {MAX_COUNT}]"),
-        "query_chunk": (1 <= cfg.query_chunk <= MAX_COUNT, f"in [1, {MAX_COUNT}]"),
-        "num_threads": (0 <= cfg.num_threads <= MAX_THREADS, f"in [0, {MAX_THREADS}] (0 = torch's default)"),
-    }
+from sparsedino.eval.settings import VideoConfig, check_protocol_config
 
 
 def validate_video_config(cfg: Any) -> None:
-    """Reject values the protocol cannot run with (a :class:`~sparsedino.eval.settings.VideoConfig`).
+    """Reject values the protocol cannot run with (a :class:`~sparsedino.eval.settings.VideoConfig`): the
+    ``RULES`` table of ``VideoConfig`` and the device.
 
     Raises:
         ConfigError: naming the key, its value and the allowed range.
     """
-    for key, (ok, rule) in _rules(cfg).items():
-        if not ok:
-            raise ConfigError(f"key {key!r} must be {rule}, got {getattr(cfg, key)!r}")
-    for key in ("split", "year", "resolution"):  # folder and file names inside the DAVIS root
-        value = getattr(cfg, key)
-        if not value or len(value) > 255 or "/" in value or "\\" in value or value in (".", ".."):
-            raise ConfigError(f"key {key!r} must name a folder or list of the DAVIS layout, got {value!r}")
-    check_device(cfg.device, "device")
+    check_protocol_config(cfg, VideoConfig)
 
 
 def frame_size(height: int, width: int, short_side: int, multiple: int) -> tuple[int, int]:

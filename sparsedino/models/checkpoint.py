@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from sparsedino.attention import normalizer_name, validate_normalizer
 from sparsedino.models.formats import (
     CheckpointError,
     extract_backbone,
@@ -98,8 +99,6 @@ def load_checkpoint_backbone(
     """
     path = Path(path)
     if normalizer is not None:
-        from sparsedino.attention import validate_normalizer
-
         validate_normalizer(normalizer)  # a caller's argument: ValueError, not the file's fault
     if arch is not None and arch not in ARCHS:
         raise CheckpointError(f"unknown arch {arch!r} requested; expected one of {', '.join(ARCHS)}")
@@ -194,8 +193,6 @@ def _build_backbone(
     if img_size is not None and img_size != shape["img_size"]:
         model.set_input_size(img_size=img_size)
     model.eval()
-    from sparsedino.attention import normalizer_name
-
     info = BackboneInfo(
         source=str(meta.get("source", "state_dict")),
         arch=arch_name,
@@ -215,8 +212,6 @@ def _build_backbone(
 
 def _stored_normalizer(meta: dict, path: Path) -> str | float:
     """The attention normaliser recorded in the file (softmax for foreign files), checked."""
-    from sparsedino.attention import validate_normalizer
-
     value = meta.get("normalizer", "softmax")
     try:
         validate_normalizer(value)

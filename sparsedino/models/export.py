@@ -26,10 +26,11 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+import timm
 import torch
 
+from sparsedino.commands import Command, dispatch
 from sparsedino.config import ConfigError
-from sparsedino.errors import run_command
 from sparsedino.models.backbone import load_backbone
 from sparsedino.models.checkpoint import BackboneInfo
 from sparsedino.models.embedded import with_embedded_metadata
@@ -46,8 +47,6 @@ def timm_model_name(info: BackboneInfo) -> str | None:
     None when timm has no such model (``vit_pico``, custom widths, most patch / register combinations):
     the file then loads into ``timm.models.VisionTransformer`` built with the shape stored in its metadata.
     """
-    import timm
-
     if info.source == "timm":
         return info.arch
     if info.arch == "custom":
@@ -132,12 +131,8 @@ def _attn_scale(model: torch.nn.Module) -> float | None:
     return None
 
 
-def main(argv: Sequence[str]) -> int:
-    """CLI entry point; returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="sparsedino export",
-        description="Export the teacher (or student) backbone of a checkpoint as a timm or DINO file.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``sparsedino export``."""
     parser.add_argument("checkpoint", metavar="SPEC", help=f"{SPEC_HELP}; not a transformers folder")
     parser.add_argument(
         "--format", choices=FORMATS, default="timm", help="key layout to write (default timm)"
@@ -147,11 +142,10 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument(
         "--force", action="store_true", help="replace an existing --out (never a training checkpoint)"
     )
-    args = parser.parse_args(list(argv))
-    return run_command("sparsedino export", lambda: _export(args))
 
 
-def _export(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Export, then say what was written and how to read it back."""
     out, info = export_backbone(args.checkpoint, args.out, args.format, args.which, args.force)
     timm_name = timm_model_name(info)
     if info.source == "timm":
@@ -164,3 +158,15 @@ def _export(args: argparse.Namespace) -> int:
         + (f"timm name {timm_name}" if timm_name else "no stock timm model has this shape")
     )
     return 0
+
+
+CLI = Command(
+    add_arguments,
+    run,
+    description="Export the teacher (or student) backbone of a checkpoint as a timm or DINO file.",
+)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``sparsedino export SPEC --out FILE [options]``."""
+    return dispatch(CLI, argv, "sparsedino export")

@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+import safetensors.torch
 import torch
 
 from sparsedino.atomic import atomic_files, atomic_write_bytes, check_output_file, torch_save
@@ -83,9 +84,9 @@ def check_export_target(checkpoint: Path, out: Path, force: bool) -> None:
 def write_export(out: Path, state: dict, meta: dict) -> None:
     """Write the export: safetensors with ``meta`` in its header, or ``.pth`` + sidecar as a pair."""
     if out.suffix == ".safetensors":
-        from safetensors.torch import save
-
-        atomic_write_bytes(out, save(dict(state), metadata={"sparsedino": json.dumps(meta)}))
+        atomic_write_bytes(
+            out, safetensors.torch.save(dict(state), metadata={"sparsedino": json.dumps(meta)})
+        )
         return
     with atomic_files(sidecar_path(out), out) as (sidecar_tmp, weights_tmp):
         sidecar_tmp.write_text(json.dumps(meta, indent=2) + "\n")

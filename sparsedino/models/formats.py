@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 
 from sparsedino.errors import UserError
 from sparsedino.models.embedded import file_metadata
@@ -67,8 +68,6 @@ def read_checkpoint(path: str | Path) -> tuple[Any, dict]:
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {str(path)!r} is empty (0 bytes)")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="pt", device="cpu") as handle:
                 meta = dict(handle.metadata() or {})

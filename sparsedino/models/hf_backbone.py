@@ -7,128 +7,29 @@ diagnostics read: ``blocks`` (the depth), ``patch_embed.patch_size`` / ``dynamic
 ``pretrained_cfg`` (image mean / std), ``forward_intermediates`` (from ``output_hidden_states=True``) and
 ``forward_features``.
 
-Model types are read from ``config.json`` and must be in :data:`HF_FAMILIES`. Image statistics come from the
-folder's ``preprocessor_config.json`` when there is one, else from the table.
+Model types are read from ``config.json`` and must be in the table of :mod:`sparsedino.models.hf_config`,
+which also gives the image statistics when the folder has no ``preprocessor_config.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
-from timm.data import (
-    IMAGENET_DEFAULT_MEAN,
-    IMAGENET_DEFAULT_STD,
-    IMAGENET_INCEPTION_MEAN,
-    IMAGENET_INCEPTION_STD,
-)
 
 from sparsedino.models.checkpoint import BackboneInfo
 from sparsedino.models.formats import CheckpointError, fingerprint
+from sparsedino.models.hf_config import HF_FAMILIES, HFFamily, image_stats, read_hf_config
+from sparsedino.models.spec import BackboneSpec
 
-if TYPE_CHECKING:
-    from sparsedino.models.spec import BackboneSpec
+__all__ = ["HFBackbone", "load_hf_backbone"]
 
-__all__ = ["HF_FAMILIES", "HFBackbone", "HFFamily", "load_hf_backbone", "read_hf_config"]
-
-PREPROCESSOR_FILE = "preprocessor_config.json"
 _UNUSED_PREFIXES = ("pooler.",)  # modules the adapter never runs: their weights may be missing
-
-
-@dataclass(frozen=True)
-class HFFamily:
-    """Where a transformers model type keeps what the adapter reads.
-
-    Attributes:
-        layers: dotted paths of the block list, first one present wins (transformers moved ViT's
-            ``encoder.layer`` to ``layers``).
-        norm: attribute of the final LayerNorm.
-        extra_prefix: prefix tokens after [CLS] that are not registers (DeiT's distillation token).
-        interpolate: pass ``interpolate_pos_encoding=True`` (learned absolute positions of a fixed grid).
-        mean, std: image statistics the family's published weights were trained with (the values of their
-            ``preprocessor_config.json``); transformers' image-processor class defaults differ for some
-            (DINOv2's ``BitImageProcessor`` defaults to CLIP's, DeiT's to 0.5).
-    """
-
-    layers: tuple[str, ...]
-    norm: str
-    extra_prefix: int = 0
-    interpolate: bool = False
-    mean: tuple[float, ...] = IMAGENET_DEFAULT_MEAN
-    std: tuple[float, ...] = IMAGENET_DEFAULT_STD
-
-
-# model_type (config.json) -> family. Token order in all of them: [CLS], distillation / registers, patches.
-HF_FAMILIES: dict[str, HFFamily] = {
-    "vit": HFFamily(("layers", "encoder.layer"), "layernorm", interpolate=True,
-                    mean=IMAGENET_INCEPTION_MEAN, std=IMAGENET_INCEPTION_STD),  # google/vit-*: 0.5, 0.5
-    "deit": HFFamily(("layers", "encoder.layer"), "layernorm", extra_prefix=1, interpolate=True),
-    "dinov2": HFFamily(("encoder.layer",), "layernorm"),
-    "dinov2_with_registers": HFFamily(("encoder.layer",), "layernorm"),
-    "dinov3_vit": HFFamily(("model.layer",), "norm"),
-}  # fmt: skip
-
-
-def read_hf_config(folder: Path, where: str) -> dict[str, Any]:
-    """``folder/config.json`` as a dict, checked to describe a model type of :data:`HF_FAMILIES`.
-
-    Raises:
-        CheckpointError: ``where`` followed by the problem (no folder, no ``config.json``, unreadable JSON,
-            a model type that is not a ViT-like encoder).
-    """
-    if not folder.is_dir():
-        raise CheckpointError(f"{where}: {str(folder)!r} is not a folder")
-    path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(
-            f"{where}: {str(folder)!r} has no config.json (write the model with save_pretrained(folder))"
-        )
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{where}: {str(path)!r} is not valid JSON ({err})") from err
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type not in HF_FAMILIES:
-        raise CheckpointError(
-            f"{where}: model type {model_type!r} is not a ViT-like encoder we read; supported: "
-            f"{', '.join(HF_FAMILIES)}"
-        )
-    return config
-
-
-def image_stats(folder: Path, family: HFFamily) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) from the folder's ``preprocessor_config.json``, else the family's.
-
-    Raises:
-        CheckpointError: the file exists but its ``image_mean`` / ``image_std`` are not 3 numbers (std > 0).
-    """
-    path = folder / PREPROCESSOR_FILE
-    if not path.is_file():
-        return tuple(family.mean), tuple(family.std)
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{str(path)!r} is not valid JSON ({err})") from err
-    if config.get("do_normalize") is False:
-        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    mean, std = config.get("image_mean", family.mean), config.get("image_std", family.std)
-    for key, value in (("image_mean", mean), ("image_std", std)):
-        if not (
-            isinstance(value, (list, tuple))
-            and len(value) == 3
-            and all(isinstance(v, (int, float)) for v in value)
-        ):
-            raise CheckpointError(f"{str(path)!r}: {key} must be 3 numbers, got {value!r}")
-    if min(std) <= 0:
-        raise CheckpointError(f"{str(path)!r}: image_std must be > 0, got {std!r}")
-    return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
 
 def _pair(value: int | Sequence[int]) -> tuple[int, int]:
@@ -263,7 +164,7 @@ class HFBackbone(nn.Module):
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' load report: problems are raised as one line by the caller instead."""
-    from transformers.utils import logging as hf_logging
+    from transformers.utils import logging as hf_logging  # optional dependency: only hf: folders need it
 
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -291,8 +192,8 @@ def load_hf_backbone(spec: BackboneSpec) -> tuple[HFBackbone, BackboneInfo]:
     """
     where = f"hf:{spec.path}"
     config = read_hf_config(spec.path, where)
-    try:  # an optional dependency: only transformers folders need it
-        from transformers import AutoModel
+    try:
+        from transformers import AutoModel  # optional dependency: only hf: folders need it
     except ImportError as err:
         raise CheckpointError(f"{where}: reading a transformers folder needs transformers installed") from err
     try:

@@ -30,7 +30,7 @@ import timm
 from timm.models import get_arch_name, get_pretrained_cfg
 
 from sparsedino.models.formats import CheckpointError
-from sparsedino.models.hf_backbone import read_hf_config
+from sparsedino.models.hf_config import read_hf_config
 
 __all__ = ["SPEC_HELP", "TIMM_SUFFIXES", "BackboneSpec", "parse_backbone_spec"]
 

@@ -9,7 +9,7 @@ checkpoints are interchangeable and load into stock timm models.
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_function, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 
+from sparsedino.attention import Normalizer, sparsify, validate_normalizer
 from sparsedino.attention.archs import VIT_ARCHS
-
-if TYPE_CHECKING:
-    from sparsedino.attention import Normalizer
+from sparsedino.attention.layers import enable_learned_alpha
 
 # Architecture table: name -> (embed_dim, depth, num_heads); its one home is sparsedino.attention.archs.
 ARCHS: dict[str, dict[str, int]] = VIT_ARCHS
@@ -148,8 +147,6 @@ def build_vit(
         A ``VisionTransformer`` with ``num_classes=0`` (forward returns the normed [CLS] embedding),
         LayerNorm eps 1e-6, qkv bias, and ``SparseAttention`` attention modules.
     """
-    from sparsedino.attention import sparsify, validate_normalizer
-
     validate_normalizer(normalizer)
     if num_registers < 0:
         raise ValueError(f"num_registers must be >= 0, got {num_registers}")
@@ -179,7 +176,5 @@ def build_vit(
             trunc_normal_(model.cls_token, std=0.02)  # DINO's init (timm: normal, std 1e-6)
     sparsify(model, normalizer, scale=attn_scale)
     if learn_alpha:
-        from sparsedino.attention.layers import enable_learned_alpha
-
         enable_learned_alpha(model)
     return model

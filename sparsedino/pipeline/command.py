@@ -19,23 +19,18 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sparsedino.atomic import check_output_dir, remove_stale_temps
+from sparsedino.commands import Command, dispatch
 from sparsedino.config import save_config
-from sparsedino.errors import run_command
 from sparsedino.pipeline.settings import PRESETS
 from sparsedino.runlock import RunLock
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sparsedino reproduce",
-        description="Train DINO with softmax and with entmax-1.5 attention under identical settings, run the "
-        "k-NN, linear and segmentation probes and the diagnostics on both, and write one comparison report.",
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``sparsedino reproduce``."""
     parser.add_argument("--preset", default="cpu-demo", help=f"one of {', '.join(PRESETS)} or a YAML file")
     parser.add_argument("--out", required=True, help="run folder (re-use it to resume)")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved plan and exit")
     parser.add_argument("overrides", nargs="*", help="preset overrides key=value, e.g. seeds=[0,1]")
-    return parser
 
 
 def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), dry_run: bool = False) -> dict:
@@ -89,11 +84,6 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
         return write_report(plan, results, out, elapsed_s=elapsed_s, stage_seconds=runner.seconds)
 
 
-def main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(list(argv))
-    return run_command("sparsedino reproduce", lambda: _reproduce(args))
-
-
 def _reproduce(args: argparse.Namespace) -> int:
     result = run_reproduce(args.preset, args.out, args.overrides, dry_run=args.dry_run)
     if args.dry_run:
@@ -101,3 +91,16 @@ def _reproduce(args: argparse.Namespace) -> int:
         return 0
     print(f"[reproduce] report: {Path(args.out) / 'report.html'} (also report.md, results.json)")
     return 0
+
+
+CLI = Command(
+    add_arguments,
+    _reproduce,
+    description="Train DINO with softmax and with entmax-1.5 attention under identical settings, run the "
+    "k-NN, linear and segmentation probes and the diagnostics on both, and write one comparison report.",
+)
+
+
+def main(argv: Sequence[str]) -> int:
+    """``sparsedino reproduce --out DIR [--preset NAME] [key=value ...]``."""
+    return dispatch(CLI, argv, "sparsedino reproduce")

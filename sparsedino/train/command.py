@@ -8,6 +8,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from sparsedino.commands import Command, dispatch
+
 EPILOG = """\
 examples:
   sparsedino train dino_cpu_tiny data.path=data/imagenet run.output_dir=runs/tiny
@@ -19,22 +21,11 @@ model.normalizer=softmax optim.epochs=10. An existing <run.output_dir>/checkpoin
 """
 
 
-def main(argv: Sequence[str]) -> int:
-    """Parse arguments, load and check the config, then train. Returns the exit code."""
-    parser = argparse.ArgumentParser(
-        prog="sparsedino train",
-        description="Pretrain a ViT with DINO v1; the attention normaliser is a config switch.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``sparsedino train``."""
     parser.add_argument("config", help="YAML config file or preset name")
     parser.add_argument("overrides", nargs="*", help="key=value overrides (dotted keys)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = parser.parse_args(list(argv))
-
-    from sparsedino.errors import run_command
-
-    return run_command("sparsedino train", lambda: _train(args))
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -56,3 +47,17 @@ def _train(args: argparse.Namespace) -> int:
     if os.environ.get("RANK", "0") == "0":
         print(f"training finished; outputs in {out}")
     return 0
+
+
+CLI = Command(
+    add_arguments,
+    _train,
+    description="Pretrain a ViT with DINO v1; the attention normaliser is a config switch.",
+    epilog=EPILOG,
+    raw_help=True,
+)
+
+
+def main(argv: Sequence[str]) -> int:
+    """Parse arguments, load and check the config, then train. Returns the exit code."""
+    return dispatch(CLI, argv, "sparsedino train")

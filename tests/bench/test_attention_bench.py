@@ -2,10 +2,7 @@
 
 import json
 
-import pytest
-
 from sparsedino.bench import attention as bench
-from sparsedino.config import ConfigError
 
 
 def _run(tmp_path, *extra):
@@ -27,6 +24,7 @@ def test_rows_carry_ratios_and_the_attention_density(tmp_path):
     assert flat["density"] > rows[0]["density"]  # flatter scores keep more keys
 
 
-def test_input_std_must_be_positive(tmp_path):
-    with pytest.raises(ConfigError, match="--input-std"):
-        bench.main(["--input-std", "0", "--json", str(tmp_path / "a.json")])
+def test_input_std_must_be_positive(tmp_path, capsys):
+    assert bench.main(["--input-std", "0", "--json", str(tmp_path / "a.json")]) == 2
+    assert "sparsedino bench attention: error: --input-std" in capsys.readouterr().err
+    assert not (tmp_path / "a.json").exists()

@@ -17,7 +17,8 @@ from sparsedino.diagnose.command import main
 from sparsedino.diagnose.runner import run_diagnostics
 from sparsedino.diagnose.settings import DiagnoseConfig
 from sparsedino.models import load_backbone
-from sparsedino.models.hf_backbone import HF_FAMILIES, HFBackbone
+from sparsedino.models.hf_backbone import HFBackbone
+from sparsedino.models.hf_config import HF_FAMILIES
 
 from ..backbones import write_hf, write_timm
 

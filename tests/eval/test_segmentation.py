@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from sparsedino.data.segmentation import build_seg_dataset
-from sparsedino.eval.segmentation import LinearSegHead, probe_inputs, run_seg_probe, train_seg_probe
+from sparsedino.eval.seg_probe import LinearSegHead, probe_inputs, train_seg_probe
+from sparsedino.eval.segmentation import run_seg_probe
 from sparsedino.eval.settings import SegConfig
 from sparsedino.eval.sliding import sliding_window_logits, window_starts
 
