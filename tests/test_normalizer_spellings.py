@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from sparsedino.attention import Normalizer, parse_normalizer
+from sparsedino.attention.normalizers import MAX_ALPHA, normalize
 from sparsedino.errors import UserError
 
 SPELLINGS = {
@@ -55,6 +56,17 @@ def test_parse_gives_one_value_per_normaliser(spelling):
     assert parse_normalizer(spec) is spec
     with pytest.raises(AttributeError):
         spec.name = "softmax"  # immutable
+
+
+def test_alpha_is_bounded_where_the_maps_stay_finite():
+    """Alphas past MAX_ALPHA overflowed float32 in the bisection (NaN maps from about 1e38); the largest
+    accepted one gives the argmax, as every alpha past ~10 does."""
+    scores = torch.randn(4, 50, generator=torch.Generator().manual_seed(0)) * 3
+    p = normalize(scores, MAX_ALPHA)
+    assert torch.equal(p, torch.nn.functional.one_hot(scores.argmax(-1), 50).float())
+    for alpha in (MAX_ALPHA * 10, 1e38, "entmax1e39"):
+        with pytest.raises(ValueError, match=r"entmax alpha must be in \[1, 1e\+06\]"):
+            parse_normalizer(alpha)
 
 
 @pytest.mark.parametrize("spelling", SPELLINGS)

@@ -8,7 +8,7 @@ spellings accepted (case-insensitive)       ``.name``      alpha  ``.kind``    m
 "entmax_15", "1.5", 1.5                                                        solver)
 "sparsemax", "entmax2", 2.0                 "sparsemax"    2.0    "sparsemax"  exact sparsemax
 "entmax1.25", "entmax-1.25", "1.25", 1.25   "entmax1.25"   1.25   "bisect"     alpha-entmax by bisection, any
-                                                                               alpha > 1
+                                                                               alpha in (1, 1e6]
 ==========================================  =============  =====  ===========  ==================================
 
 ``.name`` is the canonical spelling: what checkpoints, configs written by the trainer, reports and layers
@@ -75,10 +75,15 @@ class Normalizer:
         return self.name
 
 
+# Above it the bisection's (alpha - 1) * score overflows float32 for ordinary scores (NaN maps from about
+# 1e38); every alpha past ~10 already gives the argmax at float32 precision, so nothing is lost.
+MAX_ALPHA = 1e6
+
+
 def _from_alpha(alpha: float, original: object) -> str:
-    if not math.isfinite(alpha) or alpha < 1.0:
+    if not math.isfinite(alpha) or alpha < 1.0 or alpha > MAX_ALPHA:
         raise ValueError(
-            f"invalid attention normalizer {original!r}: entmax alpha must be >= 1 (1 = softmax)"
+            f"invalid attention normalizer {original!r}: entmax alpha must be in [1, {MAX_ALPHA:g}] (1 = softmax)"
         )
     if alpha == 1.0:
         return "softmax"
