@@ -20,10 +20,13 @@ from pathlib import Path
 
 from sparsedino.config import config_to_dict
 from sparsedino.diagnose.report import Doc
+from sparsedino.eval.command import run_protocol
+from sparsedino.models import load_backbone
 from sparsedino.pipeline.plan import RunPlan
-from sparsedino.pipeline.runner import _write_json
+from sparsedino.pipeline.runner import write_result
 from sparsedino.pipeline.stages import Stage
 from sparsedino.pipeline.statistics import format_mean_std, summarise_values
+from sparsedino.train.alpha_schedule import AlphaSchedule
 
 
 def _first_run(plan: RunPlan, arm: str) -> str:
@@ -32,8 +35,6 @@ def _first_run(plan: RunPlan, arm: str) -> str:
 
 def start_normalizer(train_cfg) -> str:
     """The attention an initialised run has at step 0 (the alpha schedule's start, else the normaliser)."""
-    from sparsedino.train.alpha_schedule import AlphaSchedule
-
     return AlphaSchedule(train_cfg, iters_per_epoch=1).normalizer_at(0).name
 
 
@@ -41,8 +42,6 @@ def start_stages(plan: RunPlan) -> list[Stage]:
     """``start/<normaliser>``: the final seg probe (without [CLS]) on the base checkpoint with each step-0 attention."""
     if plan.init_source is None:
         return []
-    from sparsedino.eval.command import run_protocol
-
     name = plan.cfg.seg_datasets[0]
     seg_cfg, source = plan.seg[name], plan.init_source
     stages, normalizers = [], {}
@@ -52,11 +51,9 @@ def start_stages(plan: RunPlan) -> list[Stage]:
         which = plan.train[_first_run(plan, arm)].init.which
 
         def run(stage_dir: Path, normalizer=normalizer, which=which) -> dict:
-            from sparsedino.models import load_backbone
-
             model, _ = load_backbone(source, normalizer=normalizer, which=which)
             result = run_protocol("seg", model, seg_cfg)
-            _write_json(stage_dir / "results.json", result)
+            write_result(stage_dir / "results.json", result)
             return {"normalizer": normalizer, "miou": result["miou"]}
 
         settings = {

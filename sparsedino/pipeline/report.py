@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from sparsedino.atomic import atomic_write_json
 from sparsedino.data.segmentation import SEG_TITLES
 from sparsedino.diagnose.figures import save_figure
-from sparsedino.diagnose.report import Doc, fmt, write_documents
+from sparsedino.diagnose.report import Doc, fmt, load_metrics, write_compare, write_documents
 from sparsedino.diagnose.scores import SCORES
 from sparsedino.pipeline.adapt import adapt_doc, adapt_summary
 from sparsedino.pipeline.alphas import learned_alpha_doc
@@ -28,7 +28,7 @@ from sparsedino.pipeline.metrics import aggregate
 from sparsedino.pipeline.plan import RunPlan, describe
 from sparsedino.pipeline.ranks import dse_rank_doc, dse_rank_summary
 from sparsedino.pipeline.statistics import format_mean_std, summarise_values
-from sparsedino.pipeline.video import video_section
+from sparsedino.pipeline.video_report import video_section
 
 # The paper's DINO ViT-S/16 (200 epochs, ImageNet-1k) linear-probe mIoU per dataset, for orientation only.
 PAPER_MIOU = {
@@ -87,8 +87,6 @@ def _loss_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | N
 
 def _diagnostics(plan: RunPlan, results: dict[str, dict], out: Path) -> tuple[Doc, dict]:
     """Last-block diagnostic scores side by side, plus the per-block comparison report of two runs."""
-    from sparsedino.diagnose.report import load_metrics, write_compare
-
     dirs = {rid: results[f"diagnose/{rid}"]["dir"] for rid in plan.run_ids if f"diagnose/{rid}" in results}
     if not dirs:
         return [], {}

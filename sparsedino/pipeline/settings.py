@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from sparsedino.config import ConfigError
+from sparsedino.attention import normalizer_name
+from sparsedino.config import ConfigError, config_to_dict
+from sparsedino.data.command import check_synth_options, check_video_options
 
 PRESETS = {
     "micro": "reproduce_micro",
@@ -169,8 +171,6 @@ def resolve_arm(arm: str) -> tuple[str, list[str]]:
     Raises:
         ConfigError: naming the arm when it is neither a variant nor a valid normaliser.
     """
-    from sparsedino.attention import normalizer_name
-
     warmup = _WARMUP.match(arm)
     if warmup:
         name, overrides = resolve_arm(warmup["arm"])
@@ -256,17 +256,11 @@ def validate(cfg: ReproduceConfig) -> None:
 
 def _validate_synth(synth: SynthSettings) -> None:
     """The embedded dataset's settings, checked before the data stage (the generator's limits)."""
-    from sparsedino.config import config_to_dict
-    from sparsedino.data.command import check_synth_options
-
     check_synth_options(config_to_dict(synth), lambda key: f"key 'synth.{key}'")
 
 
 def _validate_clips(video: VideoSettings) -> None:
     """The embedded clips' settings (``sparsedino data synth-video``'s limits)."""
-    from sparsedino.config import config_to_dict
-    from sparsedino.data.command import check_video_options
-
     values = {k: v for k, v in config_to_dict(video).items() if k not in ("enabled", "overrides")}
     check_video_options(values, lambda key: f"key 'video.{key}'")
 
