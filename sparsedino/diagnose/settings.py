@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from sparsedino.config import ConfigError, check_device, load_config
+
 
 @dataclass
 class DenseProbeSettings:
@@ -64,7 +66,6 @@ DATASETS = ("voc", "ade20k", "cityscapes")
 
 def validate(cfg: DiagnoseConfig) -> None:
     """Check choices and ranges of every option; raise :class:`ConfigError` naming the key."""
-    from sparsedino.config import ConfigError, check_device
 
     def need(ok: bool, key: str, rule: str, value) -> None:
         if not ok:
@@ -100,8 +101,6 @@ def validate(cfg: DiagnoseConfig) -> None:
 
 def load_diagnose_config(path: str | None = None, overrides=()) -> DiagnoseConfig:
     """Defaults < YAML/preset < ``key=value`` overrides, then :func:`validate`."""
-    from sparsedino.config import load_config
-
     cfg = load_config(DiagnoseConfig, path, overrides)
     validate(cfg)
     return cfg
