@@ -8,12 +8,14 @@ the key, before any work starts.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import MISSING, OmegaConf
 
-from sparsedino.config import ConfigError, check_device, check_normalizer, resolve_device
+from sparsedino.attention.adaptive import initial_alpha
+from sparsedino.config import ConfigError, check_device, check_normalizer, load_config, resolve_device
 
 
 @dataclass
@@ -277,8 +279,6 @@ def validate(cfg: TrainConfig) -> None:
         check_fp16_device(resolve_device(cfg.run.device).type)  # (a missing CUDA device: rejected above)
     check_normalizer(cfg.model.normalizer, "model.normalizer")
     if cfg.model.learn_alpha:
-        from sparsedino.attention.adaptive import initial_alpha
-
         try:
             initial_alpha(cfg.model.normalizer)
         except ValueError as err:
@@ -310,7 +310,7 @@ def validate(cfg: TrainConfig) -> None:
     _validate_adaptation(cfg)
     if cfg.log.wandb:
         try:
-            import wandb  # noqa: F401
+            import wandb  # noqa: F401  (optional dependency: checked only with log.wandb)
         except ImportError as err:
             raise ConfigError(
                 "key 'log.wandb' is true but wandb is not installed (pip install wandb)"
@@ -360,3 +360,13 @@ def _validate_adaptation(cfg: TrainConfig) -> None:
         raise ConfigError("key 'gram.resize_antialias': antialiasing needs resize_mode bicubic or bilinear")
     if g.teacher_normalizer:
         check_normalizer(g.teacher_normalizer, "gram.teacher_normalizer")
+
+
+def load_train_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """``load_config(TrainConfig, path, overrides)`` plus range/choice checks (errors name the key).
+
+    ``model.normalizer`` comes back in its canonical spelling (``entmax-1.5`` -> ``entmax15``).
+    """
+    cfg = load_config(TrainConfig, path, overrides)
+    validate(cfg)
+    return canonical(cfg)
