@@ -1,8 +1,9 @@
 """Semantic-diffusion diagnostics for any timm ViT.
 
 One file per diagnostic; each score is a pure function on tensors whose docstring states the exact
-definition (which tokens, which block output, whether the final norm is applied). ``runner.py`` computes
-them all per block in one pass over a segmentation dataset; ``report.py`` writes ``metrics.json``,
+definition (which tokens, which block output, whether the final norm is applied). ``steps.py`` is the
+table of them (what each keeps from a batch, what it reports) that ``runner.py`` loops over, per block, in
+one pass over a segmentation dataset; ``report.py`` writes ``metrics.json``,
 ``report.md`` and a self-contained ``report.html``; ``command.py`` is ``sparsedino diagnose``.
 See ``docs/diagnostics.md`` for the definitions in one place.
 """
