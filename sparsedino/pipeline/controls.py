@@ -25,7 +25,7 @@ from sparsedino.eval.command import run_protocol
 from sparsedino.eval.oracle import run_oracle_seg_probe
 from sparsedino.eval.video import BackboneFeatures, build_davis, run_video
 from sparsedino.models import load_backbone
-from sparsedino.pipeline.plan import RunPlan, arm_of_run
+from sparsedino.pipeline.plan import RunPlan
 from sparsedino.pipeline.runner import load_final, with_changes, write_result
 from sparsedino.pipeline.settings import resolve_arm
 from sparsedino.pipeline.stages import Stage
@@ -96,7 +96,7 @@ def control_runs(plan: RunPlan) -> list[str]:
     controls = plan.cfg.controls
     arm = resolve_arm(controls.arm or plan.cfg.arms[0])[0]
     seeds = list(controls.seeds) or [plan.cfg.seeds[0]]
-    return [rid for rid in plan.run_ids if arm_of_run(plan, rid) == arm and plan.seed_of[rid] in seeds]
+    return [rid for rid in plan.run_ids if plan.arm_of[rid] == arm and plan.seed_of[rid] in seeds]
 
 
 def _injection_stages(plan: RunPlan) -> list[Stage]:

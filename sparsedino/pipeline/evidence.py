@@ -64,13 +64,9 @@ def positive_control_summary(points: list[dict], probe_noise: float | None = Non
     }
 
 
-def _first_seg_key(plan: RunPlan) -> str:
-    return plan.cfg.seg_datasets[0]
-
-
 def summarise(plan: RunPlan, results: dict[str, dict]) -> dict:
     """The instrument and paired-comparison numbers of a reproduce run (JSON-ready)."""
-    seg_key = _first_seg_key(plan)
+    seg_key = plan.cfg.seg_datasets[0]  # the dense benchmark: the first dataset's probe
     arms = list(dict.fromkeys(plan.arm_of.values()))
     floor, trained = {}, {}
     for arm in arms:

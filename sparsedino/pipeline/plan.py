@@ -74,11 +74,6 @@ def run_id(arm: str, seed: int) -> str:
     return f"{resolve_arm(arm)[0]}-s{seed}"
 
 
-def arm_of_run(plan: RunPlan, rid: str) -> str:
-    """The canonical arm name of a run id."""
-    return plan.arm_of[rid]
-
-
 def load_reproduce_config(preset: str, overrides: list[str]) -> ReproduceConfig:
     """Resolve ``--preset`` (a name from :data:`PRESETS` or a YAML path) and overrides, then validate."""
     name = PRESETS.get(preset, preset)

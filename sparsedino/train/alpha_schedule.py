@@ -89,8 +89,3 @@ def set_normalizer(model: nn.Module, spec: Normalizer | str | float) -> None:
     for module in model.modules():
         if isinstance(module, SparseAttention) and module.normalizer != str(spec):
             module.normalizer = spec
-
-
-def current_normalizer(model: nn.Module) -> str:
-    """The canonical normaliser of ``model``'s first :class:`SparseAttention` (they share one)."""
-    return next(m.normalizer for m in model.modules() if isinstance(m, SparseAttention))
