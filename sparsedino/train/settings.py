@@ -64,9 +64,7 @@ class ModelSettings:
         "bottleneck_dim": POSITIVE,
         "head_layers": POSITIVE,
     }
-    arch: str = (
-        "vit_small"  # one of VIT_ARCHS: vit_femto | vit_pico | vit_tiny | vit_small | vit_base | vit_large
-    )
+    arch: str = "vit_small"  # a name of attention.archs.VIT_ARCHS (vit_femto, vit_pico, ... vit_large)
     patch_size: int = 16
     img_size: int = 224  # position-embedding grid (other sizes are interpolated)
     normalizer: str = "entmax15"  # softmax | entmax15 | sparsemax | entmax<alpha> e.g. entmax1.25 (canonical
