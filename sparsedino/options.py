@@ -101,7 +101,7 @@ class OneOf:
         return value in self.choices
 
     def describe(self) -> str:
-        return "one of " + ", ".join(map(str, self.choices))
+        return "one of " + ", ".join('""' if c == "" else str(c) for c in self.choices)  # "" shown, not blank
 
 
 @dataclass(frozen=True)

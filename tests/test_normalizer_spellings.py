@@ -33,8 +33,8 @@ class _Reached(UserError):
 @pytest.fixture()
 def capture_backbone(monkeypatch):
     """Patch ``load_backbone`` to record the ``normalizer`` a command passes and stop there (exit 2)."""
+    import sparsedino.diagnose.command
     import sparsedino.eval.command
-    import sparsedino.models
 
     seen: list = []
 
@@ -42,7 +42,7 @@ def capture_backbone(monkeypatch):
         seen.append(normalizer)
         raise _Reached("stopped before loading")
 
-    for where in (sparsedino.models, sparsedino.eval.command):  # the commands' lookups
+    for where in (sparsedino.eval.command, sparsedino.diagnose.command):  # the commands' lookups
         monkeypatch.setattr(where, "load_backbone", fake)
     return seen
 
@@ -92,7 +92,7 @@ def test_eval_commands(protocol, spelling, capture_backbone, tmp_path, capsys):
 
 @pytest.mark.parametrize("spelling", [*SPELLINGS, BAD])
 def test_diagnose_command(spelling, capture_backbone, tmp_path, monkeypatch, capsys):
-    import sparsedino.data.segmentation
+    import sparsedino.diagnose.command
     from sparsedino.diagnose.command import main
 
     class _Dataset:
@@ -102,7 +102,7 @@ def test_diagnose_command(spelling, capture_backbone, tmp_path, monkeypatch, cap
         def load_raw(self, i):
             return None
 
-    monkeypatch.setattr(sparsedino.data.segmentation, "build_seg_dataset", lambda *a, **k: _Dataset())
+    monkeypatch.setattr(sparsedino.diagnose.command, "build_seg_dataset", lambda *a, **k: _Dataset())
     argv = ["--checkpoint", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     (tmp_path / "c.pth").write_bytes(b"")
     argv[1] = str(tmp_path / "c.pth")

@@ -148,7 +148,7 @@ def no_work(monkeypatch):
         "sparsedino.bench.train.make_step",
         "sparsedino.bench.gpu.Checks",
         "sparsedino.models.export.write_export",
-        "sparsedino.train.run_training",
+        "sparsedino.train.command.run_training",
     ):
         monkeypatch.setattr(target, _refuse_work)
 

@@ -1,7 +1,7 @@
 """The segmentation datasets by name: :data:`SEG_READERS` and the :func:`build_seg_dataset` factory.
 
 :data:`SEG_DATASETS` (the table's keys) is the one list of the names: options and config keys that name a
-segmentation dataset are checked against it.
+segmentation dataset are checked against it; :data:`SEG_TITLES` is how reports name each one.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ SEG_READERS: dict[str, type[SegmentationDataset]] = {
     "cityscapes": CityscapesSegmentation,
 }
 SEG_DATASETS: tuple[str, ...] = tuple(SEG_READERS)
+# name -> the dataset's name in reports (tables, metric names)
+SEG_TITLES: dict[str, str] = {"voc": "VOC 2012", "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
 
 
 def build_seg_dataset(

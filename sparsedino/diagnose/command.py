@@ -18,9 +18,21 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
+from sparsedino.atomic import check_output_dir, staged_directory
 from sparsedino.commands import Command, dispatch
 from sparsedino.config import save_config
+from sparsedino.data.joint_transforms import make_seg_eval_transform
+from sparsedino.data.segmentation import build_seg_dataset
+from sparsedino.diagnose.over_training import assign_epochs, resolve_backbones, write_over_training
+from sparsedino.diagnose.report import fmt, write_compare, write_run
+from sparsedino.diagnose.runner import run_diagnostics, validate_model
+from sparsedino.diagnose.scores import SCORES
+from sparsedino.diagnose.settings import load_diagnose_config
+from sparsedino.errors import DataError, MissingDataError
+from sparsedino.eval.command import normalizer_option
+from sparsedino.models import load_backbone, token_layout
 from sparsedino.models.spec import SPEC_HELP
+from sparsedino.runlock import RunLock
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,9 +92,6 @@ def _model_info(info) -> dict:
 
 
 def _print_summary(metrics: dict) -> None:
-    from sparsedino.diagnose.report import fmt
-    from sparsedino.diagnose.scores import SCORES
-
     keys = [
         "attn.zero_share",
         "attn.distance_px",
@@ -113,25 +122,12 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse
 def _diagnose(args: argparse.Namespace) -> int:
     """Check every input, then write the outputs into a folder beside ``--out``, swapped in only when all
     are complete (under ``--out``'s lock): a failed run leaves nothing behind, nor a half-updated ``--out``."""
-    from sparsedino.atomic import check_output_dir, staged_directory
-    from sparsedino.runlock import RunLock
-
     out = check_output_dir(args.out, "--out")
     if args.compare:
-        from sparsedino.diagnose.report import write_compare
-
         with RunLock(out, "--out"), staged_directory(out) as stage:
             write_compare(args.compare[0], args.compare[1], stage)
         print(f"comparison written to {out / 'report.html'}")
         return 0
-    from sparsedino.data.segmentation import build_seg_dataset
-    from sparsedino.diagnose.over_training import resolve_backbones
-    from sparsedino.diagnose.runner import validate_model
-    from sparsedino.diagnose.settings import load_diagnose_config
-    from sparsedino.errors import DataError, MissingDataError
-    from sparsedino.eval.command import normalizer_option
-    from sparsedino.models import load_backbone
-
     layers = [f"layers=[{','.join(map(str, args.layers))}]"] if args.layers else []
     cfg = load_diagnose_config(args.config, list(args.overrides) + layers)
     normalizer = normalizer_option(args.normalizer)
@@ -161,12 +157,6 @@ def _run_all(
 ) -> None:
     """Diagnose each backbone of ``loaded`` (``(path, epoch, sha256)``; ``by_spec`` maps each path to its
     spec, loaded with ``options``) into ``out``."""
-    from sparsedino.data.joint_transforms import make_seg_eval_transform
-    from sparsedino.diagnose.over_training import assign_epochs, write_over_training
-    from sparsedino.diagnose.report import write_run
-    from sparsedino.diagnose.runner import run_diagnostics
-    from sparsedino.models import load_backbone, token_layout
-
     save_config(cfg, out / "config.yaml")
     single = len(loaded) == 1
     runs = [(None, loaded[0][0])] if single else assign_epochs(loaded)

@@ -1,9 +1,10 @@
 """Dense linear probe per block, with and without [CLS] concatenated to every patch token.
 
-Reuses the project's segmentation probe (``sparsedino.eval.segmentation.train_seg_probe``) on the patch
-features the runner kept (same block output as the other scores: final norm applied when ``final_norm``).
-The diagnosed images are split deterministically: image i trains the probe if ``i`` falls in the first
-``train_fraction`` of each consecutive group (alternating for 0.5), the others evaluate it; mIoU is computed
+Reuses the project's segmentation probe (``sparsedino.eval.seg_probe``: :func:`probe_inputs`,
+:func:`train_seg_probe`) on the patch features the runner kept (same block output as the other scores:
+final norm applied when ``final_norm``). The diagnosed images are split deterministically by the label
+probe's rule (``diffusion.split_images``, here without labels): image i trains the probe if ``i`` falls in
+the first ``train_fraction`` of each consecutive group (alternating for 0.5), the others evaluate it; mIoU is computed
 from one confusion matrix over all evaluation pixels (background is a class; 255 ignored).
 """
 
@@ -14,15 +15,14 @@ from typing import Any
 
 import torch
 
+from sparsedino.diagnose.diffusion import split_images
 from sparsedino.diagnose.settings import DenseProbeSettings
-from sparsedino.eval.segmentation import probe_inputs, train_seg_probe
+from sparsedino.eval.seg_probe import probe_inputs, train_seg_probe
 
 
 def split_indices(n: int, train_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic interleaved split of ``range(n)`` into train / val indices (both non-empty if n >= 2)."""
-    train = torch.tensor(
-        [math.ceil((i + 1) * train_fraction) > math.ceil(i * train_fraction) for i in range(n)]
-    )
+    train = split_images(torch.zeros(n, dtype=torch.long), train_fraction)  # (n,) bool, one stratum
     if n >= 2 and train.all():
         train[-1] = False
     idx = torch.arange(n)

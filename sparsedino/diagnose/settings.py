@@ -1,14 +1,36 @@
-"""Options of ``sparsedino diagnose`` (defaults < YAML < ``key=value`` overrides, see ``sparsedino.config``)."""
+"""Options of ``sparsedino diagnose`` (defaults < YAML < ``key=value`` overrides, see ``sparsedino.config``).
+
+Each dataclass states the ranges and choices of its keys in its ``RULES`` table
+(:func:`sparsedino.options.check_section` checks them, naming the dotted key); the device is checked
+against this machine after the tables.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
+
+from sparsedino.config import check_device, load_config
+from sparsedino.data.segmentation import SEG_DATASETS
+from sparsedino.options import NON_NEGATIVE, POSITIVE, OneOf, Range, Rules, check_section
+
+SHARE = Range(0, 1, open_low=True)  # a share of patches or of attention mass: (0, 1]
 
 
 @dataclass
 class DenseProbeSettings:
-    """Per-block linear segmentation probe (``sparsedino.eval.segmentation.train_seg_probe``)."""
+    """Per-block linear segmentation probe (``sparsedino.eval.seg_probe.train_seg_probe``)."""
 
+    RULES: ClassVar[Rules] = {
+        "iterations": POSITIVE,
+        "lr": POSITIVE,
+        "batch_size": POSITIVE,
+        "max_images": POSITIVE,
+        "weight_decay": NON_NEGATIVE,
+        "warmup_iters": NON_NEGATIVE,
+        "train_fraction": Range(0, 1, open_low=True, open_high=True),
+    }
     enabled: bool = True
     iterations: int = 300  # optimiser steps of each probe (one probe per block and per with/without [CLS])
     lr: float = 1e-3  # AdamW, linear warmup then linear decay (the eval probe's schedule)
@@ -24,6 +46,14 @@ class DenseProbeSettings:
 class DSESettings:
     """DSE, the label-free dense-quality estimate of Dai et al. 2025 (``dse.py``); defaults are the authors'."""
 
+    RULES: ClassVar[Rules] = {
+        "max_images": POSITIVE,
+        "local_clusters": POSITIVE,
+        "global_clusters": POSITIVE,
+        "group_images": POSITIVE,
+        "kmeans_iters": POSITIVE,
+        "dim_weight": NON_NEGATIVE,
+    }
     enabled: bool = True
     max_images: int = 256  # patch features of at most the first max_images diagnosed images (float16)
     local_clusters: int = 3  # k-means clusters per image (authors: 3)
@@ -39,9 +69,22 @@ class DSESettings:
 class DiagnoseConfig:
     """Every option of the diagnostics; each is written to ``metrics.json`` with the results."""
 
+    RULES: ClassVar[Rules] = {
+        "dataset": OneOf(SEG_DATASETS),
+        "n_images": POSITIVE,
+        "img_size": POSITIVE,
+        "batch_size": POSITIVE,
+        "patches_per_image": POSITIVE,
+        "label_probe_iterations": POSITIVE,
+        "n_figure_images": NON_NEGATIVE,
+        "label_probe_weight_decay": NON_NEGATIVE,
+        "fg_threshold": SHARE,
+        "cls_mass_keep": SHARE,
+        "outlier_ratio": Range(1, open_low=True, note="a multiple of the median norm"),
+    }
     layers: list[int] = field(default_factory=list)  # block indices (negative from the end); empty = all
     split: str = "val"  # dataset split to diagnose
-    dataset: str = "voc"  # voc | ade20k | cityscapes (layout of --data)
+    dataset: str = "voc"  # one of SEG_DATASETS: voc | ade20k | cityscapes (layout of --data)
     n_images: int = 64  # images diagnosed (the first n of the split, in file order)
     img_size: int = 224  # images and masks are resized to img_size x img_size (masks: nearest)
     batch_size: int = 16
@@ -59,49 +102,19 @@ class DiagnoseConfig:
     dse: DSESettings = field(default_factory=DSESettings)
 
 
-DATASETS = ("voc", "ade20k", "cityscapes")
-
-
 def validate(cfg: DiagnoseConfig) -> None:
-    """Check choices and ranges of every option; raise :class:`ConfigError` naming the key."""
-    from sparsedino.config import ConfigError, check_device
+    """Check choices and ranges of every option (the ``RULES`` tables), then the device.
 
-    def need(ok: bool, key: str, rule: str, value) -> None:
-        if not ok:
-            raise ConfigError(f"key {key!r} {rule}, got {value!r}")
-
-    need(cfg.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}", cfg.dataset)
+    Raises:
+        ConfigError: naming the key, for a value outside its range or choices, or a CUDA device this
+            machine does not have.
+    """
+    check_section(cfg, DiagnoseConfig)
     check_device(cfg.device, "device")
-    for key in ("n_images", "img_size", "batch_size", "patches_per_image", "label_probe_iterations"):
-        need(getattr(cfg, key) > 0, key, "must be > 0", getattr(cfg, key))
-    for key in ("n_figure_images", "label_probe_weight_decay"):
-        need(getattr(cfg, key) >= 0, key, "must be >= 0", getattr(cfg, key))
-    for key in ("fg_threshold", "cls_mass_keep"):
-        need(0 < getattr(cfg, key) <= 1, key, "must be in (0, 1]", getattr(cfg, key))
-    need(
-        cfg.outlier_ratio > 1,
-        "outlier_ratio",
-        "must be > 1 (a multiple of the median norm)",
-        cfg.outlier_ratio,
-    )
-    probe = cfg.dense_probe
-    for key in ("iterations", "lr", "batch_size", "max_images"):
-        need(getattr(probe, key) > 0, f"dense_probe.{key}", "must be > 0", getattr(probe, key))
-    for key in ("weight_decay", "warmup_iters"):
-        need(getattr(probe, key) >= 0, f"dense_probe.{key}", "must be >= 0", getattr(probe, key))
-    need(
-        0 < probe.train_fraction < 1, "dense_probe.train_fraction", "must be in (0, 1)", probe.train_fraction
-    )
-    dse = cfg.dse
-    for key in ("max_images", "local_clusters", "global_clusters", "group_images", "kmeans_iters"):
-        need(getattr(dse, key) > 0, f"dse.{key}", "must be > 0", getattr(dse, key))
-    need(dse.dim_weight >= 0, "dse.dim_weight", "must be >= 0", dse.dim_weight)
 
 
-def load_diagnose_config(path: str | None = None, overrides=()) -> DiagnoseConfig:
+def load_diagnose_config(path: str | None = None, overrides: Sequence[str] = ()) -> DiagnoseConfig:
     """Defaults < YAML/preset < ``key=value`` overrides, then :func:`validate`."""
-    from sparsedino.config import load_config
-
     cfg = load_config(DiagnoseConfig, path, overrides)
     validate(cfg)
     return cfg

@@ -18,31 +18,31 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from sparsedino.attention import Normalizer
 from sparsedino.config import config_to_dict
 from sparsedino.diagnose.report import Doc
+from sparsedino.eval.command import run_protocol
+from sparsedino.models import load_backbone
 from sparsedino.pipeline.plan import RunPlan
-from sparsedino.pipeline.runner import _write_json
+from sparsedino.pipeline.runner import write_result
 from sparsedino.pipeline.stages import Stage
 from sparsedino.pipeline.statistics import format_mean_std, summarise_values
+from sparsedino.train.alpha_schedule import AlphaSchedule
 
 
 def _first_run(plan: RunPlan, arm: str) -> str:
     return next(rid for rid in plan.run_ids if plan.arm_of[rid] == arm)
 
 
-def start_normalizer(train_cfg) -> str:
+def start_normalizer(train_cfg) -> Normalizer:
     """The attention an initialised run has at step 0 (the alpha schedule's start, else the normaliser)."""
-    from sparsedino.train.alpha_schedule import AlphaSchedule
-
-    return AlphaSchedule(train_cfg, iters_per_epoch=1).normalizer_at(0).name
+    return AlphaSchedule(train_cfg, iters_per_epoch=1).normalizer_at(0)
 
 
 def start_stages(plan: RunPlan) -> list[Stage]:
     """``start/<normaliser>``: the final seg probe (without [CLS]) on the base checkpoint with each step-0 attention."""
     if plan.init_source is None:
         return []
-    from sparsedino.eval.command import run_protocol
-
     name = plan.cfg.seg_datasets[0]
     seg_cfg, source = plan.seg[name], plan.init_source
     stages, normalizers = [], {}
@@ -52,21 +52,19 @@ def start_stages(plan: RunPlan) -> list[Stage]:
         which = plan.train[_first_run(plan, arm)].init.which
 
         def run(stage_dir: Path, normalizer=normalizer, which=which) -> dict:
-            from sparsedino.models import load_backbone
-
             model, _ = load_backbone(source, normalizer=normalizer, which=which)
             result = run_protocol("seg", model, seg_cfg)
-            _write_json(stage_dir / "results.json", result)
-            return {"normalizer": normalizer, "miou": result["miou"]}
+            write_result(stage_dir / "results.json", result)
+            return {"normalizer": normalizer.name, "miou": result["miou"]}
 
         settings = {
             "seg": config_to_dict(seg_cfg),
             "source": str(source),
-            "normalizer": normalizer,
+            "normalizer": normalizer.name,
             "which": which,
         }
         deps = [f"train/{b}" for b in plan.base]
-        stages.append(Stage(f"start/{normalizer}", run, settings, estimate_s=20.0, depends_on=deps))
+        stages.append(Stage(f"start/{normalizer.name}", run, settings, estimate_s=20.0, depends_on=deps))
     return stages
 
 
@@ -80,7 +78,7 @@ def adapt_summary(plan: RunPlan, results: dict[str, dict], evidence: dict) -> di
     }  # fmt: skip
     arms = {}
     for arm, trained in evidence["trained"].items():
-        start = results.get(f"start/{start_normalizer(plan.train[_first_run(plan, arm)])}")
+        start = results.get(f"start/{start_normalizer(plan.train[_first_run(plan, arm)]).name}")
         base_value = base["trained"]["mean"]
         gain = (
             trained["mean"] - base_value if trained["mean"] is not None and base_value is not None else None

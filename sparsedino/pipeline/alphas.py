@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
+from sparsedino.attention.adaptive import used_alphas
 from sparsedino.diagnose.report import Doc
+from sparsedino.models.formats import read_checkpoint
 
 _ALPHA_KEY = re.compile(r"(?:^|\.)blocks\.(\d+)\.attn\.alpha$")
 
@@ -27,8 +29,6 @@ def state_alphas(state: dict[str, torch.Tensor]) -> list[list[float]] | None:
     Returns:
         Per-block lists of per-head alphas in block order, or None when the state has no learned alpha.
     """
-    from sparsedino.attention.adaptive import used_alphas
-
     found = {}
     for key, value in state.items():
         match = _ALPHA_KEY.search(key)
@@ -41,8 +41,6 @@ def state_alphas(state: dict[str, torch.Tensor]) -> list[list[float]] | None:
 
 def checkpoint_alphas(path: Path) -> list[list[float]] | None:
     """:func:`state_alphas` of the teacher in a training checkpoint (None when it learns no alpha)."""
-    from sparsedino.models.formats import read_checkpoint
-
     obj, _ = read_checkpoint(Path(path))
     teacher = obj.get("teacher") if isinstance(obj, dict) else None
     return state_alphas(teacher) if isinstance(teacher, dict) else None

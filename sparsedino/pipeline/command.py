@@ -21,7 +21,14 @@ from pathlib import Path
 from sparsedino.atomic import check_output_dir, remove_stale_temps
 from sparsedino.commands import Command, dispatch
 from sparsedino.config import save_config
+from sparsedino.pipeline.adapt import start_stages
+from sparsedino.pipeline.controls import control_stages
+from sparsedino.pipeline.plan import build_plan, check_training_processes, describe, load_reproduce_config
+from sparsedino.pipeline.report import write_report
+from sparsedino.pipeline.runner import curve_stages, data_stages, diagnose_stages, eval_stages, train_stages
 from sparsedino.pipeline.settings import PRESETS
+from sparsedino.pipeline.stages import StageRunner
+from sparsedino.pipeline.video import video_stages
 from sparsedino.runlock import RunLock
 
 
@@ -39,25 +46,6 @@ def run_reproduce(preset: str, out: str | Path, overrides: Sequence[str] = (), d
     Returns:
         The report dict (also written to ``OUT/results.json``), or the plan description for ``dry_run``.
     """
-    from sparsedino.pipeline.adapt import start_stages
-    from sparsedino.pipeline.controls import control_stages
-    from sparsedino.pipeline.plan import (
-        build_plan,
-        check_training_processes,
-        describe,
-        load_reproduce_config,
-    )
-    from sparsedino.pipeline.report import write_report
-    from sparsedino.pipeline.runner import (
-        curve_stages,
-        data_stages,
-        diagnose_stages,
-        eval_stages,
-        train_stages,
-    )
-    from sparsedino.pipeline.stages import StageRunner
-    from sparsedino.pipeline.video import video_stages
-
     cfg = load_reproduce_config(preset, list(overrides))
     out = check_output_dir(out, "--out")
     plan = build_plan(cfg, out)

@@ -17,11 +17,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sparsedino.config import config_to_dict
-from sparsedino.pipeline.plan import RunPlan, arm_of_run
-from sparsedino.pipeline.runner import _load_final, _with, _write_json
+from sparsedino.config import config_to_dict, resolve_device
+from sparsedino.data.segmentation import build_seg_dataset
+from sparsedino.diagnose.injection import inject_diffusion
+from sparsedino.diagnose.runner import run_diagnostics
+from sparsedino.eval.command import run_protocol
+from sparsedino.eval.oracle import run_oracle_seg_probe
+from sparsedino.eval.video import BackboneFeatures, build_davis, run_video
+from sparsedino.models import load_backbone
+from sparsedino.pipeline.plan import RunPlan
+from sparsedino.pipeline.runner import load_final, with_changes, write_result
 from sparsedino.pipeline.settings import resolve_arm
 from sparsedino.pipeline.stages import Stage
+from sparsedino.train.checkpointing import epoch_snapshot_name
 
 
 def control_stages(plan: RunPlan) -> list[Stage]:
@@ -43,14 +51,11 @@ def _oracle_stage(plan: RunPlan) -> list[Stage]:
     name, seg_cfg = _first_seg(plan)
 
     def run(stage_dir: Path) -> dict:
-        from sparsedino.data.segmentation import build_seg_dataset
-        from sparsedino.eval.oracle import run_oracle_seg_probe
-
         train = build_seg_dataset(name, plan.seg_roots[name], seg_cfg.train_split)
         val = build_seg_dataset(name, plan.seg_roots[name], seg_cfg.val_split)
         patch = next(iter(plan.train.values())).model.patch_size
         result = run_oracle_seg_probe(train, val, patch, seg_cfg)
-        _write_json(stage_dir / "results.json", result)
+        write_result(stage_dir / "results.json", result)
         return {"dataset": name, "miou": result["miou"], "per_class_iou": result["per_class_iou"]}
 
     deps = ["data"] if plan.data_root is not None else []
@@ -61,8 +66,6 @@ def _floor_stages(plan: RunPlan) -> list[Stage]:
     """The final seg probe (without [CLS]) on each run's epoch-0 checkpoint."""
     if not plan.cfg.controls.floor:
         return []
-    from sparsedino.eval.command import run_protocol
-
     _, seg_cfg = _first_seg(plan)
     stages = []
     # adapt: only the base run starts from random weights (an arm's epoch 0 is the base's checkpoint)
@@ -70,9 +73,6 @@ def _floor_stages(plan: RunPlan) -> list[Stage]:
         train_cfg = plan.train[rid]
 
         def run(stage_dir: Path, rid=rid, train_cfg=train_cfg) -> dict:
-            from sparsedino.models import load_backbone
-            from sparsedino.train.checkpointing import epoch_snapshot_name
-
             path = Path(train_cfg.run.output_dir) / epoch_snapshot_name(0)
             if not path.is_file():
                 raise FileNotFoundError(
@@ -81,7 +81,7 @@ def _floor_stages(plan: RunPlan) -> list[Stage]:
                 )
             model, _ = load_backbone(path)
             result = run_protocol("seg", model, seg_cfg)
-            _write_json(stage_dir / "results.json", result)
+            write_result(stage_dir / "results.json", result)
             return {"epoch": 0, "miou": result["miou"]}
 
         stages.append(
@@ -96,25 +96,19 @@ def control_runs(plan: RunPlan) -> list[str]:
     controls = plan.cfg.controls
     arm = resolve_arm(controls.arm or plan.cfg.arms[0])[0]
     seeds = list(controls.seeds) or [plan.cfg.seeds[0]]
-    return [rid for rid in plan.run_ids if arm_of_run(plan, rid) == arm and plan.seed_of[rid] in seeds]
+    return [rid for rid in plan.run_ids if plan.arm_of[rid] == arm and plan.seed_of[rid] in seeds]
 
 
 def _injection_stages(plan: RunPlan) -> list[Stage]:
-    from sparsedino.eval.command import run_protocol
-
     controls = plan.cfg.controls
     _, seg_cfg = _first_seg(plan)
-    diag_cfg = _with(plan.diagnose, layers=[-1], n_figure_images=0, dense_probe={"enabled": False})
+    diag_cfg = with_changes(plan.diagnose, layers=[-1], n_figure_images=0, dense_probe={"enabled": False})
     amounts = [0.0, *controls.inject]
     stages = []
     for rid in control_runs(plan):
 
         def run(stage_dir: Path, rid=rid) -> dict:
-            from sparsedino.data.segmentation import build_seg_dataset
-            from sparsedino.diagnose.injection import inject_diffusion
-            from sparsedino.diagnose.runner import run_diagnostics
-
-            model, _ = _load_final(plan, rid)
+            model, _ = load_final(plan, rid)
             name = plan.cfg.seg_datasets[0]
             dataset = build_seg_dataset(name, plan.seg_roots[name], diag_cfg.split)
             points = []
@@ -134,10 +128,10 @@ def _injection_stages(plan: RunPlan) -> list[Stage]:
                 })  # fmt: skip
             probe_noise = [{"probe_seed": seg_cfg.seed, "miou": points[0]["miou"]}]
             for seed in controls.probe_seeds:
-                seg = run_protocol("seg", model, _with(seg_cfg, seed=seed))
+                seg = run_protocol("seg", model, with_changes(seg_cfg, seed=seed))
                 probe_noise.append({"probe_seed": seed, "miou": seg["miou"]})
             result = {"source": controls.inject_source, "injection": points, "probe_noise": probe_noise}
-            _write_json(stage_dir / "results.json", result)
+            write_result(stage_dir / "results.json", result)
             return result
 
         settings = {"seg": config_to_dict(seg_cfg), "diagnose": config_to_dict(diag_cfg),
@@ -155,9 +149,6 @@ def _video_jf(plan: RunPlan, model) -> float | None:
     """J&F-Mean (0-1) of DINO's video label propagation with ``model`` (None when the video stage is off)."""
     if plan.video is None:
         return None
-    from sparsedino.config import resolve_device
-    from sparsedino.eval.video import BackboneFeatures, build_davis, run_video
-
     vcfg = plan.video
     extractor = BackboneFeatures(model, vcfg.layer, vcfg.norm, resolve_device(vcfg.device))
     return run_video(build_davis(vcfg), extractor, vcfg, progress=False)["J&F-Mean"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from itertools import pairwise
 
 from sparsedino.diagnose.report import Doc
+from sparsedino.pipeline.metrics import run_metrics
 from sparsedino.pipeline.plan import RunPlan
 from sparsedino.pipeline.statistics import format_mean_std, paired_comparison, summarise_values
 
@@ -63,13 +64,9 @@ def positive_control_summary(points: list[dict], probe_noise: float | None = Non
     }
 
 
-def _first_seg_key(plan: RunPlan) -> str:
-    return plan.cfg.seg_datasets[0]
-
-
 def summarise(plan: RunPlan, results: dict[str, dict]) -> dict:
     """The instrument and paired-comparison numbers of a reproduce run (JSON-ready)."""
-    seg_key = _first_seg_key(plan)
+    seg_key = plan.cfg.seg_datasets[0]  # the dense benchmark: the first dataset's probe
     arms = list(dict.fromkeys(plan.arm_of.values()))
     floor, trained = {}, {}
     for arm in arms:
@@ -106,8 +103,6 @@ def summarise(plan: RunPlan, results: dict[str, dict]) -> dict:
 
 def _per_seed_metrics(plan: RunPlan, results: dict[str, dict]) -> dict[str, dict[str, dict[int, float]]]:
     """metric -> arm -> seed -> value (percent) for the final evaluations and the floors."""
-    from sparsedino.pipeline.report import run_metrics
-
     table: dict[str, dict[str, dict[int, float]]] = {}
     for rid in plan.run_ids:
         arm, seed = plan.arm_of[rid], plan.seed_of[rid]

@@ -25,9 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from sparsedino.config import ConfigError, config_to_dict, load_config, resolve_config_path
+from sparsedino.diagnose.settings import load_diagnose_config
 from sparsedino.errors import MissingDataError
+from sparsedino.eval.settings import load_protocol_config
 from sparsedino.pipeline.settings import PRESETS, ReproduceConfig, resolve_arm, validate
 from sparsedino.pipeline.video import build_video_config, check_video_plan
+from sparsedino.train import load_train_config
+from sparsedino.train.checkpointing import LATEST, SUMMARY
 
 
 @dataclass
@@ -70,11 +74,6 @@ def run_id(arm: str, seed: int) -> str:
     return f"{resolve_arm(arm)[0]}-s{seed}"
 
 
-def arm_of_run(plan: RunPlan, rid: str) -> str:
-    """The canonical arm name of a run id."""
-    return plan.arm_of[rid]
-
-
 def load_reproduce_config(preset: str, overrides: list[str]) -> ReproduceConfig:
     """Resolve ``--preset`` (a name from :data:`PRESETS` or a YAML path) and overrides, then validate."""
     name = PRESETS.get(preset, preset)
@@ -91,9 +90,6 @@ def load_reproduce_config(preset: str, overrides: list[str]) -> ReproduceConfig:
 
 def build_plan(cfg: ReproduceConfig, out: Path) -> RunPlan:
     """Resolve every stage's config under ``out``; raises ConfigError / MissingDataError on bad input."""
-    from sparsedino.diagnose.settings import load_diagnose_config
-    from sparsedino.eval.settings import load_protocol_config
-
     out = Path(out)
     if cfg.synth.enabled:
         data_root = out / "data"
@@ -145,8 +141,6 @@ def build_plan(cfg: ReproduceConfig, out: Path) -> RunPlan:
 
 def _plan_run(plan: RunPlan, rid: str, seed: int, overrides: list[str]) -> None:
     """Resolve the training config of run ``rid`` (train_overrides, then ``overrides``, then seed and paths)."""
-    from sparsedino.train import load_train_config
-
     cfg, out = plan.cfg, plan.out
     plan.overrides[rid] = [*cfg.train_overrides, *overrides, f"run.seed={seed}", f"data.path={plan.imagenet_root}",
                            f"run.output_dir={out / 'train' / rid}"]  # fmt: skip
@@ -158,8 +152,6 @@ def _plan_run(plan: RunPlan, rid: str, seed: int, overrides: list[str]) -> None:
 
 def _plan_adapt_base(plan: RunPlan) -> Path:
     """The checkpoint every arm continues: ``adapt.base_checkpoint``, or the base run planned here."""
-    from sparsedino.train.checkpointing import LATEST
-
     adapt = plan.cfg.adapt
     if adapt.base_checkpoint:
         path = Path(adapt.base_checkpoint).expanduser()
@@ -184,8 +176,6 @@ def _section(name: str, load: Callable[..., Any], *args: Any) -> Any:
 
 def finished_training(train_cfg: Any) -> dict | None:
     """The summary of a run whose folder holds a finished training with ``train_cfg``'s epochs, else None."""
-    from sparsedino.train.checkpointing import SUMMARY
-
     path = Path(train_cfg.run.output_dir) / SUMMARY
     try:
         summary = json.loads(path.read_text())

@@ -17,51 +17,27 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from sparsedino.atomic import atomic_write_json
+from sparsedino.data.segmentation import SEG_TITLES
 from sparsedino.diagnose.figures import save_figure
-from sparsedino.diagnose.report import Doc, fmt, write_documents
+from sparsedino.diagnose.report import Doc, fmt, load_metrics, write_compare, write_documents
 from sparsedino.diagnose.scores import SCORES
 from sparsedino.pipeline.adapt import adapt_doc, adapt_summary
 from sparsedino.pipeline.alphas import learned_alpha_doc
 from sparsedino.pipeline.evidence import controls_doc, instrument_doc, paired_doc, summarise
+from sparsedino.pipeline.metrics import aggregate
 from sparsedino.pipeline.plan import RunPlan, describe
 from sparsedino.pipeline.ranks import dse_rank_doc, dse_rank_summary
 from sparsedino.pipeline.statistics import format_mean_std, summarise_values
-from sparsedino.pipeline.video import video_section
+from sparsedino.pipeline.video_report import video_section
 
-# The paper's DINO ViT-S/16 (200 epochs, ImageNet-1k) linear-probe numbers, for orientation only.
-PAPER_TABLE = {
-    "softmax": {"VOC 2012 mIoU": 42.80, "ADE20K mIoU": 19.85, "Cityscapes mIoU": 36.79},
-    "entmax15": {"VOC 2012 mIoU": 48.78, "ADE20K mIoU": 21.97, "Cityscapes mIoU": 37.87},
+# The paper's DINO ViT-S/16 (200 epochs, ImageNet-1k) linear-probe mIoU per dataset, for orientation only.
+PAPER_MIOU = {
+    "softmax": {"voc": 42.80, "ade20k": 19.85, "cityscapes": 36.79},
+    "entmax15": {"voc": 48.78, "ade20k": 21.97, "cityscapes": 37.87},
 }
-SEG_TITLES = {"voc": "VOC 2012", "ade20k": "ADE20K", "cityscapes": "Cityscapes"}
 DIAG_KEYS = ["probe.miou", "probe.miou_with_cls", "diffusion.acc_bg", "diffusion.acc_fg", "diffusion.chance_bg",
              "diffusion.cos_bg", "diffusion.cos_fg", "attn.zero_share", "attn.support", "attn.distance_px",
              "align.cls_attn_iou", "align.pca_iou", "norm.outlier_share"]  # fmt: skip
-
-
-def run_metrics(ev: dict) -> dict[str, float]:
-    """The headline metrics of one run's final evaluation (percentages)."""
-    values = {"k-NN top-1 (%)": ev["knn_top1"], "linear top-1 (%)": ev["linear_top1"]}
-    for key, seg in ev["seg"].items():
-        name, plus = key.split("+")[0], "+cls" in key
-        values[f"{SEG_TITLES[name]} mIoU{' + [CLS]' if plus else ''} (%)"] = 100.0 * seg["miou"]
-    return values
-
-
-def aggregate(plan: RunPlan, results: dict[str, dict]) -> dict:
-    """Per-arm mean/std over seeds of every headline metric (percentages for accuracies and mIoU)."""
-    arms: dict[str, dict] = {}
-    for rid in plan.run_ids:
-        ev = results.get(f"eval/{rid}")
-        if ev is None:
-            continue
-        arm = arms.setdefault(plan.arm_of[rid], {"runs": [], "metrics": {}})
-        arm["runs"].append(rid)
-        for metric, value in run_metrics(ev).items():
-            arm["metrics"].setdefault(metric, []).append(value)
-    for arm in arms.values():
-        arm["metrics"] = {m: summarise_values(v) for m, v in arm["metrics"].items()}
-    return arms
 
 
 def _curve_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | None:
@@ -111,8 +87,6 @@ def _loss_figure(plan: RunPlan, results: dict[str, dict], out: Path) -> Path | N
 
 def _diagnostics(plan: RunPlan, results: dict[str, dict], out: Path) -> tuple[Doc, dict]:
     """Last-block diagnostic scores side by side, plus the per-block comparison report of two runs."""
-    from sparsedino.diagnose.report import load_metrics, write_compare
-
     dirs = {rid: results[f"diagnose/{rid}"]["dir"] for rid in plan.run_ids if f"diagnose/{rid}" in results}
     if not dirs:
         return [], {}
@@ -177,8 +151,8 @@ def write_report(
         doc += paired_doc(evidence, plan.cfg.statistics.confidence, plan.cfg.statistics.power)
     doc += [
         ("h", 2, "The paper's numbers (DINO ViT-S/16, 200 epochs, ImageNet-1k; not measured here)"),
-        ("table", ["arm", *next(iter(PAPER_TABLE.values()))],
-         [[arm, *map(str, row.values())] for arm, row in PAPER_TABLE.items()]),
+        ("table", ["arm", *(f"{SEG_TITLES[name]} mIoU" for name in next(iter(PAPER_MIOU.values())))],
+         [[arm, *map(str, row.values())] for arm, row in PAPER_MIOU.items()]),
     ]  # fmt: skip
     figures = [_loss_figure(plan, results, out), _curve_figure(plan, results, out)]
     doc.append(("h", 2, "Training and dense quality over training"))

@@ -11,9 +11,22 @@ import dataclasses
 import json
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from sparsedino.atomic import atomic_write_json
 from sparsedino.config import config_to_dict, save_config
-from sparsedino.pipeline.plan import RunPlan
+from sparsedino.data.segmentation import build_seg_dataset
+from sparsedino.data.synthetic import write_synthetic_dataset
+from sparsedino.diagnose.dse import block_features, dse_scores
+from sparsedino.diagnose.report import write_run
+from sparsedino.diagnose.runner import run_diagnostics
+from sparsedino.eval.command import run_protocol
+from sparsedino.models import load_backbone
+from sparsedino.pipeline.alphas import checkpoint_alphas
+from sparsedino.pipeline.plan import RunPlan, finished_training
 from sparsedino.pipeline.stages import Stage
+from sparsedino.train import run_training
+from sparsedino.train.checkpointing import EPOCH_SNAPSHOT_GLOB, LATEST, snapshot_epoch
 
 
 def data_stages(plan: RunPlan) -> list[Stage]:
@@ -23,8 +36,6 @@ def data_stages(plan: RunPlan) -> list[Stage]:
     synth = plan.cfg.synth
 
     def run(stage_dir: Path) -> dict:
-        from sparsedino.data.synthetic import write_synthetic_dataset
-
         meta = write_synthetic_dataset(
             plan.data_root, n_train=synth.n_train, n_val=synth.n_val, size=synth.size,
             seed=synth.seed, num_classes=synth.num_classes, max_objects=synth.max_objects,
@@ -43,18 +54,12 @@ def train_stages(plan: RunPlan) -> list[Stage]:
     for rid, train_cfg in plan.train.items():
 
         def run(stage_dir: Path, train_cfg=train_cfg) -> dict:
-            from sparsedino.pipeline.plan import finished_training
-            from sparsedino.train import run_training
-
             # a run finished elsewhere (torchrun) is read, not resumed in this process
             out = Path(train_cfg.run.output_dir)
             if finished_training(train_cfg) is None:
                 out = Path(run_training(train_cfg))
             result = {"output_dir": str(out), **_training_summary(out)}
             if train_cfg.model.learn_alpha:
-                from sparsedino.pipeline.alphas import checkpoint_alphas
-                from sparsedino.train.checkpointing import LATEST
-
                 result["learned_alpha"] = checkpoint_alphas(out / LATEST)
             return result
 
@@ -69,13 +74,11 @@ def train_stages(plan: RunPlan) -> list[Stage]:
 
 def eval_stages(plan: RunPlan) -> list[Stage]:
     """k-NN, linear probe and seg probes (without and with [CLS]) on each run's final teacher."""
-    from sparsedino.eval.command import run_protocol
-
     stages = []
     for rid in plan.evaluated_ids:
 
         def run(stage_dir: Path, rid=rid) -> dict:
-            model, _ = _load_final(plan, rid)
+            model, _ = load_final(plan, rid)
             result = {
                 "knn": run_protocol("knn", model, plan.knn),
                 "linear": run_protocol("linear", model, plan.linear),
@@ -83,10 +86,10 @@ def eval_stages(plan: RunPlan) -> list[Stage]:
             }
             for name, seg_cfg in plan.seg.items():
                 for with_cls in (False, True):
-                    cfg = _with(seg_cfg, with_cls=with_cls)
+                    cfg = with_changes(seg_cfg, with_cls=with_cls)
                     key = f"{name}+cls" if with_cls else name
                     result["seg"][key] = run_protocol("seg", model, cfg)
-            _write_json(stage_dir / "results.json", result)
+            write_result(stage_dir / "results.json", result)
             return _eval_summary(result)
 
         settings = {"knn": config_to_dict(plan.knn), "linear": config_to_dict(plan.linear),
@@ -99,9 +102,6 @@ def curve_stages(plan: RunPlan) -> list[Stage]:
     """k-NN top-1 and seg mIoU of the epoch checkpoints at multiples of ``every_epochs`` (dense curves)."""
     if not plan.cfg.curve.enabled:
         return []
-    from sparsedino.eval.command import run_protocol
-    from sparsedino.models import load_backbone
-
     dse_images = _dse_images(plan) if plan.cfg.curve.dse else None
     stages = []
     for rid in plan.evaluated_ids:
@@ -129,16 +129,12 @@ def diagnose_stages(plan: RunPlan) -> list[Stage]:
     """The semantic-diffusion diagnostics of each run's final teacher, on the first seg dataset's val split."""
     if not plan.cfg.diagnose:
         return []
-    from sparsedino.data.segmentation import build_seg_dataset
-    from sparsedino.diagnose.report import write_run
-    from sparsedino.diagnose.runner import run_diagnostics
-
     first = plan.cfg.seg_datasets[0]
     stages = []
     for rid in plan.run_ids:
 
         def run(stage_dir: Path, rid=rid) -> dict:
-            model, info = _load_final(plan, rid)
+            model, info = load_final(plan, rid)
             dataset = build_seg_dataset(first, plan.seg_roots[first], plan.diagnose.split)
             result = run_diagnostics(model, dataset, cfg=plan.diagnose, progress=True)
             write_run(result, stage_dir, model_info={"run": rid, **dataclasses.asdict(info)})
@@ -166,16 +162,12 @@ def _drop_unused_added_keys(settings: dict) -> None:
 
 def _dse_images(plan: RunPlan):
     """A loader of the diagnosed split (its images; DSE reads no label) for the curves' DSE points."""
-    from sparsedino.data.segmentation import build_seg_dataset
-
     first = plan.cfg.seg_datasets[0]
     return lambda: build_seg_dataset(first, plan.seg_roots[first], plan.diagnose.split)
 
 
 def model_dse(model, dataset, diag_cfg) -> dict:
     """DSE of the last block of ``model`` on ``dataset`` (``diag_cfg``: image size, batch, ``dse.*``)."""
-    from sparsedino.diagnose.dse import block_features, dse_scores
-
     feats = block_features(model, dataset, diag_cfg.dse.max_images, diag_cfg.img_size, diag_cfg.batch_size)
     return dse_scores(feats, diag_cfg.dse)
 
@@ -184,16 +176,12 @@ def _data_dep(plan: RunPlan) -> list[str]:
     return ["data"] if plan.data_root is not None else []
 
 
-def _load_final(plan: RunPlan, rid: str):
-    from sparsedino.models import load_backbone
-    from sparsedino.train.checkpointing import LATEST
-
+def load_final(plan: RunPlan, rid: str):
+    """The final teacher of run ``rid`` and its :class:`~sparsedino.models.BackboneInfo`."""
     return load_backbone(Path(plan.train[rid].run.output_dir) / LATEST)
 
 
 def _epoch_checkpoints(plan: RunPlan, rid: str) -> list[tuple[int, Path]]:
-    from sparsedino.train.checkpointing import EPOCH_SNAPSHOT_GLOB, snapshot_epoch
-
     folder = Path(plan.train[rid].run.output_dir)
     found = sorted(
         (epoch, p) for p in folder.glob(EPOCH_SNAPSHOT_GLOB) if (epoch := snapshot_epoch(p.name)) is not None
@@ -206,10 +194,8 @@ def _epoch_checkpoints(plan: RunPlan, rid: str) -> list[tuple[int, Path]]:
     return init + [(e, p) for i, (e, p) in enumerate(trained) if e % every == 0 or i == len(trained) - 1]
 
 
-def _with(cfg, **changes):
+def with_changes(cfg, **changes):
     """A copy of a read-only OmegaConf config with some top-level keys changed."""
-    from omegaconf import OmegaConf
-
     copy = OmegaConf.merge(cfg, changes)
     OmegaConf.set_readonly(copy, True)
     return copy
@@ -254,9 +240,8 @@ def _training_summary(out: Path) -> dict:
     return {"epochs": epochs}
 
 
-def _write_json(path: Path, obj) -> None:
-    from sparsedino.atomic import atomic_write_json
-
+def write_result(path: Path, obj) -> None:
+    """A stage's full result as JSON (dataclasses as dicts, paths as strings, anything else as its repr)."""
     atomic_write_json(path, json.loads(json.dumps(obj, default=_json_default)))
 
 

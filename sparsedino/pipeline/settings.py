@@ -3,14 +3,26 @@
 A preset names a base training config and the overrides shared by both arms; the arms differ only in
 ``model.normalizer``. Evaluation and diagnostics settings are ``key=value`` overrides of the protocols'
 own typed configs, so every option of ``sparsedino eval`` / ``sparsedino diagnose`` is reachable here.
+
+Each dataclass states the ranges and choices of its keys in its ``RULES`` table
+(:func:`sparsedino.options.check_section` checks them, naming the dotted key); :func:`validate` then checks
+what a table cannot say (an arm's name, a key against another, the embedded data's generator limits).
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from sparsedino.config import ConfigError
+from sparsedino.attention import normalizer_name
+from sparsedino.config import ConfigError, config_to_dict
+from sparsedino.data.command import check_synth_options, check_video_options
+from sparsedino.data.segmentation import SEG_DATASETS
+from sparsedino.diagnose.injection import SOURCES
+from sparsedino.options import NON_NEGATIVE, Check, ListOf, OneOf, Range, Rules, check_section
+
+AMOUNT = Range(0, 1, open_low=True)  # a diffusion amount l of the positive control
 
 PRESETS = {
     "micro": "reproduce_micro",
@@ -55,6 +67,7 @@ class DataPaths:
 class CurveSettings:
     """Scores against the training epoch, from the periodic checkpoints of each run."""
 
+    RULES: ClassVar[Rules] = {"every_epochs": Range(1, integer=True)}
     enabled: bool = True
     every_epochs: int = 1  # evaluate the epoch checkpoints at multiples of n (plus epoch 0 and the last)
     seg_overrides: list[str] = field(default_factory=list)  # cheaper probe for the curve points
@@ -66,6 +79,12 @@ class CurveSettings:
 class ControlSettings:
     """Calibration of the dense benchmark: floor, ceiling, positive and negative controls (controls.py)."""
 
+    RULES: ClassVar[Rules] = {
+        "inject": Check(
+            lambda amounts: all(AMOUNT.accepts(a) for a in amounts), "a list of amounts in (0, 1]"
+        ),
+        "inject_source": OneOf(SOURCES),
+    }
     enabled: bool = True
     floor: bool = True  # the final seg probe on each run's epoch-0 (random) weights
     oracle: bool = True  # the same probe on ground-truth patch features (the ceiling)
@@ -80,6 +99,10 @@ class ControlSettings:
 class StatisticsSettings:
     """Paired comparison over seeds (``statistics.py``)."""
 
+    RULES: ClassVar[Rules] = {
+        "confidence": Range(0.5, 1, open_low=True, open_high=True),
+        "power": Range(0.5, 1, open_high=True),
+    }
     confidence: float = 0.95  # two-sided confidence interval of the mean paired difference
     power: float = 0.8  # power of the minimum detectable difference
 
@@ -120,6 +143,13 @@ class AdaptSettings:
 class ReproduceConfig:
     """Everything ``sparsedino reproduce`` reads."""
 
+    RULES: ClassVar[Rules] = {
+        "arms": ListOf("arms (attention normalisers or arm variants)"),
+        "seeds": Check(lambda seeds: len(seeds) > 0 and len(set(seeds)) == len(seeds), "distinct seeds"),
+        "seg_datasets": ListOf("segmentation datasets", OneOf(SEG_DATASETS)),
+        "train_processes": Range(1, integer=True),
+        "budget_minutes": NON_NEGATIVE,
+    }
     name: str = "cpu-demo"
     description: str = ""
     arms: list[str] = field(default_factory=lambda: ["softmax", "entmax15"])
@@ -130,7 +160,9 @@ class ReproduceConfig:
     train_overrides: list[str] = field(default_factory=list)
     knn_overrides: list[str] = field(default_factory=list)
     linear_overrides: list[str] = field(default_factory=list)
-    seg_datasets: list[str] = field(default_factory=lambda: ["voc"])  # voc | ade20k | cityscapes
+    seg_datasets: list[str] = field(
+        default_factory=lambda: ["voc"]
+    )  # of SEG_DATASETS: voc | ade20k | cityscapes
     seg_overrides: list[str] = field(default_factory=list)  # applied over each dataset's eval preset
     diagnose: bool = True
     diagnose_overrides: list[str] = field(default_factory=list)
@@ -169,8 +201,6 @@ def resolve_arm(arm: str) -> tuple[str, list[str]]:
     Raises:
         ConfigError: naming the arm when it is neither a variant nor a valid normaliser.
     """
-    from sparsedino.attention import normalizer_name
-
     warmup = _WARMUP.match(arm)
     if warmup:
         name, overrides = resolve_arm(warmup["arm"])
@@ -209,10 +239,9 @@ def _check_train_overrides(cfg: ReproduceConfig) -> None:
 
 
 def validate(cfg: ReproduceConfig) -> None:
-    """Check cross-field rules; raise :class:`ConfigError` naming the key."""
+    """Check the ``RULES`` tables, then the rules across keys; raise :class:`ConfigError` naming the key."""
+    check_section(cfg, ReproduceConfig)
     _check_train_overrides(cfg)
-    if len(cfg.arms) < 1:
-        raise ConfigError("key 'arms': give at least one arm (an attention normaliser or a variant)")
     names = [resolve_arm(arm)[0] for arm in cfg.arms]
     if len(set(names)) != len(names):
         raise ConfigError(f"key 'arms': duplicate entries in {list(cfg.arms)}")
@@ -227,17 +256,6 @@ def validate(cfg: ReproduceConfig) -> None:
                 f"key 'adapt.base_checkpoint': give the checkpoint every arm continues (the {cfg.name!r} recipe "
                 f"trains with {cfg.train_processes} processes, so no base run is trained here)"
             )
-    if not cfg.seeds or len(set(cfg.seeds)) != len(cfg.seeds):
-        raise ConfigError(f"key 'seeds': give distinct seeds, got {list(cfg.seeds)}")
-    if cfg.train_processes < 1:
-        raise ConfigError(f"key 'train_processes' must be >= 1, got {cfg.train_processes}")
-    if cfg.curve.every_epochs < 1:
-        raise ConfigError(f"key 'curve.every_epochs' must be >= 1, got {cfg.curve.every_epochs}")
-    if cfg.budget_minutes < 0:
-        raise ConfigError(f"key 'budget_minutes' must be >= 0, got {cfg.budget_minutes}")
-    for name in cfg.seg_datasets:
-        if name not in ("voc", "ade20k", "cityscapes"):
-            raise ConfigError(f"key 'seg_datasets': {name!r} is not one of voc, ade20k, cityscapes")
     if cfg.video.enabled:
         _validate_clips(cfg.video)
     if cfg.video.enabled and not cfg.synth.enabled and not cfg.data.davis:
@@ -256,34 +274,20 @@ def validate(cfg: ReproduceConfig) -> None:
 
 def _validate_synth(synth: SynthSettings) -> None:
     """The embedded dataset's settings, checked before the data stage (the generator's limits)."""
-    from sparsedino.config import config_to_dict
-    from sparsedino.data.command import check_synth_options
-
     check_synth_options(config_to_dict(synth), lambda key: f"key 'synth.{key}'")
 
 
 def _validate_clips(video: VideoSettings) -> None:
     """The embedded clips' settings (``sparsedino data synth-video``'s limits)."""
-    from sparsedino.config import config_to_dict
-    from sparsedino.data.command import check_video_options
-
     values = {k: v for k, v in config_to_dict(video).items() if k not in ("enabled", "overrides")}
     check_video_options(values, lambda key: f"key 'video.{key}'")
 
 
 def _validate_controls(cfg: ReproduceConfig, arm_names: list[str]) -> None:
-    controls, stats = cfg.controls, cfg.statistics
+    """The controlled arm and seeds are among the plan's."""
+    controls = cfg.controls
     if controls.arm and resolve_arm(controls.arm)[0] not in arm_names:
         raise ConfigError(f"key 'controls.arm': {controls.arm!r} is not one of the arms {list(cfg.arms)}")
     for seed in controls.seeds:
         if seed not in cfg.seeds:
             raise ConfigError(f"key 'controls.seeds': seed {seed} is not one of the seeds {list(cfg.seeds)}")
-    for amount in controls.inject:
-        if not 0.0 < amount <= 1.0:
-            raise ConfigError(f"key 'controls.inject': amounts must be in (0, 1], got {amount}")
-    if controls.inject_source not in ("cls", "mean"):
-        raise ConfigError(f"key 'controls.inject_source': {controls.inject_source!r} is not one of cls, mean")
-    if not 0.5 < stats.confidence < 1.0:
-        raise ConfigError(f"key 'statistics.confidence': must be in (0.5, 1), got {stats.confidence}")
-    if not 0.5 <= stats.power < 1.0:
-        raise ConfigError(f"key 'statistics.power': must be in [0.5, 1), got {stats.power}")

@@ -84,13 +84,8 @@ class AlphaSchedule:
         return spec
 
 
-def set_normalizer(model: nn.Module, spec: Normalizer | str | float) -> None:
+def set_normalizer(model: nn.Module, spec: Normalizer) -> None:
     """Set the normaliser of every :class:`SparseAttention` of ``model`` (a cheap attribute change)."""
     for module in model.modules():
-        if isinstance(module, SparseAttention) and module.normalizer != str(spec):
+        if isinstance(module, SparseAttention) and module.normalizer != spec.name:
             module.normalizer = spec
-
-
-def current_normalizer(model: nn.Module) -> str:
-    """The canonical normaliser of ``model``'s first :class:`SparseAttention` (they share one)."""
-    return next(m.normalizer for m in model.modules() if isinstance(m, SparseAttention))

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from sparsedino.atomic import atomic_torch_save
+from sparsedino.attention import normalizer_name
 from sparsedino.config import ConfigError, config_to_dict
 from sparsedino.models.checkpoint import load_state_dict_checked
 from sparsedino.models.formats import CheckpointError, read_checkpoint
@@ -85,8 +86,6 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def model_metadata(cfg: Any, epoch: int, iteration: int) -> dict[str, Any]:
     """What :func:`sparsedino.models.load_backbone` needs to rebuild the backbone."""
-    from sparsedino.attention import normalizer_name
-
     m = cfg.model  # (normalizer: canonical already when loaded by load_train_config; kept for callers' cfgs)
     return {
         "format_version": FORMAT_VERSION,
@@ -165,8 +164,6 @@ def save_snapshot(path: Path, state: TrainState, cfg: Any, epoch: int, meta: dic
 def _canonical_normalizer(model: Any) -> Any:
     """A stored ``model`` section with its normaliser in canonical spelling (checkpoints written before
     configs were canonicalised keep the user's spelling, e.g. ``entmax-1.5``); anything else as is."""
-    from sparsedino.attention import normalizer_name
-
     if not isinstance(model, dict) or "normalizer" not in model:
         return model
     try:

@@ -8,7 +8,12 @@ import os
 import sys
 from collections.abc import Sequence
 
+from omegaconf import OmegaConf
+
 from sparsedino.commands import Command, dispatch
+from sparsedino.config import config_to_dict
+from sparsedino.train.loop import NonFiniteLossError, run_training
+from sparsedino.train.settings import load_train_config
 
 EPILOG = """\
 examples:
@@ -29,11 +34,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from omegaconf import OmegaConf
-
-    from sparsedino.config import config_to_dict
-    from sparsedino.train import NonFiniteLossError, load_train_config, run_training
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = load_train_config(args.config, args.overrides)
     if args.print_config:

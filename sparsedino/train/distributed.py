@@ -110,8 +110,3 @@ def gather_objects(obj: object) -> list:
         dist.all_gather_object(out, obj)
         return out
     return [obj]
-
-
-def barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from sparsedino.attention import Normalizer, normalizer_name, parse_normalizer
+from sparsedino.attention import Normalizer, parse_normalizer
 from sparsedino.train.alpha_schedule import set_normalizer
 
 
@@ -125,7 +125,7 @@ class GramAnchor:
         self.weights = gram_weights(g.weight, g.start_epoch, g.ramp_epochs, cfg.optim.epochs, iters_per_epoch)
         self.backbone = copy.deepcopy(teacher_backbone).eval().requires_grad_(False)
         self.initialised, self.synced_epoch, self.updates = False, -1, 0
-        self.normalizer = normalizer_name(cfg.model.normalizer)
+        self.normalizer: Normalizer = parse_normalizer(cfg.model.normalizer)  # the Gram teacher's attention
 
     def weight(self, step: int) -> float:
         """The loss weight at global step ``step`` (0 = the Gram term is not computed)."""
@@ -161,7 +161,7 @@ class GramAnchor:
             mine.copy_(theirs)
         self.updates += int(self.initialised)
         self.initialised, self.synced_epoch = True, epoch
-        self.normalizer = parse_normalizer(self.settings.teacher_normalizer or teacher_normalizer).name
+        self.normalizer = parse_normalizer(self.settings.teacher_normalizer or teacher_normalizer)
         set_normalizer(self.backbone, self.normalizer)
         return True
 
@@ -189,12 +189,12 @@ class GramAnchor:
             "initialised": self.initialised,
             "synced_epoch": self.synced_epoch,
             "updates": self.updates,
-            "normalizer": self.normalizer,
+            "normalizer": self.normalizer.name,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (raises RuntimeError / KeyError on a mismatch; the caller names the file)."""
         self.backbone.load_state_dict(state["backbone"])
         self.initialised, self.synced_epoch = bool(state["initialised"]), int(state["synced_epoch"])
-        self.updates, self.normalizer = int(state["updates"]), normalizer_name(state["normalizer"])
+        self.updates, self.normalizer = int(state["updates"]), parse_normalizer(state["normalizer"])
         set_normalizer(self.backbone, self.normalizer)

@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sparsedino.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 
@@ -38,12 +40,12 @@ class MetricLogger:
         if not enabled:
             return
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # heavy (loads tensorboard): only when enabled
 
             self._tb = SummaryWriter(log_dir=str(Path(output_dir) / "tensorboard"))
         if wandb:
             try:
-                import wandb as wandb_module
+                import wandb as wandb_module  # optional dependency: only with log.wandb
             except ImportError:
                 log.warning("log.wandb=true but wandb is not installed; W&B logging is off")
             else:
@@ -87,6 +89,4 @@ def truncate_jsonl(path: Path, global_step: int) -> None:
             continue
         if record.get("step", 0) <= global_step:
             kept.append(line)
-    from sparsedino.atomic import atomic_write_text
-
     atomic_write_text(path, "".join(line + "\n" for line in kept))

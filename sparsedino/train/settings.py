@@ -1,26 +1,70 @@
 """Typed settings of ``sparsedino train`` (defaults = DINO ViT-S/16; presets in ``sparsedino/configs``).
 
 Loaded with :func:`sparsedino.config.load_config`: defaults < YAML < ``key=value`` overrides; unknown
-keys and wrong types are rejected by OmegaConf, and :func:`validate` checks choices and ranges, naming
-the key, before any work starts.
+keys and wrong types are rejected by OmegaConf. Each section's dataclass states the ranges and choices of
+its keys in its ``RULES`` table (:func:`sparsedino.options.check_section` checks them, naming the dotted
+key); :func:`validate` then checks what a table cannot say (the normaliser, a key against another, the
+devices of this machine), before any work starts.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import ClassVar
 
 from omegaconf import MISSING, OmegaConf
 
-from sparsedino.config import ConfigError, check_device, check_normalizer, resolve_device
+from sparsedino.attention.adaptive import initial_alpha
+from sparsedino.attention.archs import VIT_ARCHS
+from sparsedino.config import ConfigError, check_device, check_normalizer, load_config, resolve_device
+from sparsedino.options import NON_NEGATIVE, POSITIVE, Check, OneOf, Range, Rules, check_section
+from sparsedino.train.alpha_schedule import SHAPES
+
+# Longer than any published DINO schedule (800 epochs) by far; beyond it the per-iteration schedules
+# alone would fill the memory, so a larger value is a typo.
+MAX_EPOCHS = 10_000
+PROBABILITY = Range(0, 1)
+RESIZE_MODES = ("bicubic", "bilinear", "nearest", "area")  # torch.nn.functional.interpolate modes
+ANTIALIAS_MODES = ("bicubic", "bilinear")  # the modes interpolate antialiases
+
+
+def _is_crop_scale(value) -> bool:
+    return len(value) == 2 and 0 < value[0] <= value[1] <= 1
+
+
+def _is_blur_radius(value) -> bool:
+    return len(value) == 2 and 0 < value[0] <= value[1]
+
+
+def _is_sha256(value: str) -> bool:
+    return not value or (len(value) == 64 and all(c in "0123456789abcdef" for c in value.lower()))
+
+
+CROP_SCALE = Check(_is_crop_scale, "[min, max] with 0 < min <= max <= 1")
 
 
 @dataclass
 class ModelSettings:
     """Backbone and DINO head."""
 
-    arch: str = "vit_small"  # vit_femto | vit_pico | vit_tiny | vit_small | vit_base | vit_large
+    RULES: ClassVar[Rules] = {
+        "arch": OneOf(tuple(VIT_ARCHS)),
+        "patch_size": POSITIVE,
+        "img_size": POSITIVE,
+        "attn_scale": Check(
+            lambda v: v is None or POSITIVE.accepts(v), "null (head_dim ** -0.5) or a finite number > 0"
+        ),
+        "num_registers": NON_NEGATIVE,
+        "alpha_warmup_epochs": NON_NEGATIVE,
+        "alpha_warmup_shape": OneOf(SHAPES),
+        "drop_path_rate": Range(0, 1, open_high=True),
+        "out_dim": POSITIVE,
+        "hidden_dim": POSITIVE,
+        "bottleneck_dim": POSITIVE,
+        "head_layers": POSITIVE,
+    }
+    arch: str = "vit_small"  # a name of attention.archs.VIT_ARCHS (vit_femto, vit_pico, ... vit_large)
     patch_size: int = 16
     img_size: int = 224  # position-embedding grid (other sizes are interpolated)
     normalizer: str = "entmax15"  # softmax | entmax15 | sparsemax | entmax<alpha> e.g. entmax1.25 (canonical
@@ -46,6 +90,20 @@ class ModelSettings:
 class DataSettings:
     """Training images and the multi-crop augmentation."""
 
+    RULES: ClassVar[Rules] = {
+        "on_bad_image": OneOf(("error", "skip")),
+        "num_workers": NON_NEGATIVE,
+        "global_crops_number": Range(2, integer=True, note="the teacher views are compared pairwise"),
+        "global_crop_size": POSITIVE,
+        "global_crops_scale": CROP_SCALE,
+        "local_crops_number": NON_NEGATIVE,
+        "local_crop_size": POSITIVE,
+        "local_crops_scale": CROP_SCALE,
+        "color_jitter": NON_NEGATIVE,
+        "grayscale_prob": PROBABILITY,
+        "blur_radius": Check(_is_blur_radius, "[min, max] with 0 < min <= max"),
+        "solarize_prob": PROBABILITY,
+    }
     path: str = MISSING  # dataset root holding <split>/<class>/*.jpg
     split: str = "train"
     on_bad_image: str = "error"  # error | skip (skipped files are counted and logged)
@@ -67,6 +125,25 @@ class DataSettings:
 class OptimSettings:
     """Optimisation and the DINO schedules (lr is for a global batch of 256, scaled linearly)."""
 
+    RULES: ClassVar[Rules] = {
+        "epochs": Range(1, MAX_EPOCHS, integer=True, note="more is not a schedule"),
+        "batch_size_per_gpu": POSITIVE,
+        "optimizer": OneOf(("adamw", "sgd")),
+        "lr": POSITIVE,
+        "min_lr": NON_NEGATIVE,
+        "warmup_epochs": NON_NEGATIVE,
+        "weight_decay": NON_NEGATIVE,
+        "weight_decay_end": NON_NEGATIVE,
+        "clip_grad": NON_NEGATIVE,
+        "clip_mode": OneOf(("per_param", "global")),
+        "freeze_last_layer": NON_NEGATIVE,
+        "momentum_teacher": PROBABILITY,
+        "teacher_temp": POSITIVE,
+        "warmup_teacher_temp": POSITIVE,
+        "warmup_teacher_temp_epochs": NON_NEGATIVE,
+        "student_temp": POSITIVE,
+        "center_momentum": PROBABILITY,
+    }
     epochs: int = 100
     batch_size_per_gpu: int = 64
     optimizer: str = "adamw"  # adamw | sgd
@@ -90,6 +167,15 @@ class OptimSettings:
 class RunSettings:
     """Where outputs go, devices, precision, checkpoints."""
 
+    RULES: ClassVar[Rules] = {
+        "device": OneOf(("auto", "cpu", "cuda")),
+        "precision": OneOf(("auto", "fp32", "bf16", "fp16")),
+        "checkpoint_every_iters": NON_NEGATIVE,
+        "checkpoint_every_epochs": NON_NEGATIVE,
+        "log_every": NON_NEGATIVE,
+        "max_iters_per_epoch": NON_NEGATIVE,
+        "dist_timeout_s": POSITIVE,
+    }
     output_dir: str = "runs/dino"
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
@@ -109,6 +195,11 @@ class RunSettings:
 class InitSettings:
     """Start a new run from trained weights instead of random ones (train/init_from.py)."""
 
+    RULES: ClassVar[Rules] = {
+        "which": OneOf(("teacher", "student")),
+        "sha256": Check(_is_sha256, "empty or 64 hex digits (a SHA-256)"),
+        "kind": OneOf(("", "sparsedino", "dino", "export", "state_dict")),
+    }
     checkpoint: str = (
         ""  # "" = random init; ours, official DINO full or backbone-only, timm (.pth/.safetensors)
     )
@@ -124,6 +215,14 @@ class GramSettings:
     """Gram anchoring (DINOv3, Simeoni et al. 2025; train/gram.py). Defaults are DINOv3's refinement recipe
     (configs/train/dinov3_vit7b16_gram_anchor.yaml) with its 1,000-iteration epochs read as our epochs."""
 
+    RULES: ClassVar[Rules] = {
+        "weight": NON_NEGATIVE,
+        "start_epoch": NON_NEGATIVE,
+        "ramp_epochs": NON_NEGATIVE,
+        "update_every_epochs": NON_NEGATIVE,
+        "teacher_crop_size": NON_NEGATIVE,
+        "resize_mode": OneOf(RESIZE_MODES),
+    }
     enabled: bool = False
     weight: float = 2.0  # final loss weight (DINOv3 refinement: 2.0; its default config: 1.0)
     start_epoch: int = 0  # weight 0 before; the Gram teacher is the EMA teacher at this epoch
@@ -165,63 +264,6 @@ class TrainConfig:
     gram: GramSettings = field(default_factory=GramSettings)
 
 
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "model.arch": ("vit_femto", "vit_pico", "vit_tiny", "vit_small", "vit_base", "vit_large"),
-    "data.on_bad_image": ("error", "skip"),
-    "optim.optimizer": ("adamw", "sgd"),
-    "optim.clip_mode": ("per_param", "global"),
-    "run.device": ("auto", "cpu", "cuda"),
-    "run.precision": ("auto", "fp32", "bf16", "fp16"),
-    "model.alpha_warmup_shape": ("linear", "cosine"),
-    "init.which": ("teacher", "student"),
-    "init.kind": ("", "sparsedino", "dino", "export", "state_dict"),
-    "gram.resize_mode": ("bicubic", "bilinear", "nearest", "area"),
-}
-_POSITIVE = (
-    "model.patch_size",
-    "model.img_size",
-    "model.out_dim",
-    "model.hidden_dim",
-    "model.bottleneck_dim",
-    "model.head_layers",
-    "data.global_crop_size",
-    "data.local_crop_size",
-    "optim.epochs",
-    "optim.batch_size_per_gpu",
-    "optim.lr",
-    "optim.teacher_temp",
-    "optim.warmup_teacher_temp",
-    "optim.student_temp",
-    "run.dist_timeout_s",
-)
-_NON_NEGATIVE = (
-    "model.num_registers",
-    "data.num_workers",
-    "data.local_crops_number",
-    "data.color_jitter",
-    "optim.warmup_epochs",
-    "optim.min_lr",
-    "optim.weight_decay",
-    "optim.weight_decay_end",
-    "optim.clip_grad",
-    "optim.freeze_last_layer",
-    "optim.warmup_teacher_temp_epochs",
-    "run.checkpoint_every_iters",
-    "run.checkpoint_every_epochs",
-    "run.max_iters_per_epoch",
-    "run.log_every",
-    "model.alpha_warmup_epochs",
-    "gram.weight",
-    "gram.start_epoch",
-    "gram.ramp_epochs",
-    "gram.update_every_epochs",
-    "gram.teacher_crop_size",
-)
-# Longer than any published DINO schedule (800 epochs) by far; beyond it the per-iteration schedules
-# alone would fill the memory, so a larger value is a typo.
-MAX_EPOCHS = 10_000
-
-
 # Device types offered fp16 autocast + GradScaler. CPU autocast and torch.amp.GradScaler("cpu") run the
 # same code path, so the tests add "cpu" to exercise it; for users fp16 is a CUDA mode.
 FP16_DEVICES: tuple[str, ...] = ("cuda",)
@@ -244,73 +286,26 @@ def canonical(cfg: TrainConfig) -> TrainConfig:
     return out  # type: ignore[return-value]
 
 
-def _get(cfg: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
-
-
 def validate(cfg: TrainConfig) -> None:
-    """Check choices, ranges and cross-field constraints; raise :class:`ConfigError` naming the key."""
-    for key, choices in _CHOICES.items():
-        if _get(cfg, key) not in choices:
-            raise ConfigError(f"key {key!r}: {_get(cfg, key)!r} is not one of {', '.join(choices)}")
-    for key in _POSITIVE:  # NaN / inf are rejected for every float key by load_config
-        if not _get(cfg, key) > 0:
-            raise ConfigError(f"key {key!r} must be > 0, got {_get(cfg, key)!r}")
-    for key in _NON_NEGATIVE:
-        if not _get(cfg, key) >= 0:
-            raise ConfigError(f"key {key!r} must be >= 0, got {_get(cfg, key)!r}")
-    if cfg.optim.epochs > MAX_EPOCHS:
-        raise ConfigError(
-            f"key 'optim.epochs' is {cfg.optim.epochs}; more than {MAX_EPOCHS} is not a schedule"
-        )
-    if cfg.model.attn_scale is not None and not (
-        cfg.model.attn_scale > 0 and math.isfinite(cfg.model.attn_scale)
-    ):
-        raise ConfigError(
-            f"key 'model.attn_scale' must be null (head_dim ** -0.5) or a finite number > 0, "
-            f"got {cfg.model.attn_scale}"
-        )
+    """Check the ``RULES`` tables, then the rules across keys; raise :class:`ConfigError` naming the key."""
+    check_section(cfg, TrainConfig)
     check_device(cfg.run.device, "run.device")
     if cfg.run.precision == "fp16":
         check_fp16_device(resolve_device(cfg.run.device).type)  # (a missing CUDA device: rejected above)
     check_normalizer(cfg.model.normalizer, "model.normalizer")
     if cfg.model.learn_alpha:
-        from sparsedino.attention.adaptive import initial_alpha
-
         try:
             initial_alpha(cfg.model.normalizer)
         except ValueError as err:
             raise ConfigError(f"key 'model.learn_alpha': true with model.normalizer: {err}") from err
-    if not 0.0 <= cfg.model.drop_path_rate < 1.0:
-        raise ConfigError(f"key 'model.drop_path_rate' must be in [0, 1), got {cfg.model.drop_path_rate}")
-    if cfg.data.global_crops_number < 2:
-        raise ConfigError(
-            "key 'data.global_crops_number' must be >= 2 (the teacher views are compared pairwise)"
-        )
-    for key in ("data.global_crops_scale", "data.local_crops_scale"):
-        lo_hi = list(_get(cfg, key))
-        if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
-            raise ConfigError(f"key {key!r} must be [min, max] with 0 < min <= max <= 1, got {lo_hi}")
-    for key in (
-        "optim.momentum_teacher",
-        "optim.center_momentum",
-        "data.grayscale_prob",
-        "data.solarize_prob",
-    ):
-        if not 0.0 <= _get(cfg, key) <= 1.0:
-            raise ConfigError(f"key {key!r} must be in [0, 1], got {_get(cfg, key)}")
-    blur = list(cfg.data.blur_radius)
-    if len(blur) != 2 or not 0 < blur[0] <= blur[1]:
-        raise ConfigError(f"key 'data.blur_radius' must be [min, max] with 0 < min <= max, got {blur}")
-    for key in ("data.global_crop_size", "data.local_crop_size"):
-        if _get(cfg, key) % cfg.model.patch_size:
-            raise ConfigError(f"key {key!r} ({_get(cfg, key)}) must be a multiple of model.patch_size")
+    for key in ("global_crop_size", "local_crop_size"):
+        size = getattr(cfg.data, key)
+        if size % cfg.model.patch_size:
+            raise ConfigError(f"key 'data.{key}' ({size}) must be a multiple of model.patch_size")
     _validate_adaptation(cfg)
     if cfg.log.wandb:
         try:
-            import wandb  # noqa: F401
+            import wandb  # noqa: F401  (optional dependency: checked only with log.wandb)
         except ImportError as err:
             raise ConfigError(
                 "key 'log.wandb' is true but wandb is not installed (pip install wandb)"
@@ -335,10 +330,7 @@ def _validate_adaptation(cfg: TrainConfig) -> None:
                 f"key 'model.alpha_warmup_epochs' ({m.alpha_warmup_epochs}) exceeds optim.epochs "
                 f"({cfg.optim.epochs}): the target alpha would never be reached"
             )
-    sha = cfg.init.sha256
-    if sha and (len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha.lower())):
-        raise ConfigError(f"key 'init.sha256' must be empty or 64 hex digits (a SHA-256), got {sha!r}")
-    if (sha or cfg.init.kind) and not cfg.init.checkpoint:
+    if (cfg.init.sha256 or cfg.init.kind) and not cfg.init.checkpoint:
         raise ConfigError("keys 'init.sha256' / 'init.kind' describe init.checkpoint, which is empty")
     if not g.enabled:
         return
@@ -356,7 +348,17 @@ def _validate_adaptation(cfg: TrainConfig) -> None:
             f"key 'gram.teacher_crop_size' ({size}) must be 0 or a multiple of model.patch_size that is at "
             f"least data.global_crop_size ({cfg.data.global_crop_size})"
         )
-    if g.resize_antialias and g.resize_mode not in ("bicubic", "bilinear"):
+    if g.resize_antialias and g.resize_mode not in ANTIALIAS_MODES:
         raise ConfigError("key 'gram.resize_antialias': antialiasing needs resize_mode bicubic or bilinear")
     if g.teacher_normalizer:
         check_normalizer(g.teacher_normalizer, "gram.teacher_normalizer")
+
+
+def load_train_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """``load_config(TrainConfig, path, overrides)`` plus range/choice checks (errors name the key).
+
+    ``model.normalizer`` comes back in its canonical spelling (``entmax-1.5`` -> ``entmax15``).
+    """
+    cfg = load_config(TrainConfig, path, overrides)
+    validate(cfg)
+    return canonical(cfg)

@@ -122,7 +122,7 @@ def test_a_model_without_registers_says_so(tmp_path, synthetic_root):
 
 
 def test_images_are_normalised_with_the_models_statistics(tmp_path, synthetic_root, monkeypatch):
-    import sparsedino.diagnose.runner as runner
+    import sparsedino.diagnose.command as command
 
     model = timm.create_model("vit_small_patch16_224.augreg_in21k", pretrained=False, depth=1, embed_dim=32,
                               num_heads=2, img_size=32, num_classes=0)  # fmt: skip
@@ -137,8 +137,8 @@ def test_images_are_normalised_with_the_models_statistics(tmp_path, synthetic_ro
         seen.append(torch.allclose(image, (pixels - 0.5) / 0.5, atol=1e-6))
         return real(model, dataset, *args, **kwargs)
 
-    real = runner.run_diagnostics
-    monkeypatch.setattr(runner, "run_diagnostics", spy)
+    real = command.run_diagnostics
+    monkeypatch.setattr(command, "run_diagnostics", spy)
     spec = f"timm:vit_small_patch16_224.augreg_in21k,depth=1,embed_dim=32,num_heads=2,img_size=32:{path}"
     metrics = _diagnose(spec, synthetic_root, tmp_path / "diag", "img_size=32")
     assert seen == [True] and metrics["data"]["image_mean"] == [0.5, 0.5, 0.5]

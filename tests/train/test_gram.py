@@ -121,7 +121,7 @@ def test_gram_crops_are_the_global_crops_at_the_teacher_size():
     augment = MultiCropAugmentation(global_size=16, local_size=8, n_local=2, gram_size=32)
     torch.manual_seed(0)
     crops = augment(image)
-    assert [c.shape[-1] for c in crops] == [16, 16, 8, 8, 32, 32]
+    assert [c.shape[-1] for c in crops] == [16, 16, 8, 8, 32, 32]  # 2 global, 2 local, 2 Gram crops
     # a flat image: the undistorted Gram crop holds the colour itself
     torch.testing.assert_close(crops[4].mean((1, 2)), crops[4][:, 0, 0])
 
